@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up for fraudray (`make setup`): Debian packages for the local
+# stack, the Python virtualenv, and the Kafka jars. Each step is skipped when its stamp
+# (a hash of the files it depends on) is unchanged, so a warm run takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. System packages (root on this machine kind; sudo when not root).
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+missing=()
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+command -v redis-server >/dev/null || missing+=(redis-server)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# 2. Python virtualenv with pinned requirements and fraudray itself (editable).
+want=$(stamp_of requirements.txt requirements-dev.txt pyproject.toml)
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+if [ "$(cat .venv/.fraudray-stamp 2>/dev/null)" != "$want" ]; then
+  say "installing Python requirements into .venv (first time: a few minutes)"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+  .venv/bin/pip install -q --no-deps -e . 2>/dev/null
+  echo "$want" > .venv/.fraudray-stamp
+fi
+
+# 3. Kafka broker jars, pinned in cluster/kafka/pom.xml, resolved once from Maven Central.
+LIBS=var/cache/kafka-libs
+want=$(stamp_of cluster/kafka/pom.xml)
+if [ "$(cat $LIBS/.stamp 2>/dev/null)" != "$want" ]; then
+  say "fetching Kafka jars with Maven into $LIBS"
+  rm -rf "$LIBS"; mkdir -p "$LIBS"
+  mvn -q -B -f cluster/kafka/pom.xml dependency:copy-dependencies \
+      -DoutputDirectory="$ROOT/$LIBS" -DincludeScope=runtime
+  echo "$want" > $LIBS/.stamp
+fi
+say "ready"

@@ -1,0 +1,509 @@
+"""The local stack: real Kafka (KRaft), Redis, PostgreSQL, Prometheus and Alertmanager.
+
+Each service runs as a plain child process (no systemd) with its data, pid file and log
+under ``var/``. ``up`` is idempotent, ``down`` stops only what ``up`` started (by pid
+file), ``status`` reports port, pid and health. Ports come from the settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cluster.errors import StackError
+from cluster.settings import REPO_ROOT, Settings
+
+SERVICE_NAMES = ("kafka", "redis", "postgres", "prometheus", "alertmanager")
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URL from settings
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _render(template: Path, dest: Path, **values: object) -> None:
+    text = string.Template(template.read_text()).substitute({k: str(v) for k, v in values.items()})
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+
+
+@dataclass
+class Service:
+    """One process of the stack: how to prepare, start, probe and stop it."""
+
+    name: str
+    port: int
+    settings: Settings
+    extra_ports: tuple[int, ...] = ()
+    run_as: str | None = None
+    stop_signal: int = signal.SIGTERM
+    env: dict[str, str] = field(default_factory=dict)
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def var(self) -> Path:
+        return self.settings.var_dir
+
+    @property
+    def data_dir(self) -> Path:
+        return self.var / self.name
+
+    @property
+    def pid_file(self) -> Path:
+        return self.var / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.var / "log" / f"{self.name}.log"
+
+    # -- hooks for subclasses --------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Create data directories, format storage, render config (first start)."""
+
+    def healthy(self) -> bool:
+        return port_open(self.port)
+
+    def after_ready(self) -> None:
+        """Create topics, apply migrations, ... (every start; must be idempotent)."""
+
+    # -- process management ----------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def start(self) -> str:
+        if self.pid() is not None:
+            self.wait_ready()
+            self.after_ready()
+            return "already running"
+        for port in (self.port, *self.extra_ports):
+            if port_open(port):
+                raise StackError(
+                    f"{self.name}: port {port} is already taken by another process; stop it or "
+                    f"choose another port in the settings (FRAUDRAY_...)"
+                )
+        self.prepare()
+        for d in (self.pid_file.parent, self.log_file.parent):
+            d.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
+        user, group = (self.run_as, pwd.getpwnam(self.run_as).pw_gid) if self.run_as else (None, None)
+        proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.data_dir,
+            env={**os.environ, **self.env},
+            user=user,
+            group=group,
+        )
+        log.close()
+        self.pid_file.write_text(str(proc.pid))
+        self.wait_ready(proc)
+        self.after_ready()
+        return "started"
+
+    def wait_ready(self, proc: subprocess.Popen[bytes] | None = None) -> None:
+        timeout = self.settings.stack.ready_timeout_s
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if proc is not None and proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise StackError(
+                    f"{self.name} exited with code {proc.returncode} during start-up, "
+                    f"see {self.log_file}:\n{_tail(self.log_file)}"
+                )
+            time.sleep(0.25)
+        raise StackError(
+            f"{self.name} did not answer on :{self.port} within {timeout:.0f} s, see {self.log_file}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> str:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return "not running"
+        os.kill(pid, self.stop_signal)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return "stopped"
+
+    def status(self) -> dict[str, object]:
+        pid = self.pid()
+        return {
+            "service": self.name,
+            "port": self.port,
+            "pid": pid,
+            "healthy": pid is not None and self.healthy(),
+            "log": str(self.log_file),
+        }
+
+
+class Kafka(Service):
+    """Apache Kafka 4.x, single node in KRaft combined mode, jars from cluster/kafka/pom.xml."""
+
+    @property
+    def libs(self) -> Path:
+        return self.var / "cache" / "kafka-libs"
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        if not any(self.libs.glob("kafka_2.13-*.jar")):
+            raise StackError(f"Kafka jars are missing in {self.libs}: run `make setup`")
+        return [
+            "java",
+            f"-Xms{min(256, self.settings.kafka.heap_mb)}m",
+            f"-Xmx{self.settings.kafka.heap_mb}m",
+            "-XX:+UseG1GC",
+            "-XX:ActiveProcessorCount=2",
+            f"-Dlog4j2.configurationFile={REPO_ROOT / 'cluster' / 'kafka' / 'log4j2.properties'}",
+            "-cp",
+            f"{self.libs}/*",
+            main,
+            *args,
+        ]
+
+    @property
+    def properties(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    def prepare(self) -> None:
+        logs = self.data_dir / "data"
+        logs.mkdir(parents=True, exist_ok=True)
+        _render(
+            REPO_ROOT / "cluster" / "kafka" / "server.properties",
+            self.properties,
+            PORT=self.port,
+            CONTROLLER_PORT=self.settings.kafka.controller_port,
+            LOG_DIRS=logs,
+            PARTITIONS=self.settings.kafka.partitions,
+        )
+        if not (logs / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            out = subprocess.run(
+                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if out.returncode != 0:
+                raise StackError(f"formatting Kafka storage failed:\n{out.stdout}{out.stderr}")
+
+    def command(self) -> list[str]:
+        return self._java("kafka.Kafka", str(self.properties))
+
+    def healthy(self) -> bool:
+        if not port_open(self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap, "log_level": 0})
+        try:
+            return bool(admin.list_topics(timeout=2).brokers)
+        except Exception:  # noqa: BLE001 - any client error means "not ready yet"
+            return False
+
+    def after_ready(self) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        k = self.settings.kafka
+        admin = AdminClient({"bootstrap.servers": k.bootstrap})
+        existing = set(admin.list_topics(timeout=10).topics)
+        wanted = [
+            NewTopic(t, num_partitions=k.partitions, replication_factor=1)
+            for t in k.topics
+            if t not in existing
+        ]
+        if not wanted:
+            return
+        for topic, fut in admin.create_topics(wanted, operation_timeout=30).items():
+            try:
+                fut.result()
+            except Exception as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise StackError(f"creating Kafka topic {topic} failed: {exc}") from exc
+
+
+class Redis(Service):
+    def command(self) -> list[str]:
+        return [
+            _binary("redis-server"),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def healthy(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.settings.redis.url.get_secret_value()).ping())
+        except redis.RedisError:
+            return False
+
+
+def _pg_bin(name: str) -> str:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    if not found:
+        raise StackError("PostgreSQL server is not installed: run `make setup`")
+    return found[-1]
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(f"{name} is not installed: run `make setup`")
+    return path
+
+
+class Postgres(Service):
+    """PostgreSQL runs as the unprivileged `postgres` user the Debian package creates."""
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "data"
+
+    def prepare(self) -> None:
+        user = pwd.getpwnam("postgres")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        out = subprocess.run(
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            user="postgres",
+            group=user.pw_gid,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=self.data_dir,
+        )
+        if out.returncode != 0:
+            raise StackError(f"initdb failed:\n{out.stdout}{out.stderr}")
+
+    def command(self) -> list[str]:
+        return [
+            _pg_bin("postgres"),
+            "-D", str(self.pgdata),
+            "-p", str(self.port),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "unix_socket_directories=",
+            "-c", "shared_buffers=256MB",
+            "-c", "max_connections=200",
+            "-c", "synchronous_commit=on",
+            "-c", "fsync=on",
+        ]  # fmt: skip
+
+    def _admin_dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def healthy(self) -> bool:
+        import psycopg2
+
+        try:
+            psycopg2.connect(self._admin_dsn(), connect_timeout=1).close()
+            return True
+        except psycopg2.Error:
+            return False
+
+    def after_ready(self) -> None:
+        import psycopg2
+        from psycopg2 import sql
+
+        from cluster.migrations import apply_migrations
+
+        pg = self.settings.postgres
+        conn = psycopg2.connect(self._admin_dsn())
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (pg.user,))
+            if cur.fetchone() is None:
+                cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(pg.user)))
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (pg.database,))
+            if cur.fetchone() is None:
+                cur.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(pg.database), sql.Identifier(pg.user)
+                    )
+                )
+        conn.close()
+        apply_migrations(pg.dsn.get_secret_value())
+
+
+class Prometheus(Service):
+    def prepare(self) -> None:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        _render(
+            REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml",
+            self.data_dir / "prometheus.yml",
+            ALERTMANAGER_PORT=self.settings.alertmanager.port,
+            PROMETHEUS_PORT=self.port,
+            RAY_SD_FILE=Path(self.settings.ray.temp_dir) / "prom_metrics_service_discovery.json",
+            RULES_DIR=REPO_ROOT / "monitoring" / "prometheus",
+        )
+
+    def command(self) -> list[str]:
+        return [
+            _binary("prometheus"),
+            f"--config.file={self.data_dir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={self.data_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--web.enable-lifecycle",
+            "--storage.tsdb.retention.time=7d",
+        ]
+
+    def healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.port}/-/ready")
+
+
+class Alertmanager(Service):
+    def prepare(self) -> None:
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(
+            REPO_ROOT / "monitoring" / "alertmanager" / "alertmanager.yml",
+            self.data_dir / "alertmanager.yml",
+        )
+
+    def command(self) -> list[str]:
+        return [
+            _binary("prometheus-alertmanager"),
+            f"--config.file={self.data_dir / 'alertmanager.yml'}",
+            f"--storage.path={self.data_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+        ]
+
+    def healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.port}/-/ready")
+
+
+def services(settings: Settings) -> dict[str, Service]:
+    """The stack in start order."""
+    return {
+        "postgres": Postgres(
+            "postgres", settings.postgres.port, settings, run_as="postgres", stop_signal=signal.SIGINT
+        ),
+        "redis": Redis("redis", settings.redis.port, settings),
+        "kafka": Kafka("kafka", settings.kafka.port, settings, extra_ports=(settings.kafka.controller_port,)),
+        "prometheus": Prometheus("prometheus", settings.prometheus.port, settings),
+        "alertmanager": Alertmanager("alertmanager", settings.alertmanager.port, settings),
+    }
+
+
+def _select(settings: Settings, only: list[str] | None) -> list[Service]:
+    all_services = services(settings)
+    unknown = set(only or ()) - set(all_services)
+    if unknown:
+        raise StackError(
+            f"unknown service(s): {', '.join(sorted(unknown))}; known: {', '.join(all_services)}"
+        )
+    return [s for name, s in all_services.items() if not only or name in only]
+
+
+def up(
+    settings: Settings,
+    only: list[str] | None = None,
+    on_event: Callable[[str, str, float], None] | None = None,
+) -> None:
+    """Start every service (or ``only`` these) and wait until each answers."""
+    for svc in _select(settings, only):
+        t0 = time.monotonic()
+        result = svc.start()
+        if on_event:
+            on_event(svc.name, result, time.monotonic() - t0)
+
+
+def down(
+    settings: Settings,
+    only: list[str] | None = None,
+    on_event: Callable[[str, str, float], None] | None = None,
+) -> None:
+    """Stop what ``up`` started, in reverse order."""
+    for svc in reversed(_select(settings, only)):
+        t0 = time.monotonic()
+        result = svc.stop()
+        if on_event:
+            on_event(svc.name, result, time.monotonic() - t0)
+
+
+def status(settings: Settings) -> list[dict[str, object]]:
+    return [svc.status() for svc in services(settings).values()]

@@ -1,0 +1,1 @@
+"""Compute state: the feature catalogue and its online (Redis) and offline (PostgreSQL) paths."""

@@ -1,0 +1,1 @@
+"""Observe fraudray: metric definitions and the Prometheus / Alertmanager configuration."""

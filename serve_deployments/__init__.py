@@ -1,0 +1,1 @@
+"""Answer: Ray Serve model deployments, the HTTP API and explanations."""

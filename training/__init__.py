@@ -1,0 +1,1 @@
+"""Fit: training data, the model families, Ray Tune/Train jobs, evaluation and the registry."""
