@@ -1,7 +1,12 @@
-"""The `fraudray` command line (typer)."""
+"""The `fraudray` command line (typer). Thin: each command calls one function elsewhere."""
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray reads it when first imported
+
+import time
 from typing import Annotated
 
 import typer
@@ -12,14 +17,25 @@ from cluster import stack as stack_mod
 from cluster.errors import FraudrayError
 from cluster.settings import get_settings
 
-app = typer.Typer(help="fraudray: distributed real-time fraud scoring on Ray.", no_args_is_help=True)
+app = typer.Typer(
+    help="fraudray: distributed real-time fraud scoring on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 stack_app = typer.Typer(help="The local stack: Kafka, Redis, PostgreSQL, Prometheus, Alertmanager.")
+models_app = typer.Typer(help="The model registry (PostgreSQL `models` + var/models).")
 app.add_typer(stack_app, name="stack")
+app.add_typer(models_app, name="models")
 console = Console()
 
 
 def _event(name: str, result: str, seconds: float) -> None:
     console.print(f"  {name:<13} {result:<16} {seconds:6.1f} s")
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
 
 
 @stack_app.command("up")
@@ -30,8 +46,7 @@ def stack_up(
     try:
         stack_mod.up(get_settings(), only, on_event=_event)
     except FraudrayError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise _fail(exc) from exc
 
 
 @stack_app.command("down")
@@ -42,8 +57,7 @@ def stack_down(
     try:
         stack_mod.down(get_settings(), only, on_event=_event)
     except FraudrayError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise _fail(exc) from exc
 
 
 @stack_app.command("status")
@@ -59,6 +73,108 @@ def stack_status() -> None:
     console.print(table)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_cmd() -> None:
+    """Deploy the Serve app `fraud` (HTTP API) on the Ray cluster and keep it running."""
+    from cluster import ray_runtime, serving
+
+    settings = get_settings()
+    try:
+        ray_runtime.start_head(settings)
+        ray_runtime.init(settings)
+        url = serving.deploy(settings)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    console.print(f"Serve app [bold]{settings.serve.app_name}[/bold] is running at {url} (docs: {url}/docs)")
+
+
+@app.command("consume")
+def consume_cmd(
+    actors: Annotated[int, typer.Option(help="consumer actors in the group")] = 2,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="exit after this many seconds without new records")
+    ] = None,
+) -> None:
+    """Run the consumer actors (one group) against the deployed Serve app until Ctrl-C."""
+    from cluster import ray_runtime
+    from ingest.consumer import ConsumerPool
+
+    settings = get_settings()
+    ray_runtime.init(settings)
+    pool = ConsumerPool(settings, actors, stop_after_idle_s=idle_exit)
+    t0 = time.monotonic()
+    try:
+        if idle_exit is not None:
+            pool.wait()
+        else:
+            while True:
+                time.sleep(5)
+                s = pool.stats()
+                console.print(
+                    f"scored {sum(x['scored'] for x in s):,}  DLQ {sum(x['dead_lettered'] for x in s):,}"
+                )
+    except KeyboardInterrupt:
+        pass
+    final = pool.stop()
+    scored = sum(x["scored"] for x in final)
+    elapsed = time.monotonic() - t0
+    console.print(f"scored {scored:,} transactions in {elapsed:.1f} s ({scored / elapsed:,.0f} tx/s)")
+
+
+@app.command("train")
+def train_cmd(
+    rows: Annotated[int, typer.Option(help="synthetic genuine rows to fit on")] = 20_000,
+    seed: Annotated[int, typer.Option()] = 7,
+    promote: Annotated[bool, typer.Option(help="make it the production version")] = True,
+) -> None:
+    """Fit the quick Isolation Forest and register it (the full training job is `training/`)."""
+    from training.quick import train_quick_model
+
+    mv = train_quick_model(get_settings(), n=rows, seed=seed, promote=promote)
+    console.print(f"registered {mv.name} {mv.version} ({mv.stage}) metrics={mv.metrics}")
+
+
+@models_app.command("list")
+def models_list(name: Annotated[str | None, typer.Argument()] = None) -> None:
+    """Registered model versions, newest first."""
+    from training.registry import Registry
+
+    table = Table("name", "version", "stage", "metrics", "uri")
+    for mv in Registry(get_settings()).list(name):
+        table.add_row(mv.name, mv.version, mv.stage, str(mv.metrics), mv.uri)
+    console.print(table)
+
+
+@models_app.command("promote")
+def models_promote(name: str, version: str) -> None:
+    """Make VERSION the production version of NAME (redeploy with `fraudray serve`)."""
+    from training.registry import Registry
+
+    registry = Registry(get_settings())
+    try:
+        registry.get(name, version)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    registry.promote(name, version)
+    console.print(f"{name} {version} is now in production")
+
+
+@app.command("demo")
+def demo_cmd(
+    rate: Annotated[float, typer.Option(help="transactions per second to produce")] = 500.0,
+    actors: Annotated[int, typer.Option(help="consumer actors")] = 2,
+    seed: Annotated[int, typer.Option()] = 1,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+) -> None:
+    """The main job (`make run`): stack, Ray, Serve, consumers and producer, with live progress."""
+    from cluster import demo
+
+    try:
+        demo.run(get_settings(), rate=rate, actors=actors, seed=seed, duration=duration)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
 
 
 def main() -> None:

@@ -13,6 +13,10 @@ class StackError(FraudrayError):
     """A local-stack service could not be installed, started, reached or stopped."""
 
 
+class Unauthorized(FraudrayError):
+    http_status = 401
+
+
 class UnknownUser(FraudrayError):
     http_status = 404
 

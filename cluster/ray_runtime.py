@@ -85,7 +85,7 @@ def stop_head(settings: Settings) -> str:
     return "stopped"
 
 
-def init(settings: Settings, *, local: bool = False) -> None:
+def init(settings: Settings, *, local: bool = False, log_to_driver: bool = True) -> None:
     """``ray.init`` for a driver: a private local instance, or the configured/managed head."""
     import ray
 
@@ -94,11 +94,16 @@ def init(settings: Settings, *, local: bool = False) -> None:
     os.environ.update(auth_env())
     if local:
         ray.init(
+            address="local",  # never attach to a head that `make run` may have started
             num_cpus=settings.ray.num_cpus,
             namespace=settings.ray.namespace,
             include_dashboard=False,
             object_store_memory=settings.ray.object_store_mb * 1024 * 1024,
-            log_to_driver=True,
+            log_to_driver=log_to_driver,
         )
     else:
-        ray.init(address=head_address(settings), namespace=settings.ray.namespace)
+        ray.init(
+            address=head_address(settings),
+            namespace=settings.ray.namespace,
+            log_to_driver=log_to_driver,
+        )

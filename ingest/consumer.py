@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster.settings import Settings
 from features.online import OnlineStore, records_features
@@ -27,6 +28,9 @@ from ingest.sinks import KafkaSink, PostgresSink
 
 log = logging.getLogger(__name__)
 
+_REBALANCE_CODES = frozenset(
+    {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
+)
 _MIN_EVENT_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _MAX_FUTURE_MS = 24 * 3600 * 1000
 
@@ -55,6 +59,8 @@ class ConsumerStats:
     alerts: int = 0
     batches: int = 0
     commits: int = 0
+    commit_conflicts: int = 0  # commit refused by a rebalance: the new owner redelivers
+    retries: int = 0  # batches rewound after a failed stage (Serve, PostgreSQL, Redis, Kafka)
 
 
 class ScoringLoop:
@@ -148,8 +154,39 @@ class ScoringLoop:
         await asyncio.to_thread(self.kafka_out.flush)
         self.stats.batches += 1
         if commit:
-            await asyncio.to_thread(self.consumer.commit, asynchronous=False)
+            await asyncio.to_thread(self._commit, msgs)
+
+    def _commit(self, msgs: list[Any]) -> None:
+        """Commit exactly this batch's offsets (next offset per partition)."""
+        nxt: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            nxt[key] = max(nxt.get(key, 0), m.offset() + 1)
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in nxt.items()], asynchronous=False
+            )
             self.stats.commits += 1
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in _REBALANCE_CODES:
+                raise
+            # The partitions moved during this batch; their new owner re-reads from the last
+            # committed offset and the idempotent sinks absorb the repeat.
+            log.warning("commit refused by a rebalance (%s); batch will be redelivered", exc)
+            self.stats.commit_conflicts += 1
+
+    def rewind(self, msgs: list[Any]) -> None:
+        """Seek back to the first offset of each partition in a failed batch."""
+        first: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            first[key] = min(first.get(key, m.offset()), m.offset())
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        for (t, p), o in first.items():
+            if (t, p) in assigned:
+                self.consumer.seek(TopicPartition(t, p, o))
+        self.stats.retries += 1
 
     async def poll(self) -> list[Any]:
         c = self.settings.consumer
@@ -179,11 +216,22 @@ class ConsumerActor:
     ) -> dict[str, int]:
         """Consume until ``stop()``, ``max_batches`` batches, or ``stop_after_idle_s`` with no data."""
         idle_since = time.monotonic()
+        backoff = 0.1
         while not self._stop:
             msgs = await self.loop.poll()
             if msgs:
                 idle_since = time.monotonic()
-                await self.loop.process(msgs, commit=commit)
+                try:
+                    await self.loop.process(msgs, commit=commit)
+                    backoff = 0.1
+                except Exception:
+                    # A stage is down or slow: nothing of this batch was committed, so re-read
+                    # it after a pause instead of skipping it (no loss; sinks are idempotent).
+                    log.exception("batch failed; rewinding and retrying in %.1f s", backoff)
+                    self.loop.rewind(msgs)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
                 if max_batches is not None and self.loop.stats.batches >= max_batches:
                     break
             elif not self.loop.consumer.assignment():
@@ -200,3 +248,35 @@ class ConsumerActor:
 
     def close(self) -> None:
         self.loop.close()
+
+
+class ConsumerPool:
+    """``n`` consumer actors in one group, each running its loop until ``stop``."""
+
+    def __init__(self, settings: Settings, n: int, group_id: str | None = None, **run_kwargs: Any) -> None:
+        from serve_deployments.app import SCORER_NAME
+
+        self.actors = [
+            ConsumerActor.remote(settings, settings.serve.app_name, SCORER_NAME, group_id)  # type: ignore[attr-defined]
+            for _ in range(n)
+        ]
+        self.runs = [a.run.remote(**run_kwargs) for a in self.actors]
+
+    def stats(self) -> list[dict[str, int]]:
+        return list(ray.get([a.stats.remote() for a in self.actors]))
+
+    def wait(self, timeout: float | None = None) -> list[dict[str, int]]:
+        """Wait for every loop to end by itself (``max_batches`` / ``stop_after_idle_s``)."""
+        return list(ray.get(self.runs, timeout=timeout))
+
+    def stop(self, timeout: float = 60.0) -> list[dict[str, int]]:
+        """Let each actor finish and commit its current batch, leave the group, and exit."""
+        if not self.actors:
+            return []
+        ray.get([a.stop.remote() for a in self.actors], timeout=timeout)
+        final = self.wait(timeout)
+        ray.get([a.close.remote() for a in self.actors], timeout=timeout)
+        for a in self.actors:
+            ray.kill(a)
+        self.actors, self.runs = [], []
+        return final

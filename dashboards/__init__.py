@@ -1,0 +1,1 @@
+"""Show: the Streamlit analyst dashboard (reads PostgreSQL)."""

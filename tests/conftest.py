@@ -1,0 +1,51 @@
+"""Shared fixtures. Integration tests use the real local stack (started by `make test`, or
+here when it is not up yet) and isolate themselves with uuid-named topics and groups."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # before anything imports ray
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cluster import stack
+from cluster.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def local_stack(settings: Settings) -> Settings:
+    """The local stack, started (idempotently) if a test needs it; `make test` stops it."""
+    stack.up(settings)
+    return settings
+
+
+@pytest.fixture
+def new_topic(local_stack: Settings) -> Iterator[Callable[..., str]]:
+    """Factory: a fresh uuid-named topic (deleted afterwards)."""
+    admin = AdminClient({"bootstrap.servers": local_stack.kafka.bootstrap})
+    created: list[str] = []
+
+    def make(prefix: str = "test", partitions: int = 3) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result()
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for fut in admin.delete_topics(created, operation_timeout=30).values():
+            fut.result()
+
+
+@pytest.fixture
+def group_id() -> str:
+    return f"test-group-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,87 @@
+"""Settings: env overrides (FRAUDRAY_SECTION_FIELD) and .env reach the components; secrets stay hidden."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster import stack
+from cluster.settings import Settings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("FRAUDRAY_"):
+            monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    return monkeypatch
+
+
+def test_defaults_point_at_the_local_stack(clean_env: pytest.MonkeyPatch) -> None:
+    s = Settings()
+    assert s.kafka.bootstrap == "127.0.0.1:9092"
+    assert s.redis.port == 6379
+    assert s.postgres.port == 5432
+    assert s.ray.head_port != s.redis.port  # Ray's default GCS port would clash with Redis
+    assert s.api.key_list() == []
+
+
+def test_contract_env_names_override(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FRAUDRAY_KAFKA_BOOTSTRAP", "127.0.0.1:29092")
+    clean_env.setenv("FRAUDRAY_REDIS_URL", "redis://127.0.0.1:16379/2")
+    clean_env.setenv("FRAUDRAY_POSTGRES_DSN", "postgresql://alice:pw@127.0.0.1:15432/frauddb")
+    clean_env.setenv("FRAUDRAY_RAY_ADDRESS", "10.1.2.3:6380")
+    clean_env.setenv("FRAUDRAY_API_KEYS", "k1, k2")
+    clean_env.setenv("FRAUDRAY_LLM_BASE_URL", "http://127.0.0.1:1234/v1")
+    clean_env.setenv("FRAUDRAY_LLM_MODEL", "qwen")
+    clean_env.setenv("FRAUDRAY_KAFKA_HEAP_MB", "512")
+    s = Settings()
+    assert s.kafka.port == 29092 and s.kafka.heap_mb == 512
+    assert s.redis.port == 16379
+    assert (s.postgres.port, s.postgres.user, s.postgres.database) == (15432, "alice", "frauddb")
+    assert s.ray.address == "10.1.2.3:6380"
+    assert s.api.key_list() == ["k1", "k2"]
+    assert (s.llm.base_url, s.llm.model) == ("http://127.0.0.1:1234/v1", "qwen")
+
+
+def test_env_overrides_reach_the_stack_services(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_env.setenv("FRAUDRAY_KAFKA_BOOTSTRAP", "127.0.0.1:29092")
+    clean_env.setenv("FRAUDRAY_REDIS_URL", "redis://127.0.0.1:16379/0")
+    clean_env.setenv("FRAUDRAY_POSTGRES_DSN", "postgresql://fraudray@127.0.0.1:15432/fraudray")
+    clean_env.setenv("FRAUDRAY_PROMETHEUS_PORT", "19090")
+    clean_env.setenv("FRAUDRAY_ALERTMANAGER_PORT", "19094")
+    clean_env.setenv("FRAUDRAY_STACK_VAR_DIR", str(tmp_path / "v"))
+    services = stack.services(Settings())
+    ports = {name: svc.port for name, svc in services.items()}
+    assert ports == {
+        "postgres": 15432, "redis": 16379, "kafka": 29092, "prometheus": 19090, "alertmanager": 19094,
+    }  # fmt: skip
+    assert services["redis"].log_file == tmp_path / "v" / "log" / "redis.log"
+    assert "--port" in (cmd := services["redis"].command()) and cmd[cmd.index("--port") + 1] == "16379"
+
+
+def test_dotenv_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("FRAUDRAY_SERVE_HTTP_PORT=18080\nFRAUDRAY_KAFKA_PARTITIONS=12\n")
+    s = Settings()
+    assert s.serve.http_port == 18080
+    assert s.kafka.partitions == 12
+
+
+def test_printing_settings_never_shows_a_secret(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FRAUDRAY_POSTGRES_DSN", "postgresql://u:hunter2@h:5432/db")
+    clean_env.setenv("FRAUDRAY_API_KEYS", "topsecretkey")
+    clean_env.setenv("FRAUDRAY_LLM_API_KEY", "sk-abc")
+    text = repr(Settings()) + str(Settings()) + Settings().model_dump_json()
+    for secret in ("hunter2", "topsecretkey", "sk-abc"):
+        assert secret not in text
+
+
+def test_unknown_setting_is_rejected(clean_env: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        Settings(kafka={"bootstrapp": "typo:9092"})  # type: ignore[arg-type]
