@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import hashlib
 import os
 import pwd
 import shutil
@@ -328,6 +329,16 @@ class Postgres(Service):
     """PostgreSQL runs as the unprivileged `postgres` user the Debian package creates."""
 
     @property
+    def data_dir(self) -> Path:
+        # The server runs as `postgres`, which must be able to enter every folder above its
+        # data. When var/ lies under a root-only folder (a checkout in /root, say), keep the
+        # data in /var/tmp instead, one folder per var/ so two checkouts never share it.
+        if all(p.stat().st_mode & 0o001 for p in (self.var, *self.var.parents) if p.exists()):
+            return self.var / "postgres"
+        digest = hashlib.sha256(str(self.var.resolve()).encode()).hexdigest()[:12]
+        return Path("/var/tmp/fraudray") / digest / "postgres"  # noqa: S108 - root-owned, 0755
+
+    @property
     def pgdata(self) -> Path:
         return self.data_dir / "data"
 
@@ -335,6 +346,9 @@ class Postgres(Service):
         user = pwd.getpwnam("postgres")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+        if self.data_dir.parent != self.var:  # the /var/tmp fallback: let `postgres` in
+            for d in (self.data_dir.parent, self.data_dir.parent.parent):
+                d.chmod(0o755)
         if (self.pgdata / "PG_VERSION").exists():
             return
         out = subprocess.run(
