@@ -92,35 +92,54 @@ def serve_cmd() -> None:
 
 @app.command("consume")
 def consume_cmd(
-    actors: Annotated[int, typer.Option(help="consumer actors in the group")] = 2,
+    actors: Annotated[
+        int | None, typer.Option(help="consumer actors (default: min(partitions, CPUs))")
+    ] = None,
     idle_exit: Annotated[
         float | None, typer.Option(help="exit after this many seconds without new records")
     ] = None,
 ) -> None:
     """Run the consumer actors (one group) against the deployed Serve app until Ctrl-C."""
+    from rich.live import Live
+
     from cluster import ray_runtime
-    from ingest.consumer import ConsumerPool
+    from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
 
     settings = get_settings()
-    ray_runtime.init(settings)
-    pool = ConsumerPool(settings, actors, stop_after_idle_s=idle_exit)
-    t0 = time.monotonic()
+    ray_runtime.init(settings, log_to_driver=False)
+    import ray
+
+    n = actors or max(1, min(settings.kafka.partitions, int(ray.cluster_resources().get("CPU", 1))))
+    pool = ConsumerPool(settings, n, stop_after_idle_s=idle_exit)
+    last: dict[int, int] = {}
+    last_t = time.monotonic()
     try:
-        if idle_exit is not None:
-            pool.wait()
-        else:
+        with Live(console=console, refresh_per_second=1) as live:
             while True:
-                time.sleep(5)
-                s = pool.stats()
-                console.print(
-                    f"scored {sum(x['scored'] for x in s):,}  DLQ {sum(x['dead_lettered'] for x in s):,}"
+                done, _ = ray.wait(pool.runs, num_returns=len(pool.runs), timeout=2.0)
+                stats = pool.stats()
+                now = time.monotonic()
+                table = Table(
+                    "actor", "scored", "tx/s", "DLQ", "retries", "lag", title=f"{n} consumer actors"
                 )
+                for i, s in enumerate(stats):
+                    rate = (s["scored"] - last.get(i, 0)) / (now - last_t)
+                    last[i] = s["scored"]
+                    table.add_row(str(i), f"{s['scored']:,}", f"{rate:,.0f}", str(s["dead_lettered"]),
+                                  str(s["retries"]), f"{sum(s['lag'].values()):,}")  # fmt: skip
+                last_t = now
+                live.update(table)
+                if len(done) == len(pool.runs):
+                    break
     except KeyboardInterrupt:
-        pass
+        console.print("stopping: finishing and committing the current batches …")
     final = pool.stop()
-    scored = sum(x["scored"] for x in final)
-    elapsed = time.monotonic() - t0
-    console.print(f"scored {scored:,} transactions in {elapsed:.1f} s ({scored / elapsed:,.0f} tx/s)")
+    console.print(
+        f"scored {sum(s['scored'] for s in final):,} transactions at {throughput(final):,.0f} tx/s; "
+        f"dead-lettered {sum(s['dead_lettered'] for s in final):,}"
+    )
+    breakdown = stage_us_per_tx(final)
+    console.print("µs/tx by stage: " + ", ".join(f"{k} {v:,.0f}" for k, v in breakdown.items()))
 
 
 @app.command("train")

@@ -3,51 +3,69 @@ Serve call, write the sinks, and only then commit the offsets (at-least-once del
 idempotent sinks = exactly-once effect).
 
 The confluent-kafka Consumer is built inside the actor (librdkafka threads do not survive
-pickling) and the actor is async so that polling continues while it awaits Serve.
+pickling) and the actor is async so that the group stays alive while it awaits Serve.
+
+Failure policy, per batch:
+- a record that cannot be decoded or validated goes to the dead-letter topic (the batch goes on);
+- a *transient* failure (PostgreSQL/Redis/Kafka/Serve down or slow) pauses the partitions,
+  retries the same batch with bounded back-off while still polling (so the group keeps the
+  member), then resumes; records of partitions revoked meanwhile are dropped uncommitted;
+- a *deterministic* failure (the data itself breaks a stage) splits the batch in halves until
+  the one poison record is isolated and dead-lettered with the error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import psycopg2
 import ray
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from cluster.errors import StoreUnavailable
 from cluster.settings import Settings
 from features.online import OnlineStore, records_features
 from ingest.producer import producer_config
 from ingest.serde import TransactionSerde, event_time_ms
 from ingest.sinks import KafkaSink, PostgresSink
+from ingest.validation import validate
 
 log = logging.getLogger(__name__)
 
 _REBALANCE_CODES = frozenset(
     {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
 )
-_MIN_EVENT_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
-_MAX_FUTURE_MS = 24 * 3600 * 1000
+STAGES = ("poll", "decode", "features", "score", "sink_pg", "sink_kafka", "commit")
+SCORE_TIMEOUT_S = 30.0
+MAX_BACKOFF_S = 5.0
 
 
-def validate(record: dict[str, Any], now_ms: int) -> str | None:
-    """The business rules a decodable record must also pass; returns the reason it fails."""
-    amount = record["amount"]
-    if not math.isfinite(amount) or amount <= 0:
-        return f"amount must be positive and finite, got {amount!r}"
-    if len(record["currency"]) != 3 or not record["currency"].isalpha():
-        return f"currency must be an ISO-4217 code, got {record['currency']!r}"
-    if len(record["country"]) != 2 or not record["country"].isalpha():
-        return f"country must be an ISO-3166 alpha-2 code, got {record['country']!r}"
-    t = event_time_ms(record)
-    if t < _MIN_EVENT_MS or t > now_ms + _MAX_FUTURE_MS:
-        return f"event_time {t} ms is outside [2000-01-01, now + 1 day]"
-    return None
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same batch later can succeed (a service is down or slow)."""
+    from ray.exceptions import RayActorError, RayTaskError
+
+    if isinstance(exc, RayTaskError):  # raised inside the replica: judge the cause
+        cause = exc.cause if isinstance(exc.cause, BaseException) else None
+        return cause is not None and is_transient(cause)
+    transient = (
+        psycopg2.OperationalError,
+        psycopg2.InterfaceError,
+        StoreUnavailable,
+        KafkaException,
+        RayActorError,
+        TimeoutError,
+        ConnectionError,
+        OSError,
+    )
+    if isinstance(exc, transient):
+        return True
+    # Serve's own "no replica can take it now" errors live in private modules; match by name.
+    return type(exc).__name__ in {"BackPressureError", "DeploymentUnavailableError", "ActorUnavailableError"}
 
 
 @dataclass
@@ -60,7 +78,31 @@ class ConsumerStats:
     batches: int = 0
     commits: int = 0
     commit_conflicts: int = 0  # commit refused by a rebalance: the new owner redelivers
-    retries: int = 0  # batches rewound after a failed stage (Serve, PostgreSQL, Redis, Kafka)
+    retries: int = 0  # transient failures survived by pausing and retrying
+    splits: int = 0  # deterministic failures isolated by splitting a batch
+    first_record_at: float = 0.0  # wall clock (s) of the first record polled
+    last_batch_at: float = 0.0  # wall clock (s) of the last committed batch
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    lag: dict[int, int] = field(default_factory=dict)  # partition -> records behind
+
+
+class _Timer:
+    def __init__(self, stats: ConsumerStats) -> None:
+        self._stats = stats
+
+    def __call__(self, stage: str) -> _Stage:
+        return _Stage(self._stats.stage_s, stage)
+
+
+class _Stage:
+    def __init__(self, sink: dict[str, float], stage: str) -> None:
+        self._sink, self._stage = sink, stage
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        self._sink[self._stage] += time.perf_counter() - self._t0
 
 
 class ScoringLoop:
@@ -89,6 +131,70 @@ class ScoringLoop:
         self.kafka_out = KafkaSink(producer_config(settings, **{"linger.ms": 5}))
         self.store = OnlineStore(settings.redis.url.get_secret_value())
         self.stats = ConsumerStats()
+        self.timed = _Timer(self.stats)
+        self._lag_checked = 0.0
+
+    # -- polling -------------------------------------------------------------------
+    async def poll(self) -> list[Any]:
+        c = self.settings.consumer
+        with self.timed("poll"):
+            msgs = await asyncio.to_thread(self.consumer.consume, c.batch_size, c.poll_timeout_s)
+        for m in msgs:
+            err = m.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", err)
+        good = [m for m in msgs if m.error() is None]
+        if good and not self.stats.first_record_at:
+            self.stats.first_record_at = time.time()
+        self.stats.polled += len(good)
+        return good
+
+    # -- one batch, with the failure policy ------------------------------------------
+    async def handle(self, msgs: list[Any], *, commit: bool = True) -> None:
+        """Process ``msgs`` until done: retry transient failures, split deterministic ones."""
+        backoff = 0.1
+        paused: list[TopicPartition] = []
+        try:
+            while msgs:
+                try:
+                    await self._process(msgs, commit=commit)
+                    return
+                except Exception as exc:  # noqa: BLE001 - classified just below
+                    if not is_transient(exc):
+                        await self._split(msgs, exc, commit=commit)
+                        return
+                    self.stats.retries += 1
+                    log.warning("batch of %d hit %r; pausing, retry in %.1f s", len(msgs), exc, backoff)
+                    if not paused:
+                        paused = list(self.consumer.assignment())
+                        self.consumer.pause(paused)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    # Poll while paused (returns nothing) so rebalances are served, then drop
+                    # what we no longer own: its new owner re-reads it from the committed offset.
+                    await asyncio.to_thread(self.consumer.consume, 1, 0)
+                    owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+                    msgs = [m for m in msgs if (m.topic(), m.partition()) in owned]
+        finally:
+            if paused:
+                owned_now = set(self.consumer.assignment())
+                self.consumer.resume([tp for tp in paused if tp in owned_now])
+
+    async def _split(self, msgs: list[Any], exc: Exception, *, commit: bool) -> None:
+        if len(msgs) == 1:
+            log.warning("poison record at %s[%d]@%d: %r", msgs[0].topic(), msgs[0].partition(),
+                        msgs[0].offset(), exc)  # fmt: skip
+            self._dead_letter(msgs[0], type(exc).__name__, f"processing failed: {exc}")
+            with self.timed("sink_kafka"):
+                await asyncio.to_thread(self.kafka_out.flush)
+            if commit:
+                await asyncio.to_thread(self._commit, msgs)
+            return
+        self.stats.splits += 1
+        half = len(msgs) // 2
+        # Halves keep offset order within each partition, so committing them in turn is safe.
+        await self.handle(msgs[:half], commit=commit)
+        await self.handle(msgs[half:], commit=commit)
 
     def _dead_letter(self, msg: Any, error: str, reason: str) -> None:
         headers: list[tuple[str, str | bytes | None]] = [
@@ -101,60 +207,71 @@ class ScoringLoop:
         self.kafka_out.send(self.settings.kafka.dlq_topic, msg.key(), msg.value(), headers)
         self.stats.dead_lettered += 1
 
-    async def process(self, msgs: list[Any], *, commit: bool = True) -> None:
-        """Run one polled batch through every stage; commit only when all sinks succeeded."""
+    async def _process(self, msgs: list[Any], *, commit: bool = True) -> None:
+        """Run one batch through every stage; commit only when all sinks succeeded."""
         k = self.settings.kafka
-        msgs = [m for m in msgs if m.error() is None]
-        if not msgs:
-            return
-        self.stats.polled += len(msgs)
-        decoded, failures = self.serde.decode_many([m.value() for m in msgs])
-        for f in failures:
-            self._dead_letter(msgs[f.index], f.error, f.message)
-        now_ms = int(time.time() * 1000)
-        records: list[dict[str, Any]] = []
-        sources: list[Any] = []
-        for i, rec in decoded:
-            reason = validate(rec, now_ms)
-            if reason is None:
-                records.append(rec)
-                sources.append(msgs[i])
-            else:
-                self._dead_letter(msgs[i], "ValidationError", reason)
+        with self.timed("decode"):
+            decoded, failures = self.serde.decode_many([m.value() for m in msgs])
+            now_ms = int(time.time() * 1000)
+            records: list[dict[str, Any]] = []
+            sources: list[Any] = []
+            rejects: list[tuple[Any, str, str]] = [(msgs[f.index], f.error, f.message) for f in failures]
+            for i, rec in decoded:
+                reason = validate(rec, now_ms)
+                if reason is None:
+                    records.append(rec)
+                    sources.append(msgs[i])
+                else:
+                    rejects.append((msgs[i], "ValidationError", reason))
 
+        scored = new = alerts = 0
         if records:
-            event_ms = np.fromiter((event_time_ms(r) for r in records), dtype=np.int64, count=len(records))
-            matrix = records_features(records, event_ms)
-            result = await self.scorer.score.remote(matrix)
+            with self.timed("features"):
+                event_ms = np.fromiter(
+                    (event_time_ms(r) for r in records), dtype=np.int64, count=len(records)
+                )
+                matrix = records_features(records, event_ms)
+                self.store.write_latest(
+                    [r["user_id"] for r in records], [r["transaction_id"] for r in records], event_ms, matrix
+                )
+            with self.timed("score"):
+                result = await asyncio.wait_for(self.scorer.score.remote(matrix), SCORE_TIMEOUT_S)
             scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
             done_ms = time.time() * 1000
-            tx_rows = [
-                (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
-                 r["event_time"], r["country"], r["device_id"], r["channel"], r["merchant_category"],
-                 r["lat"], r["lon"], r["ip"], m.partition(), m.offset())
-                for r, m in zip(records, sources, strict=True)
-            ]  # fmt: skip
-            decision_rows = [
-                (r["transaction_id"], r["user_id"], f'{{"if": {float(s)!r}}}', float(s), bool(f),
-                 version, done_ms - t)
-                for r, s, f, t in zip(records, scores, flags, event_ms, strict=True)
-            ]  # fmt: skip
-            self.stats.new_decisions += await asyncio.to_thread(self.pg.write, tx_rows, decision_rows)
-            self.store.write_latest(
-                [r["user_id"] for r in records], [r["transaction_id"] for r in records], event_ms, matrix
-            )
-            for r, s, f in zip(records, scores, flags, strict=True):
-                payload = {"transaction_id": r["transaction_id"], "user_id": r["user_id"],
-                           "score": float(s), "is_fraud": bool(f), "model_version": version}  # fmt: skip
-                self.kafka_out.send_json(k.decisions_topic, r["user_id"], payload)
-                if f:
-                    self.kafka_out.send_json(k.alerts_topic, r["user_id"], payload)
-                    self.stats.alerts += 1
-            self.stats.scored += len(records)
-        await asyncio.to_thread(self.kafka_out.flush)
-        self.stats.batches += 1
+            with self.timed("sink_pg"):
+                tx_rows = [
+                    (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
+                     r["event_time"], r["country"], r["device_id"], r["channel"], r["merchant_category"],
+                     r["lat"], r["lon"], r["ip"], m.partition(), m.offset())
+                    for r, m in zip(records, sources, strict=True)
+                ]  # fmt: skip
+                decision_rows = [
+                    (r["transaction_id"], r["user_id"], f'{{"if": {float(s)!r}}}', float(s), bool(f),
+                     version, done_ms - t)
+                    for r, s, f, t in zip(records, scores, flags, event_ms, strict=True)
+                ]  # fmt: skip
+                new = await asyncio.to_thread(self.pg.write, tx_rows, decision_rows)
+            with self.timed("sink_kafka"):
+                for r, s, f in zip(records, scores, flags, strict=True):
+                    payload = {"transaction_id": r["transaction_id"], "user_id": r["user_id"],
+                               "score": float(s), "is_fraud": bool(f), "model_version": version}  # fmt: skip
+                    self.kafka_out.send_json(k.decisions_topic, r["user_id"], payload)
+                    if f:
+                        self.kafka_out.send_json(k.alerts_topic, r["user_id"], payload)
+                        alerts += 1
+            scored = len(records)
+        with self.timed("sink_kafka"):
+            for msg, error, reason in rejects:
+                self._dead_letter(msg, error, reason)
+            await asyncio.to_thread(self.kafka_out.flush)
         if commit:
             await asyncio.to_thread(self._commit, msgs)
+        # Counted only once every sink succeeded, so a retried batch is not counted twice.
+        self.stats.scored += scored
+        self.stats.new_decisions += new
+        self.stats.alerts += alerts
+        self.stats.batches += 1
+        self.stats.last_batch_at = time.time()
 
     def _commit(self, msgs: list[Any]) -> None:
         """Commit exactly this batch's offsets (next offset per partition)."""
@@ -163,41 +280,39 @@ class ScoringLoop:
             key = (m.topic(), m.partition())
             nxt[key] = max(nxt.get(key, 0), m.offset() + 1)
         try:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in nxt.items()], asynchronous=False
-            )
+            with self.timed("commit"):
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in nxt.items()], asynchronous=False
+                )
             self.stats.commits += 1
         except KafkaException as exc:
-            code = exc.args[0].code() if exc.args else None
-            if code not in _REBALANCE_CODES:
+            if exc.args[0].code() not in _REBALANCE_CODES:
                 raise
             # The partitions moved during this batch; their new owner re-reads from the last
             # committed offset and the idempotent sinks absorb the repeat.
             log.warning("commit refused by a rebalance (%s); batch will be redelivered", exc)
             self.stats.commit_conflicts += 1
 
-    def rewind(self, msgs: list[Any]) -> None:
-        """Seek back to the first offset of each partition in a failed batch."""
-        first: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            key = (m.topic(), m.partition())
-            first[key] = min(first.get(key, m.offset()), m.offset())
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        for (t, p), o in first.items():
-            if (t, p) in assigned:
-                self.consumer.seek(TopicPartition(t, p, o))
-        self.stats.retries += 1
-
-    async def poll(self) -> list[Any]:
-        c = self.settings.consumer
-        return await asyncio.to_thread(self.consumer.consume, c.batch_size, c.poll_timeout_s)
+    def refresh_lag(self, every_s: float = 5.0) -> None:
+        """Records behind the high watermark per owned partition (at most every ``every_s``)."""
+        now = time.monotonic()
+        if now - self._lag_checked < every_s:
+            return
+        self._lag_checked = now
+        lag: dict[int, int] = {}
+        for tp in self.consumer.position(self.consumer.assignment()):
+            _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            lag[tp.partition] = max(0, high - tp.offset) if tp.offset >= 0 else high
+        self.stats.lag = lag
 
     def close(self) -> None:
         self.consumer.close()
         self.pg.close()
 
 
-@ray.remote(num_cpus=0.25, max_restarts=0)
+# Restarted after a crash, with the `run` call retried: the new consumer resumes from the
+# committed offsets, and whatever the dead one had half-written is absorbed by idempotency.
+@ray.remote(num_cpus=0.25, max_restarts=-1, max_task_retries=-1)
 class ConsumerActor:
     """One member of the scoring consumer group."""
 
@@ -213,37 +328,27 @@ class ConsumerActor:
 
     async def run(
         self, *, max_batches: int | None = None, stop_after_idle_s: float | None = None, commit: bool = True
-    ) -> dict[str, int]:
+    ) -> dict[str, Any]:
         """Consume until ``stop()``, ``max_batches`` batches, or ``stop_after_idle_s`` with no data."""
         idle_since = time.monotonic()
-        backoff = 0.1
         while not self._stop:
             msgs = await self.loop.poll()
             if msgs:
                 idle_since = time.monotonic()
-                try:
-                    await self.loop.process(msgs, commit=commit)
-                    backoff = 0.1
-                except Exception:
-                    # A stage is down or slow: nothing of this batch was committed, so re-read
-                    # it after a pause instead of skipping it (no loss; sinks are idempotent).
-                    log.exception("batch failed; rewinding and retrying in %.1f s", backoff)
-                    self.loop.rewind(msgs)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 10.0)
-                    continue
+                await self.loop.handle(msgs, commit=commit)
                 if max_batches is not None and self.loop.stats.batches >= max_batches:
                     break
             elif not self.loop.consumer.assignment():
                 idle_since = time.monotonic()  # still joining the group: not idle yet
             elif stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
                 break
+            await asyncio.to_thread(self.loop.refresh_lag)
         return self.stats()
 
     def stop(self) -> None:
         self._stop = True
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         return asdict(self.loop.stats)
 
     def close(self) -> None:
@@ -254,29 +359,61 @@ class ConsumerPool:
     """``n`` consumer actors in one group, each running its loop until ``stop``."""
 
     def __init__(self, settings: Settings, n: int, group_id: str | None = None, **run_kwargs: Any) -> None:
+        self.settings, self.group_id, self.run_kwargs = settings, group_id, run_kwargs
+        self.actors: list[Any] = []
+        self.runs: list[Any] = []
+        for _ in range(n):
+            self.add()
+
+    def add(self) -> Any:
+        """Start one more member (the group rebalances)."""
         from serve_deployments.app import SCORER_NAME
 
-        self.actors = [
-            ConsumerActor.remote(settings, settings.serve.app_name, SCORER_NAME, group_id)  # type: ignore[attr-defined]
-            for _ in range(n)
-        ]
-        self.runs = [a.run.remote(**run_kwargs) for a in self.actors]
+        actor = ConsumerActor.remote(self.settings, self.settings.serve.app_name, SCORER_NAME, self.group_id)  # type: ignore[attr-defined]
+        self.actors.append(actor)
+        self.runs.append(actor.run.remote(**self.run_kwargs))
+        return actor
 
-    def stats(self) -> list[dict[str, int]]:
+    def remove(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Gracefully stop the newest member (finish batch, commit, leave the group)."""
+        actor, run = self.actors.pop(), self.runs.pop()
+        return _shutdown([actor], [run], timeout)[0]
+
+    def stats(self) -> list[dict[str, Any]]:
         return list(ray.get([a.stats.remote() for a in self.actors]))
 
-    def wait(self, timeout: float | None = None) -> list[dict[str, int]]:
+    def wait(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Wait for every loop to end by itself (``max_batches`` / ``stop_after_idle_s``)."""
         return list(ray.get(self.runs, timeout=timeout))
 
-    def stop(self, timeout: float = 60.0) -> list[dict[str, int]]:
+    def stop(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Let each actor finish and commit its current batch, leave the group, and exit."""
-        if not self.actors:
-            return []
-        ray.get([a.stop.remote() for a in self.actors], timeout=timeout)
-        final = self.wait(timeout)
-        ray.get([a.close.remote() for a in self.actors], timeout=timeout)
-        for a in self.actors:
-            ray.kill(a)
+        final = _shutdown(self.actors, self.runs, timeout)
         self.actors, self.runs = [], []
         return final
+
+
+def _shutdown(actors: list[Any], runs: list[Any], timeout: float) -> list[dict[str, Any]]:
+    if not actors:
+        return []
+    ray.get([a.stop.remote() for a in actors], timeout=timeout)
+    final = list(ray.get(runs, timeout=timeout))
+    ray.get([a.close.remote() for a in actors], timeout=timeout)
+    for a in actors:
+        ray.kill(a, no_restart=True)
+    return final
+
+
+def throughput(stats: list[dict[str, Any]]) -> float:
+    """Scored tx/s of a pool, from its first polled record to its last committed batch."""
+    starts = [s["first_record_at"] for s in stats if s["first_record_at"]]
+    ends = [s["last_batch_at"] for s in stats if s["last_batch_at"]]
+    if not starts or not ends or max(ends) <= min(starts):
+        return 0.0
+    return sum(s["scored"] for s in stats) / (max(ends) - min(starts))
+
+
+def stage_us_per_tx(stats: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean µs per scored transaction spent in each stage (summed over actors)."""
+    scored = max(1, sum(s["scored"] for s in stats))
+    return {st: 1e6 * sum(s["stage_s"][st] for s in stats) / scored for st in STAGES}
