@@ -386,11 +386,40 @@ class ConsumerPool:
         """Wait for every loop to end by itself (``max_batches`` / ``stop_after_idle_s``)."""
         return list(ray.get(self.runs, timeout=timeout))
 
+    def drain(self, timeout: float = 600.0, poll_s: float = 0.5) -> list[dict[str, Any]]:
+        """Wait until the group has committed every partition up to its high watermark, then stop."""
+        deadline = time.monotonic() + timeout
+        while sum(group_lag(self.settings, self.group_id).values()) > 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"group still lags after {timeout} s: {group_lag(self.settings, self.group_id)}"
+                )
+            time.sleep(poll_s)
+        return self.stop()
+
     def stop(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Let each actor finish and commit its current batch, leave the group, and exit."""
         final = _shutdown(self.actors, self.runs, timeout)
         self.actors, self.runs = [], []
         return final
+
+
+def group_lag(settings: Settings, group_id: str | None = None) -> dict[int, int]:
+    """Records not yet committed by ``group_id`` per partition of the transactions topic."""
+    from confluent_kafka import Consumer
+
+    k = settings.kafka
+    probe = Consumer({"bootstrap.servers": k.bootstrap, "group.id": group_id or k.consumer_group})
+    try:
+        meta = probe.list_topics(k.transactions_topic, timeout=10).topics[k.transactions_topic]
+        tps = [TopicPartition(k.transactions_topic, p) for p in meta.partitions]
+        lag = {}
+        for tp in probe.committed(tps, timeout=10):
+            low, high = probe.get_watermark_offsets(tp, timeout=10)
+            lag[tp.partition] = high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    finally:
+        probe.close()
 
 
 def _shutdown(actors: list[Any], runs: list[Any], timeout: float) -> list[dict[str, Any]]:

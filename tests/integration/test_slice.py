@@ -49,6 +49,10 @@ def _with_topic(settings: Settings, topic: str) -> Settings:
     return settings.model_copy(update={"kafka": kafka})
 
 
+def topic_suffix(settings: Settings) -> str:
+    return settings.kafka.transactions_topic.rsplit("-", 1)[-1]
+
+
 def _produce(settings: Settings, n: int) -> list[dict[str, Any]]:
     records = list(demo_transactions(n, seed=random.randrange(2**31), users=200))
     producer = TransactionProducer(settings)
@@ -71,14 +75,12 @@ def test_n_produced_means_n_decisions(
     s = _with_topic(slice_settings, new_topic("slice", partitions=6))
     records = _produce(s, 3000)
     t0 = time.monotonic()
-    pool = ConsumerPool(s, 1, group_id, stop_after_idle_s=2.0)
-    pool.wait(timeout=300)
-    stats = pool.stop()
+    stats = ConsumerPool(s, 1, group_id).drain(timeout=300)
     elapsed = time.monotonic() - t0
     assert sum(x["scored"] for x in stats) == 3000
     assert sum(x["dead_lettered"] for x in stats) == 0
     assert _decisions_for(s, [r["transaction_id"] for r in records]) == 3000
-    print(f"slice: 3000 tx in {elapsed:.1f} s incl. group join and 2 s idle exit")
+    print(f"slice: 3000 tx in {elapsed:.1f} s incl. group join")
 
 
 def test_redelivery_before_commit_adds_no_rows(
@@ -97,9 +99,7 @@ def test_redelivery_before_commit_adds_no_rows(
     assert _decisions_for(s, ids) == 1000
 
     # Its replacement gets the whole batch again; the idempotent sinks add nothing.
-    again = ConsumerPool(s, 1, group_id, stop_after_idle_s=2.0)
-    again.wait(timeout=300)
-    second = again.stop()
+    second = ConsumerPool(s, 1, group_id).drain(timeout=300)
     assert sum(x["polled"] for x in second) == 1000
     assert sum(x["new_decisions"] for x in second) == 0
     assert _decisions_for(s, ids) == 1000
@@ -108,9 +108,7 @@ def test_redelivery_before_commit_adds_no_rows(
 def test_predict_over_http(serve_app: str, slice_settings: Settings, new_topic: Callable[..., str]) -> None:
     s = _with_topic(slice_settings, new_topic("predict"))
     records = _produce(s, 200)
-    pool = ConsumerPool(s, 1, None, stop_after_idle_s=2.0)
-    pool.wait(timeout=300)
-    pool.stop()
+    ConsumerPool(s, 1, f"predict-{topic_suffix(s)}").drain(timeout=300)
     user = records[-1]["user_id"]
     with httpx.Client(base_url=serve_app, timeout=30) as http:
         ok = http.get("/predict", params={"user_id": user}, headers={"X-API-Key": API_KEY})
