@@ -121,7 +121,10 @@ class ScoringLoop:
                 "group.id": group_id or k.consumer_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "partition.assignment.strategy": "cooperative-sticky",
+                # KIP-848 (Kafka 4): incremental rebalances driven by the broker. The classic
+                # protocol's cooperative-sticky assignor left retained partitions unfetched
+                # after a commit refused with ILLEGAL_GENERATION (librdkafka #4059).
+                "group.protocol": "consumer",
                 "max.poll.interval.ms": 300_000,
                 "fetch.wait.max.ms": 100,
             }

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import stack
 from cluster.settings import Settings
+from tests.helpers import API_KEY
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +45,22 @@ def new_topic(local_stack: Settings) -> Iterator[Callable[..., str]]:
     if created:
         for fut in admin.delete_topics(created, operation_timeout=30).values():
             fut.result()
+
+
+@pytest.fixture(scope="module")
+def serve_app(local_stack: Settings) -> Iterator[str]:
+    """A private local Ray cluster with the Serve app on port 18000 (per test module)."""
+    import ray
+    from ray import serve
+
+    from cluster import ray_runtime, serving
+
+    s = local_stack.model_copy(update={"serve": local_stack.serve.model_copy(update={"http_port": 18000})})
+    ray_runtime.init(s, local=True)
+    url = serving.deploy(s, api_keys=[API_KEY])
+    yield url
+    serve.shutdown()
+    ray.shutdown()
 
 
 @pytest.fixture

@@ -4,49 +4,27 @@ produced N ⇒ exactly N decisions; a redelivered batch (restart before commit) 
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-import psycopg2
 import pytest
-import ray
 
-from cluster import ray_runtime, serving
-from cluster.settings import ConsumerSettings, KafkaSettings, ServeSettings, Settings
+from cluster.settings import ConsumerSettings, Settings
 from ingest.consumer import ConsumerPool
-from ingest.producer import TransactionProducer
-from ingest.simulator import demo_transactions
+from tests.helpers import API_KEY, count_rows, produce, with_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-API_KEY = "test-key-for-the-slice"
 
 
 @pytest.fixture(scope="module")
 def slice_settings(local_stack: Settings) -> Settings:
-    return Settings(
-        serve=ServeSettings(http_port=18000),
-        consumer=ConsumerSettings(batch_size=200, poll_timeout_s=0.2),
-    )
-
-
-@pytest.fixture(scope="module")
-def serve_app(slice_settings: Settings) -> Iterator[str]:
-    from ray import serve
-
-    ray_runtime.init(slice_settings, local=True)
-    url = serving.deploy(slice_settings, api_keys=[API_KEY])
-    yield url
-    serve.shutdown()
-    ray.shutdown()
+    return local_stack.model_copy(update={"consumer": ConsumerSettings(batch_size=200, poll_timeout_s=0.2)})
 
 
 def _with_topic(settings: Settings, topic: str) -> Settings:
-    kafka: KafkaSettings = settings.kafka.model_copy(update={"transactions_topic": topic})
-    return settings.model_copy(update={"kafka": kafka})
+    return with_topics(settings, transactions_topic=topic)
 
 
 def topic_suffix(settings: Settings) -> str:
@@ -54,19 +32,11 @@ def topic_suffix(settings: Settings) -> str:
 
 
 def _produce(settings: Settings, n: int) -> list[dict[str, Any]]:
-    records = list(demo_transactions(n, seed=random.randrange(2**31), users=200))
-    producer = TransactionProducer(settings)
-    producer.send_many(records)
-    producer.flush()
-    return records
+    return produce(settings, n)
 
 
 def _decisions_for(settings: Settings, tx_ids: list[str]) -> int:
-    with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM decisions WHERE transaction_id = ANY(%s)", (tx_ids,))
-        (count,) = cur.fetchone()
-    conn.close()
-    return int(count)
+    return count_rows(settings.postgres.dsn.get_secret_value(), "decisions", tx_ids)
 
 
 def test_n_produced_means_n_decisions(
