@@ -184,7 +184,9 @@ def models_promote(name: str, version: str) -> None:
 def demo_cmd(
     rate: Annotated[float, typer.Option(help="transactions per second to produce")] = 500.0,
     actors: Annotated[int, typer.Option(help="consumer actors")] = 2,
-    seed: Annotated[int, typer.Option()] = 1,
+    seed: Annotated[
+        int | None, typer.Option(help="simulator seed (default: a new one per run, so ids never repeat)")
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
 ) -> None:
     """The main job (`make run`): stack, Ray, Serve, consumers and producer, with live progress."""

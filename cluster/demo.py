@@ -89,16 +89,17 @@ def _urls(settings: Settings, key: str) -> Table:
     return t
 
 
-def run(settings: Settings, *, rate: float, actors: int, seed: int, duration: float | None) -> None:
+def run(settings: Settings, *, rate: float, actors: int, seed: int | None, duration: float | None) -> None:
     import ray
 
     from ingest.consumer import ConsumerPool
 
     key = api_key(settings)
     with console.status("starting the local stack"):
+        already_up = [name for name, svc in stack.services(settings).items() if svc.pid() is not None]
         stack.up(settings)
     with console.status("starting Ray"):
-        ray_runtime.start_head(settings)
+        head_started = ray_runtime.start_head(settings) == "started"
         # Actor and replica logs would tear the live display; they stay in Ray's log folder.
         ray_runtime.init(settings, log_to_driver=False)
     producer: PacedProducer | None = None
@@ -107,7 +108,9 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int, duration: fl
         with console.status("deploying Serve app (training a quick model if the registry is empty)"):
             serving.deploy(settings, api_keys=[key])
         pool = ConsumerPool(settings, actors)
-        producer = PacedProducer(settings, rate, seed)
+        # Transaction ids derive from the seed: a fixed seed on a second run would replay
+        # ids the database already has, and the idempotent sinks would (rightly) ignore them.
+        producer = PacedProducer(settings, rate, seed if seed is not None else secrets.randbelow(2**31))
         producer.start()
         t0 = time.monotonic()
         last_total, last_t = 0, t0
@@ -148,6 +151,11 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int, duration: fl
 
         serve.shutdown()
         ray.shutdown()
-        ray_runtime.stop_head(settings)
-        stack.down(settings)
-        console.print("stopped: producer, consumers, Serve, Ray and the local stack (data kept in var/)")
+        if head_started:
+            ray_runtime.stop_head(settings)
+        # Stop what this run started; services that were up before it stay up.
+        started = [name for name in stack.SERVICE_NAMES if name not in already_up]
+        if started:
+            stack.down(settings, only=started)
+        kept = f" (left running as found: {', '.join(already_up)})" if already_up else ""
+        console.print(f"stopped producer, consumers, Serve, Ray and the stack{kept}; data kept in var/")

@@ -7,18 +7,27 @@ Token authentication stays on (``RAY_AUTH_MODE=token``): the token lives in
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from cluster.errors import StackError
 from cluster.settings import Settings
+from cluster.stack import pid_alive
 
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
 
 
 def _ray_cli() -> str:
+    beside = Path(sys.executable).parent / "ray"  # the venv's, even when it is not on PATH
+    if beside.exists():
+        return str(beside)
     path = shutil.which("ray")
     if path is None:
         raise StackError("the `ray` CLI is not on PATH: run `make setup` and use .venv/bin")
@@ -75,13 +84,66 @@ def start_head(settings: Settings) -> str:
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **auth_env()}, check=False)
     if out.returncode != 0:
         raise StackError(f"`ray start --head` failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+    session = (Path(r.temp_dir) / "session_latest").resolve()
+    _session_file(settings).parent.mkdir(parents=True, exist_ok=True)
+    _session_file(settings).write_text(str(session))
     return "started"
 
 
-def stop_head(settings: Settings) -> str:
+def _session_file(settings: Settings) -> Path:
+    return settings.var_dir / "run" / "ray-head.session"
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every process we can read."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry.name)] = (ppid, cmdline)
+    return table
+
+
+def stop_head(settings: Settings, grace_s: float = 3.0) -> str:
+    """Stop the head that ``start_head`` started, and only it.
+
+    ``ray stop`` would kill every Ray process on the machine (tests and other users run
+    private clusters too), so this stops the processes of our session and their children.
+    """
     if settings.ray.address:
         return "external cluster left running"
-    subprocess.run([_ray_cli(), "stop", "--force"], capture_output=True, check=False, timeout=120)
+    marker = _session_file(settings)
+    if not marker.exists():
+        return "not running"
+    session = marker.read_text().strip()
+    table = _process_table()
+    # Processes of our session, plus the ones that only name the head's address (client server).
+    by_address = re.compile(rf"--(?:gcs[-_])?address=\S+:{settings.ray.head_port}\b")
+    roots = {
+        pid
+        for pid, (_ppid, cmd) in table.items()
+        if (session in cmd or by_address.search(cmd)) and pid != os.getpid()
+    }
+    doomed = set(roots)
+    grew = True
+    while grew:  # add descendants (workers, dashboard modules, agents)
+        children = {pid for pid, (ppid, _cmd) in table.items() if ppid in doomed} - doomed - {os.getpid()}
+        doomed |= children
+        grew = bool(children)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (grace_s if sig == signal.SIGTERM else 5)
+        while time.monotonic() < deadline and any(pid_alive(p) for p in doomed):
+            time.sleep(0.1)
+    marker.unlink(missing_ok=True)
     return "stopped"
 
 
