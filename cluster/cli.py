@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray reads it when first imported
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -144,15 +145,52 @@ def consume_cmd(
 
 @app.command("train")
 def train_cmd(
-    rows: Annotated[int, typer.Option(help="synthetic genuine rows to fit on")] = 20_000,
-    seed: Annotated[int, typer.Option()] = 7,
-    promote: Annotated[bool, typer.Option(help="make it the production version")] = True,
+    model: Annotated[str, typer.Option(help="if | xgb | ae | all (all adds the ensemble)")] = "all",
+    csv: Annotated[
+        Path | None, typer.Option(help="a labelled CSV/Parquet instead of the feature store")
+    ] = None,
+    label: Annotated[str, typer.Option(help="label column of --csv (0/1)")] = "is_fraud",
+    time_col: Annotated[str | None, typer.Option("--time", help="event-time column of --csv")] = None,
+    target_fpr: Annotated[float, typer.Option(help="false-positive rate the thresholds aim at")] = 0.01,
+    quick: Annotated[
+        bool, typer.Option(help="only the synthetic-data Isolation Forest used at first start")
+    ] = False,
 ) -> None:
-    """Fit the quick Isolation Forest and register it (the full training job is `training/`)."""
+    """Train on a temporal split, evaluate on the last window, and register the versions."""
+    from training.data import frame_from_csv, temporal_split
+    from training.pipeline import train_all
     from training.quick import train_quick_model
 
-    mv = train_quick_model(get_settings(), n=rows, seed=seed, promote=promote)
-    console.print(f"registered {mv.name} {mv.version} ({mv.stage}) metrics={mv.metrics}")
+    settings = get_settings()
+    if quick:
+        mv = train_quick_model(settings)
+        console.print(f"registered {mv.name} {mv.version} ({mv.stage}) metrics={mv.metrics}")
+        return
+    families = ("if", "xgb", "ae") if model == "all" else (model,)
+    if not set(families) <= {"if", "xgb", "ae"}:
+        raise _fail(ValueError(f"--model must be if, xgb, ae or all, not {model!r}"))
+    if csv is None:
+        raise _fail(
+            ValueError("training from the feature store needs its offline frames; pass --csv for now")
+        )
+    try:
+        frame = frame_from_csv(csv, label, time_col)
+        split = temporal_split(frame)
+        # Models of a CSV's columns cannot score the live stream: register, never promote.
+        result = train_all(split, settings, families=families, target_fpr=target_fpr,
+                           source=f"csv:{csv.name}", promote=False)  # fmt: skip
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    table = Table("model", "version", "test AUCPR", "test ROC AUC", "precision", "recall", "FPR", "stage")
+    for fam, m in result.metrics.items():
+        mv = result.versions.get(fam)
+        table.add_row(
+            fam, mv.version if mv else "-", f"{m.get('aucpr', float('nan')):.3f}",
+            f"{m.get('roc_auc', float('nan')):.3f}", f"{m.get('precision', 0):.3f}",
+            f"{m.get('recall', 0):.3f}", f"{m.get('fpr', 0):.4f}", mv.stage if mv else "-",
+        )  # fmt: skip
+    console.print(f"train/val/test rows: {split.sizes()}")
+    console.print(table)
 
 
 @models_app.command("list")

@@ -10,11 +10,9 @@ pipeline one call per micro-batch and the router backs off when replicas look fu
 # of the @serve.ingress class at definition time.
 import hashlib
 import hmac
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import joblib
 import numpy as np
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -22,7 +20,7 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from cluster.errors import FraudrayError, Unauthorized, UnknownUser
+from cluster.errors import FraudrayError, ModelNotReady, Unauthorized, UnknownUser
 from cluster.settings import get_settings
 from features.online import FEATURE_NAMES, OnlineStore
 
@@ -41,16 +39,18 @@ class IsolationForestScorer:
     """Scores feature matrices; concurrent calls are merged into one ``score_samples``."""
 
     def __init__(self, model_uri: str, version: str) -> None:
-        path = Path(model_uri)
-        self.model = joblib.load(path / "model.joblib")
-        meta = json.loads((path / "meta.json").read_text())
-        self.threshold = float(meta["threshold"])
+        from training.isolation_forest import IsolationForestModel
+
+        self.model = IsolationForestModel.load(Path(model_uri))
+        if self.model.threshold is None:
+            raise ModelNotReady(f"model {version} has no decision threshold")
+        self.threshold = float(self.model.threshold)
         self.version = version
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _score(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
         sizes = [len(m) for m in matrices]
-        scores = -self.model.score_samples(np.concatenate(matrices))
+        scores = self.model.score(np.concatenate(matrices))
         return list(np.split(scores, np.cumsum(sizes)[:-1]))
 
     async def score(self, matrix: np.ndarray) -> dict[str, Any]:

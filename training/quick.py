@@ -1,16 +1,16 @@
 """A quick Isolation Forest for the first start: fit on synthetic genuine traffic so the
-pipeline can score before any real training run (issue: training replaces this)."""
+pipeline can score before any real training run (`fraudray train` replaces it)."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
-import joblib
 import numpy as np
-from sklearn.ensemble import IsolationForest
 
+from cluster.errors import ModelNotReady
 from cluster.settings import Settings
 from features.online import FEATURE_NAMES, transaction_features
+from training.isolation_forest import IsolationForestModel
 from training.registry import ModelVersion, Registry
 
 MODEL_NAME = "if"
@@ -31,28 +31,32 @@ def train_quick_model(
     settings: Settings, n: int = 20_000, seed: int = 7, promote: bool = True
 ) -> ModelVersion:
     X = genuine_sample(n, seed)
-    model = IsolationForest(n_estimators=100, max_samples=256, random_state=seed, n_jobs=1).fit(X)
-    scores = -model.score_samples(X)
+    model = IsolationForestModel(list(FEATURE_NAMES), n_estimators=100, max_samples=256, seed=seed)
+    model.fit(X, np.zeros(len(X), dtype=np.int8))
+    scores = model.score(X)
     # Flag about 0.5 % of genuine-looking traffic: the threshold is a quantile of training scores.
-    threshold = float(np.quantile(scores, 0.995))
+    model.threshold = float(np.quantile(scores, 0.995))
     registry = Registry(settings)
     version, path = registry.new_version_dir(MODEL_NAME)
-    joblib.dump(model, path / "model.joblib")
-    meta = {"threshold": threshold, "feature_names": list(FEATURE_NAMES)}
-    (path / "meta.json").write_text(json.dumps(meta))
+    model.save(path)
     return registry.register(
         MODEL_NAME, version, path,
-        metrics={"train_rows": n, "train_flag_rate": float((scores > threshold).mean())},
-        params={"n_estimators": 100, "max_samples": 256, "seed": seed, "source": "synthetic-genuine"},
+        metrics={"train_rows": n, "train_flag_rate": float((scores > model.threshold).mean())},
+        params=dict(model.params(), source="synthetic-genuine"),
         feature_names=list(FEATURE_NAMES), promote=promote,
     )  # fmt: skip
 
 
 def ensure_model(settings: Settings) -> ModelVersion:
-    """The production IF, training the quick one first when the registry has none."""
-    from cluster.errors import ModelNotReady
-
+    """The production IF, training the quick one first when the registry has none usable."""
     try:
-        return Registry(settings).production(MODEL_NAME)
+        mv = Registry(settings).production(MODEL_NAME)
     except ModelNotReady:
         return train_quick_model(settings)
+    try:
+        threshold = IsolationForestModel.load(Path(mv.uri)).threshold
+    except (OSError, KeyError, ValueError):
+        threshold = None  # artefact missing or of an older format
+    if mv.feature_names != list(FEATURE_NAMES) or threshold is None:
+        return train_quick_model(settings)  # trained on another feature set, or unusable
+    return mv

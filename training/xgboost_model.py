@@ -1,0 +1,113 @@
+"""XGBoost: supervised, class imbalance via ``scale_pos_weight``, early stopping on validation AUCPR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import xgboost as xgb
+
+from training.base import as_matrix, read_meta, write_meta
+
+
+class XGBoostModel:
+    family: ClassVar[str] = "xgb"
+
+    def __init__(
+        self,
+        feature_names: list[str],
+        *,
+        n_estimators: int = 400,
+        max_depth: int = 6,
+        learning_rate: float = 0.1,
+        subsample: float = 0.9,
+        colsample_bytree: float = 0.9,
+        min_child_weight: float = 1.0,
+        early_stopping_rounds: int = 30,
+        seed: int = 0,
+        nthread: int = 2,
+    ) -> None:
+        self.feature_names = list(feature_names)
+        self._params: dict[str, Any] = {
+            "n_estimators": n_estimators, "max_depth": max_depth, "learning_rate": learning_rate,
+            "subsample": subsample, "colsample_bytree": colsample_bytree,
+            "min_child_weight": min_child_weight, "early_stopping_rounds": early_stopping_rounds,
+            "seed": seed, "nthread": nthread,
+        }  # fmt: skip
+        self.booster: xgb.Booster | None = None
+        self.best_iteration: int | None = None
+        self.history: list[float] = []
+
+    def fit(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        callbacks: list[Any] | None = None,
+    ) -> Self:
+        y = np.asarray(y, dtype=np.float32)
+        pos = float(y.sum())
+        if pos == 0:
+            raise ValueError("XGBoost needs fraud examples in the training data (labels are all 0)")
+        p = self._params
+        params = {
+            "objective": "binary:logistic", "eval_metric": "aucpr", "tree_method": "hist",
+            "max_depth": p["max_depth"], "eta": p["learning_rate"], "subsample": p["subsample"],
+            "colsample_bytree": p["colsample_bytree"], "min_child_weight": p["min_child_weight"],
+            "scale_pos_weight": (len(y) - pos) / pos, "seed": p["seed"], "nthread": p["nthread"],
+        }  # fmt: skip
+        dtrain = xgb.DMatrix(as_matrix(X), label=y, feature_names=self.feature_names)
+        evals = [(dtrain, "train")]
+        early = None
+        if X_val is not None and y_val is not None and len(y_val):
+            evals.append(
+                (xgb.DMatrix(as_matrix(X_val), label=y_val, feature_names=self.feature_names), "val")
+            )
+            early = p["early_stopping_rounds"]
+        result: dict[str, Any] = {}
+        self.booster = xgb.train(
+            params, dtrain, num_boost_round=p["n_estimators"], evals=evals, evals_result=result,
+            early_stopping_rounds=early, verbose_eval=False, callbacks=callbacks,
+        )  # fmt: skip
+        self.history = [float(v) for v in result.get("val", result["train"])["aucpr"]]
+        self.best_iteration = int(getattr(self.booster, "best_iteration", len(self.history) - 1))
+        return self
+
+    def _dmatrix(self, X: np.ndarray) -> xgb.DMatrix:
+        return xgb.DMatrix(as_matrix(X), feature_names=self.feature_names)
+
+    def _range(self) -> tuple[int, int]:
+        return (0, (self.best_iteration or 0) + 1)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        if self.booster is None:
+            raise RuntimeError("model is not fitted")
+        return np.asarray(self.booster.predict(self._dmatrix(X), iteration_range=self._range()), np.float64)
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """SHAP values per feature (last column is the bias), in log-odds."""
+        if self.booster is None:
+            raise RuntimeError("model is not fitted")
+        out = self.booster.predict(self._dmatrix(X), pred_contribs=True, iteration_range=self._range())
+        return np.asarray(out, dtype=np.float64)
+
+    def params(self) -> dict[str, Any]:
+        return dict(self._params, best_iteration=self.best_iteration)
+
+    def save(self, path: Path) -> None:
+        if self.booster is None:
+            raise RuntimeError("model is not fitted")
+        write_meta(path, family=self.family, feature_names=self.feature_names, params=self._params,
+                   best_iteration=self.best_iteration)  # fmt: skip
+        self.booster.save_model(str(path / "model.ubj"))
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        meta = read_meta(path)
+        obj = cls(meta["feature_names"], **meta["params"])
+        obj.booster = xgb.Booster()
+        obj.booster.load_model(str(path / "model.ubj"))
+        obj.best_iteration = meta["best_iteration"]
+        return obj
