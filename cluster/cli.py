@@ -183,11 +183,11 @@ def train_cmd(
         raise _fail(exc) from exc
     table = Table("model", "version", "test AUCPR", "test ROC AUC", "precision", "recall", "FPR", "stage")
     for fam, m in result.metrics.items():
-        mv = result.versions.get(fam)
+        version = result.versions.get(fam)
         table.add_row(
-            fam, mv.version if mv else "-", f"{m.get('aucpr', float('nan')):.3f}",
+            fam, version.version if version else "-", f"{m.get('aucpr', float('nan')):.3f}",
             f"{m.get('roc_auc', float('nan')):.3f}", f"{m.get('precision', 0):.3f}",
-            f"{m.get('recall', 0):.3f}", f"{m.get('fpr', 0):.4f}", mv.stage if mv else "-",
+            f"{m.get('recall', 0):.3f}", f"{m.get('fpr', 0):.4f}", version.stage if version else "-",
         )  # fmt: skip
     console.print(f"train/val/test rows: {split.sizes()}")
     console.print(table)
