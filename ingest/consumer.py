@@ -351,6 +351,10 @@ class ConsumerActor:
     def stop(self) -> None:
         self._stop = True
 
+    def assigned(self) -> list[int]:
+        """Partitions this member owns right now."""
+        return sorted(tp.partition for tp in self.loop.consumer.assignment())
+
     def stats(self) -> dict[str, Any]:
         return asdict(self.loop.stats)
 
@@ -384,6 +388,9 @@ class ConsumerPool:
 
     def stats(self) -> list[dict[str, Any]]:
         return list(ray.get([a.stats.remote() for a in self.actors]))
+
+    def assignments(self) -> list[list[int]]:
+        return list(ray.get([a.assigned.remote() for a in self.actors]))
 
     def wait(self, timeout: float | None = None) -> list[dict[str, Any]]:
         """Wait for every loop to end by itself (``max_batches`` / ``stop_after_idle_s``)."""

@@ -51,8 +51,12 @@ def topic_settings(local_stack: Settings, new_topic: Callable[..., str]) -> Sett
 
 def test_three_actors_exactly_once(serve_app: str, topic_settings: Settings, group_id: str) -> None:
     s = topic_settings
+    pool = ConsumerPool(s, 3, group_id)
+    # Let the group settle first, so that the parallelism check below is not a race.
+    _wait_for(lambda: all(pool.assignments()))
+    assert sorted(p for a in pool.assignments() for p in a) == list(range(6))
     ids = [r["transaction_id"] for r in produce(s, 50_000, users=5000)]
-    stats = ConsumerPool(s, 3, group_id).drain(timeout=600)
+    stats = pool.drain(timeout=600)
     dsn = s.postgres.dsn.get_secret_value()
     assert count_rows(dsn, "decisions", ids) == 50_000
     assert count_rows(dsn, "transactions", ids) == 50_000
