@@ -399,13 +399,17 @@ class ConsumerPool:
     def drain(self, timeout: float = 600.0, poll_s: float = 0.5) -> list[dict[str, Any]]:
         """Wait until the group has committed every partition up to its high watermark, then stop."""
         deadline = time.monotonic() + timeout
-        while sum(group_lag(self.settings, self.group_id).values()) > 0:
+        lag: dict[int, int] | str = "unknown"
+        while True:
+            try:
+                lag = group_lag(self.settings, self.group_id)
+                if sum(lag.values()) == 0:
+                    return self.stop()
+            except KafkaException as exc:  # e.g. NOT_COORDINATOR while a fresh broker elects one
+                lag = f"unknown ({exc})"
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"group still lags after {timeout} s: {group_lag(self.settings, self.group_id)}"
-                )
+                raise TimeoutError(f"group still lags after {timeout} s: {lag}")
             time.sleep(poll_s)
-        return self.stop()
 
     def stop(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Let each actor finish and commit its current batch, leave the group, and exit."""
