@@ -8,7 +8,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray reads it when first impor
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,6 +17,9 @@ from rich.table import Table
 from cluster import stack as stack_mod
 from cluster.errors import FraudrayError
 from cluster.settings import get_settings
+
+if TYPE_CHECKING:
+    from training.data import Split
 
 app = typer.Typer(
     help="fraudray: distributed real-time fraud scoring on Ray.",
@@ -155,6 +158,10 @@ def train_cmd(
     quick: Annotated[
         bool, typer.Option(help="only the synthetic-data Isolation Forest used at first start")
     ] = False,
+    tune: Annotated[bool, typer.Option(help="Ray Tune search per family first, then refit the best")] = False,
+    num_samples: Annotated[int, typer.Option(help="Tune trials per family")] = 8,
+    time_budget: Annotated[float, typer.Option(help="Tune seconds per family")] = 300.0,
+    concurrency: Annotated[int, typer.Option(help="Tune trials at once")] = 2,
 ) -> None:
     """Train on a temporal split, evaluate on the last window, and register the versions."""
     from training.data import frame_from_csv, temporal_split
@@ -176,8 +183,9 @@ def train_cmd(
     try:
         frame = frame_from_csv(csv, label, time_col)
         split = temporal_split(frame)
+        params = _tune(split, families, num_samples, time_budget, concurrency) if tune else {}
         # Models of a CSV's columns cannot score the live stream: register, never promote.
-        result = train_all(split, settings, families=families, target_fpr=target_fpr,
+        result = train_all(split, settings, params=params, families=families, target_fpr=target_fpr,
                            source=f"csv:{csv.name}", promote=False)  # fmt: skip
     except FraudrayError as exc:
         raise _fail(exc) from exc
@@ -191,6 +199,38 @@ def train_cmd(
         )  # fmt: skip
     console.print(f"train/val/test rows: {split.sizes()}")
     console.print(table)
+
+
+def _tune(
+    split: Split, families: tuple[str, ...], samples: int, budget: float, concurrency: int
+) -> dict[str, dict[str, Any]]:
+    """Search each family with Ray Tune on a private local Ray; print and save the trials."""
+    from cluster import ray_runtime
+    from training.tune import search
+
+    settings = get_settings()
+    ray_runtime.init(settings, local=True, log_to_driver=False)
+    out_dir = settings.var_dir / "tune"
+    best: dict[str, dict[str, Any]] = {}
+    for fam in families:
+        params, frame = search(fam, split, num_samples=samples, time_budget_s=budget,
+                               max_concurrent=concurrency, storage=out_dir)  # fmt: skip
+        csv_path = out_dir / f"{fam}-trials.csv"
+        table = Table(
+            "trial",
+            "val AUCPR",
+            "iterations",
+            "config",
+            title=f"Ray Tune {fam}: {len(frame)} trials ({csv_path})",
+        )
+        for _, row in frame.sort_values("val_aucpr", ascending=False).iterrows():
+            cfg = {k.removeprefix("config/"): row[k] for k in frame.columns if k.startswith("config/")}
+            table.add_row(str(row.get("trial_id")), f"{row['val_aucpr']:.4f}",
+                          str(row.get("training_iteration")), str(cfg))  # fmt: skip
+        frame.to_csv(csv_path, index=False)
+        console.print(table)
+        best[fam] = params
+    return best
 
 
 @models_app.command("list")
