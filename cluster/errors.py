@@ -17,6 +17,10 @@ class Unauthorized(FraudrayError):
     http_status = 401
 
 
+class PayloadTooLarge(FraudrayError):
+    http_status = 413
+
+
 class UnknownUser(FraudrayError):
     http_status = 404
 

@@ -73,6 +73,13 @@ class OnlineStore:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis online store: {exc}") from exc
 
+    def compute(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Features for ``records`` without changing the store (``POST /score``)."""
+        event_ms = np.fromiter(
+            (int(r["event_time"].timestamp() * 1000) for r in records), dtype=np.int64, count=len(records)
+        )
+        return records_features(records, event_ms)
+
     def read_latest(self, user_id: str) -> np.ndarray | None:
         try:
             raw = self._redis.hget(_KEY.format(user_id), "v")
