@@ -57,8 +57,13 @@ def stack_up(
 def stack_down(
     only: Annotated[list[str] | None, typer.Argument(help="services to stop (default: all)")] = None,
 ) -> None:
-    """Stop what `stack up` started, and nothing else."""
+    """Stop what `stack up` started (and the Ray head `fraudray serve` started), nothing else."""
+    from cluster import ray_runtime
+
     try:
+        if not only:
+            t0 = time.monotonic()
+            _event("ray head", ray_runtime.stop_head(get_settings()), time.monotonic() - t0)
         stack_mod.down(get_settings(), only, on_event=_event)
     except FraudrayError as exc:
         raise _fail(exc) from exc
@@ -77,6 +82,40 @@ def stack_status() -> None:
     console.print(table)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
+
+
+@app.command("produce")
+def produce_cmd(
+    rate: Annotated[float, typer.Option(help="transactions per second (0 = as fast as possible)")] = 1000.0,
+    count: Annotated[int | None, typer.Option(help="stop after this many")] = None,
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    seed: Annotated[int, typer.Option(help="simulator seed: same seed, same stream")] = 1,
+    users: Annotated[int, typer.Option(help="distinct users in the simulated population")] = 100_000,
+    now: Annotated[bool, typer.Option(help="stamp event_time with the send time")] = True,
+) -> None:
+    """Send simulated transactions (Avro) to the `transactions` topic at a steady rate."""
+    from datetime import UTC, datetime
+
+    from ingest.producer import TransactionProducer, send_paced
+    from ingest.simulator import demo_transactions
+
+    if count is None and duration is None:
+        raise _fail(ValueError("give --count or --duration (Ctrl-C also stops)"))
+    settings = get_settings()
+    producer = TransactionProducer(settings)
+    stream = demo_transactions(10**12, seed=seed, users=users, start=datetime.now(UTC))
+
+    def progress(sent: int, elapsed: float) -> None:
+        console.print(f"  sent {sent:,}  ({sent / max(elapsed, 1e-9):,.0f} tx/s)")
+
+    try:
+        sent, seconds = send_paced(producer, stream, rate=rate or None, count=count, duration=duration,
+                                   on_progress=progress, restamp=now)  # fmt: skip
+    except KeyboardInterrupt:
+        producer.flush()
+        raise typer.Exit(130) from None
+    console.print(f"sent {sent:,} transactions to {settings.kafka.transactions_topic} in {seconds:.1f} s "
+                  f"= {sent / max(seconds, 1e-9):,.0f} tx/s (target {rate or 'max'})")  # fmt: skip
 
 
 @app.command("serve")

@@ -47,22 +47,15 @@ class PacedProducer(threading.Thread):
         self.sent = 0
 
     def run(self) -> None:
-        from ingest.producer import TransactionProducer
+        from ingest.producer import TransactionProducer, send_paced
         from ingest.simulator import demo_transactions
 
         producer = TransactionProducer(self.settings)
         stream = demo_transactions(10**12, seed=self.seed, users=5000, start=datetime.now(UTC))
-        t0 = time.monotonic()
-        while not self.stop_event.is_set():
-            due = int((time.monotonic() - t0) * self.rate) - self.sent
-            if due > 0:
-                batch = [next(stream) for _ in range(due)]
-                now = datetime.now(UTC)
-                for r in batch:
-                    r["event_time"] = now
-                self.sent += producer.send_many(batch)
-            self.stop_event.wait(0.05)
-        producer.flush()
+        send_paced(
+            producer, stream, rate=self.rate, stop=self.stop_event.is_set, restamp=True,
+            on_progress=lambda sent, _t: setattr(self, "sent", sent),
+        )  # fmt: skip
 
 
 def _decision_counts(settings: Settings) -> tuple[int, int]:

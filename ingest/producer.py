@@ -3,7 +3,10 @@ batched by librdkafka (linger + compression)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -66,3 +69,48 @@ class TransactionProducer:
         if self._errors:
             errors, self._errors = self._errors, []
             raise KafkaException(f"{len(errors)} deliveries failed, first: {errors[0]}")
+
+
+def send_paced(
+    producer: TransactionProducer,
+    records: Iterator[dict[str, Any]],
+    *,
+    rate: float | None,
+    count: int | None = None,
+    duration: float | None = None,
+    stop: Callable[[], bool] = lambda: False,
+    on_progress: Callable[[int, float], None] | None = None,
+    restamp: bool = False,
+) -> tuple[int, float]:
+    """Send ``records`` at ``rate`` tx/s (token bucket; ``None`` = as fast as possible) until
+    ``count`` records, ``duration`` seconds or ``stop()``. ``restamp`` sets each record's
+    event_time to the send time. Returns (sent, seconds)."""
+    t0 = time.monotonic()
+    sent = 0
+    last_report = t0
+    while not stop():
+        now = time.monotonic()
+        elapsed = now - t0
+        if duration is not None and elapsed >= duration:
+            break
+        if count is not None and sent >= count:
+            break
+        due = 1000 if rate is None else int(elapsed * rate) - sent
+        if count is not None:
+            due = min(due, count - sent)
+        if due <= 0:
+            time.sleep(min(0.01, 1 / rate) if rate else 0)
+            continue
+        batch = list(itertools.islice(records, min(due, 5000)))
+        if not batch:
+            break
+        if restamp:
+            stamp = datetime.now(UTC)
+            for r in batch:
+                r["event_time"] = stamp
+        sent += producer.send_many(batch)
+        if on_progress is not None and now - last_report >= 1.0:
+            on_progress(sent, elapsed)
+            last_report = now
+    producer.flush()
+    return sent, time.monotonic() - t0
