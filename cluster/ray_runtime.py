@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,12 @@ def ensure_token() -> str:
     if not TOKEN_PATH.exists():
         subprocess.run([_ray_cli(), "get-auth-token", "--generate"], check=True, capture_output=True)
     return TOKEN_PATH.read_text().strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def head_address(settings: Settings) -> str:
@@ -159,7 +166,11 @@ def init(settings: Settings, *, local: bool = False, log_to_driver: bool = True)
             address="local",  # never attach to a head that `make run` may have started
             num_cpus=settings.ray.num_cpus,
             namespace=settings.ray.namespace,
-            include_dashboard=False,
+            # The dashboard writes the metrics service-discovery file Prometheus reads; on a
+            # free port so that it never collides with the head `make run` may have started.
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=_free_port(),
             object_store_memory=settings.ray.object_store_mb * 1024 * 1024,
             log_to_driver=log_to_driver,
         )
