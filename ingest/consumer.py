@@ -34,6 +34,7 @@ from ingest.producer import producer_config
 from ingest.serde import TransactionSerde, event_time_ms
 from ingest.sinks import KafkaSink, PostgresSink
 from ingest.validation import validate
+from monitoring.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,13 @@ class _Stage:
 class ScoringLoop:
     """The per-batch pipeline, independent of Ray so it can be driven from any process."""
 
-    def __init__(self, settings: Settings, scorer: Any, group_id: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        scorer: Any,
+        group_id: str | None = None,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
         from confluent_kafka import Consumer
 
         k = settings.kafka
@@ -136,6 +143,7 @@ class ScoringLoop:
         self.stats = ConsumerStats()
         self.timed = _Timer(self.stats)
         self._lag_checked = 0.0
+        self.metrics = metrics
 
     # -- polling -------------------------------------------------------------------
     async def poll(self) -> list[Any]:
@@ -167,6 +175,8 @@ class ScoringLoop:
                         await self._split(msgs, exc, commit=commit)
                         return
                     self.stats.retries += 1
+                    if self.metrics is not None:
+                        self.metrics.retry()
                     log.warning("batch of %d hit %r; pausing, retry in %.1f s", len(msgs), exc, backoff)
                     if not paused:
                         paused = list(self.consumer.assignment())
@@ -213,6 +223,8 @@ class ScoringLoop:
     async def _process(self, msgs: list[Any], *, commit: bool = True) -> None:
         """Run one batch through every stage; commit only when all sinks succeeded."""
         k = self.settings.kafka
+        stage_before = dict(self.stats.stage_s)
+        latencies_s: np.ndarray = np.empty(0)
         with self.timed("decode"):
             decoded, failures = self.serde.decode_many([m.value() for m in msgs])
             now_ms = int(time.time() * 1000)
@@ -241,6 +253,7 @@ class ScoringLoop:
                 result = await asyncio.wait_for(self.scorer.score.remote(matrix), SCORE_TIMEOUT_S)
             scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
             done_ms = time.time() * 1000
+            latencies_s = (done_ms - event_ms) / 1000.0
             with self.timed("sink_pg"):
                 tx_rows = [
                     (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
@@ -270,6 +283,12 @@ class ScoringLoop:
         if commit:
             await asyncio.to_thread(self._commit, msgs)
         # Counted only once every sink succeeded, so a retried batch is not counted twice.
+        if self.metrics is not None:
+            self.metrics.observe_batch(
+                stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in STAGES},
+                size=len(msgs), scored=scored, fraud=alerts,
+                dead_letters=[error for _m, error, _r in rejects], latencies_s=latencies_s,
+            )  # fmt: skip
         self.stats.scored += scored
         self.stats.new_decisions += new
         self.stats.alerts += alerts
@@ -307,6 +326,8 @@ class ScoringLoop:
             _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
             lag[tp.partition] = max(0, high - tp.offset) if tp.offset >= 0 else high
         self.stats.lag = lag
+        if self.metrics is not None:
+            self.metrics.set_lag(lag)
 
     def close(self) -> None:
         self.consumer.close()
@@ -326,7 +347,7 @@ class ConsumerActor:
 
         logging.basicConfig(level=logging.INFO)
         scorer = serve.get_deployment_handle(scorer_name, app_name=app_name)
-        self.loop = ScoringLoop(settings, scorer, group_id)
+        self.loop = ScoringLoop(settings, scorer, group_id, PipelineMetrics())
         self._stop = False
 
     async def run(
