@@ -119,6 +119,15 @@ class PrometheusSettings(_Section):
 
 class AlertmanagerSettings(_Section):
     port: int = 9093
+    # Receivers (monitoring/alertmanager/alertmanager.yml); a channel left empty is left out.
+    webhook_url: str = ""
+    slack_api_url: SecretStr = SecretStr("")
+    slack_channel: str = ""
+    email_to: str = ""
+    smtp_from: str = ""
+    smtp_smarthost: str = ""
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
 
 
 class StackSettings(_Section):

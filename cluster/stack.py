@@ -451,10 +451,12 @@ class Prometheus(Service):
 
 class Alertmanager(Service):
     def prepare(self) -> None:
+        from monitoring.alertmanager_config import env_from_settings, write_alertmanager_config
+
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(
-            REPO_ROOT / "monitoring" / "alertmanager" / "alertmanager.yml",
-            self.data_dir / "alertmanager.yml",
+        # Receiver URLs and credentials come from the settings, never from the repo.
+        write_alertmanager_config(
+            self.data_dir / "alertmanager.yml", env=env_from_settings(self.settings.alertmanager)
         )
 
     def command(self) -> list[str]:
