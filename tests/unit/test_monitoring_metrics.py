@@ -78,6 +78,12 @@ def test_scrape_job_renames_ours_and_leaves_ray_metrics_alone() -> None:
         assert not re.fullmatch(pattern, theirs)
 
 
+def test_every_metric_is_documented() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "monitoring.md").read_text()
+    for m in CATALOGUE:
+        assert f"| `{m.name}` | {m.kind}" in docs, m.name
+
+
 def test_describe_defaults_to_what_the_consumer_emits() -> None:
     consumer = {d["name"] for d in describe()}
     assert "fraud_summary_total_transactions_total" in consumer
