@@ -146,3 +146,12 @@ def test_env_from_settings_unwraps_secrets_and_skips_empty_fields() -> None:
         smtp_password = None
 
     assert env_from_settings(Section()) == {P + "WEBHOOK_URL": "http://hook", P + "SLACK_CHANNEL": "#x"}
+
+
+def test_every_template_variable_is_an_alertmanager_setting() -> None:
+    from cluster.settings import AlertmanagerSettings
+
+    fields = set(AlertmanagerSettings.model_fields)
+    assert {n.removeprefix(P).lower() for n in ENV_NAMES} <= fields
+    section = AlertmanagerSettings(webhook_url="http://hook", smtp_password=SecretStr("pw"))
+    assert env_from_settings(section) == {P + "WEBHOOK_URL": "http://hook", P + "SMTP_PASSWORD": "pw"}
