@@ -39,6 +39,8 @@ class KafkaSettings(_Section):
     alerts_topic: str = "alerts"
     dlq_topic: str = "transactions.dlq"
     consumer_group: str = "fraudray-scorers"
+    # Confluent-compatible Schema Registry; empty = the file registry in ingest/schemas/
+    schema_registry_url: str = ""
 
     @property
     def port(self) -> int:
@@ -120,7 +122,7 @@ class PrometheusSettings(_Section):
 class AlertmanagerSettings(_Section):
     port: int = 9093
     # Receivers (monitoring/alertmanager/alertmanager.yml); a channel left empty is left out.
-    webhook_url: str = ""
+    webhook_url: SecretStr = SecretStr("")  # webhook URLs often carry a token
     slack_api_url: SecretStr = SecretStr("")
     slack_channel: str = ""
     email_to: str = ""

@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster.errors import FraudrayError, ModelNotReady, PayloadTooLarge, Unauthorized, UnknownUser
 from cluster.settings import PostgresSettings, Settings, get_settings
 from features.online import FEATURE_NAMES, OnlineStore
+from monitoring.metrics import HttpMetricsMiddleware, shared_metrics
 
 SCORER_NAME = "IsolationForestScorer"
 
@@ -59,11 +60,13 @@ class IsolationForestScorer:
             raise ModelNotReady(f"model {config['model_version']} was trained on other features")
         # Swap all three together: a batch in flight keeps the objects it already read.
         self.model, self.threshold, self.version = model, float(model.threshold), config["model_version"]
+        shared_metrics().set_model_version("isolation_forest", self.version)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _score(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
         sizes = [len(m) for m in matrices]
         scores = self.model.score(np.concatenate(matrices))
+        shared_metrics().observe_scores("isolation_forest", scores)
         return list(np.split(scores, np.cumsum(sizes)[:-1]))
 
     async def score(self, matrix: np.ndarray) -> dict[str, Any]:
@@ -140,6 +143,9 @@ api = FastAPI(
     description="Real-time fraud scoring on Ray Serve. Send the API key in `X-API-Key`.",
     version="0.1.0",
 )
+
+# http_requests_total{handler,status} (the original pipeline's name), per matched route.
+api.add_middleware(HttpMetricsMiddleware)
 
 
 @api.exception_handler(FraudrayError)
