@@ -153,5 +153,5 @@ def test_every_template_variable_is_an_alertmanager_setting() -> None:
 
     fields = set(AlertmanagerSettings.model_fields)
     assert {n.removeprefix(P).lower() for n in ENV_NAMES} <= fields
-    section = AlertmanagerSettings(webhook_url="http://hook", smtp_password=SecretStr("pw"))
+    section = AlertmanagerSettings(webhook_url=SecretStr("http://hook"), smtp_password=SecretStr("pw"))
     assert env_from_settings(section) == {P + "WEBHOOK_URL": "http://hook", P + "SMTP_PASSWORD": "pw"}
