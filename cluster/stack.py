@@ -240,9 +240,16 @@ class Kafka(Service):
             PARTITIONS=self.settings.kafka.partitions,
         )
         if not (logs / "meta.properties").exists():
+            # A base64 id may start with "-": pass it as --cluster-id=… so argparse cannot
+            # mistake it for an option (it did, once in 64 starts).
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             out = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)),
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    f"--config={self.properties}",
+                ),
                 capture_output=True,
                 text=True,
                 check=False,
