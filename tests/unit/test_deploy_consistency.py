@@ -1,0 +1,144 @@
+"""What ties the deployment files to the code: the Serve config is one Ray Serve accepts and
+names the real app and deployments; every `fraudray …` command line in ray_cluster.yaml,
+deploy/ and docker-compose.yml parses with the real CLI; every FRAUDRAY_* variable they set is
+one the settings accept."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import typer.main
+import yaml
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from cluster.cli import app as cli_app
+from cluster.settings import REPO_ROOT, Settings
+
+SERVE_CONFIG = REPO_ROOT / "deploy" / "serve_config.yaml"
+FILES_WITH_COMMANDS = [
+    "ray_cluster.yaml",
+    "docker-compose.yml",
+    "deploy/docker/entrypoint.sh",
+    *(str(p.relative_to(REPO_ROOT)) for p in sorted((REPO_ROOT / "deploy" / "kuberay").glob("*.yaml"))),
+]
+
+
+def _serve_config() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(SERVE_CONFIG.read_text())
+    return config
+
+
+def test_ray_serve_accepts_the_config() -> None:
+    schema = ServeDeploySchema.model_validate(_serve_config())
+    assert schema.proxy_location.value == "EveryNode"
+
+
+def test_the_config_names_the_real_app_and_deployments() -> None:
+    s = Settings()
+    config = _serve_config()
+    assert config["http_options"] == {"host": "0.0.0.0", "port": s.serve.http_port}
+    (app,) = config["applications"]
+    assert app["name"] == s.serve.app_name and app["route_prefix"] == "/"
+    module_name, attr = app["import_path"].split(":")
+    module = importlib.import_module(module_name)
+    assert callable(getattr(module, attr))
+    deployments = {
+        obj.name for obj in vars(module).values() if isinstance(obj, serve.Deployment)
+    }  # the deployments the builder binds
+    assert {d["name"] for d in app["deployments"]} == deployments == {module.SCORER_NAME, "FraudApi"}
+    one_box = yaml.safe_load((REPO_ROOT / "serve_deployments" / "config.yaml").read_text())
+    (local,) = one_box["applications"]
+    assert (local["name"], local["import_path"], local["route_prefix"]) == (
+        app["name"], app["import_path"], app["route_prefix"],
+    )  # fmt: skip
+
+
+def _strings(node: Any) -> list[str]:
+    """Every string of a parsed YAML document; a list of strings (a command) also joined."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [t for v in node.values() for t in _strings(v)]
+    if isinstance(node, list):
+        joined = [" ".join(node)] if node and all(isinstance(v, str) for v in node) else []
+        return joined + [t for v in node for t in _strings(v)]
+    return []
+
+
+def _commands() -> list[tuple[str, list[str]]]:
+    """(file, argv after `fraudray`) for each fraudray command line (comments left out)."""
+    found = []
+    for rel in FILES_WITH_COMMANDS:
+        text = (REPO_ROOT / rel).read_text()
+        if rel.endswith(".sh"):
+            texts = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        else:
+            texts = [t for doc in yaml.safe_load_all(text) for t in _strings(doc)]
+        for raw in texts:
+            chunk = re.sub(r'"?\$\{\w+:-([^}]*)\}"?', r"\1", raw)  # ${VAR:-default} -> default
+            for match in re.finditer(
+                r"(?<![\w/-])fraudray ((?:consume|train|produce|serve|demo)\b[^;&|\n]*)", chunk
+            ):
+                found.append((rel, shlex.split(match.group(1))))
+    return found
+
+
+def test_every_fraudray_command_line_parses() -> None:
+    commands = _commands()
+    assert {rel for rel, _argv in commands} >= {
+        "ray_cluster.yaml", "docker-compose.yml", "deploy/docker/entrypoint.sh",
+        "deploy/kuberay/rayjob-train-tune.yaml", "deploy/kuberay/consumers-job.yaml",
+    }  # fmt: skip
+    group: Any = typer.main.get_command(cli_app)  # typer's own (vendored) click group
+    for rel, argv in commands:
+        ctx = group.make_context("fraudray", list(argv), resilient_parsing=True)
+        command = group.get_command(ctx, argv[0])
+        assert command is not None, f"{rel}: no command {argv[0]}"
+        try:
+            command.make_context(argv[0], argv[1:], parent=ctx)
+        except typer.TyperException as exc:
+            pytest.fail(f"{rel}: `fraudray {shlex.join(argv)}` does not parse: {exc}")
+
+
+def _env_files() -> dict[str, dict[str, str]]:
+    files: dict[str, dict[str, str]] = {}
+    example = (REPO_ROOT / "deploy" / "cluster.env.example").read_text()
+    files["deploy/cluster.env.example"] = dict(
+        line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#")
+    )
+    for path in (REPO_ROOT / "deploy" / "kuberay").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            values = (doc or {}).get("data") or (doc or {}).get("stringData") or {}
+            fraudray = {k: str(v) for k, v in values.items() if k.startswith("FRAUDRAY_")}
+            if fraudray:
+                files[f"{path.relative_to(REPO_ROOT)}:{doc['metadata']['name']}"] = fraudray
+    return files
+
+
+@pytest.mark.parametrize("where", sorted(_env_files()))
+def test_every_fraudray_variable_is_a_setting(where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in [k for k in os.environ if k.startswith("FRAUDRAY_")]:
+        monkeypatch.delenv(key)
+    for key, value in _env_files()[where].items():
+        monkeypatch.setenv(key, value)
+    Settings(_env_file=None)  # type: ignore[call-arg]  # raises on a name the settings do not know
+
+
+def test_kubernetes_gets_all_three_service_addresses() -> None:
+    k8s = {
+        k: v
+        for where, env in _env_files().items()
+        if where.startswith("deploy/kuberay")
+        for k, v in env.items()
+    }
+    assert {"FRAUDRAY_KAFKA_BOOTSTRAP", "FRAUDRAY_REDIS_URL", "FRAUDRAY_POSTGRES_DSN"} <= set(k8s)
+    assert Path(REPO_ROOT / "deploy" / "kuberay" / "secrets.example.yaml").is_file()
