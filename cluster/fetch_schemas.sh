@@ -28,6 +28,8 @@ MODULE=github.com/ray-project/kuberay/ray-operator
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 WHAT=${1:-all}
 
+# The Go toolchain's default place, for shells whose PATH lacks it.
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 if ! command -v go >/dev/null; then
   echo "fetch_schemas: Go is not installed (needed to fetch $MODULE@$KUBERAY_VERSION and compose-go)" >&2
   exit 3
