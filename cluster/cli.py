@@ -17,6 +17,7 @@ from rich.table import Table
 from cluster import stack as stack_mod
 from cluster.errors import FraudrayError
 from cluster.settings import get_settings
+from ingest import cli as ingest_cli
 
 if TYPE_CHECKING:
     from training.data import Split
@@ -30,6 +31,9 @@ stack_app = typer.Typer(help="The local stack: Kafka, Redis, PostgreSQL, Prometh
 models_app = typer.Typer(help="The model registry (PostgreSQL `models` + var/models).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(models_app, name="models")
+# The simulator's and the replay's commands live with them in ingest/.
+app.command("produce")(ingest_cli.produce)
+app.command("replay")(ingest_cli.replay)
 console = Console()
 
 
@@ -82,40 +86,6 @@ def stack_status() -> None:
     console.print(table)
     if not all(r["healthy"] for r in rows):
         raise typer.Exit(1)
-
-
-@app.command("produce")
-def produce_cmd(
-    rate: Annotated[float, typer.Option(help="transactions per second (0 = as fast as possible)")] = 1000.0,
-    count: Annotated[int | None, typer.Option(help="stop after this many")] = None,
-    duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
-    seed: Annotated[int, typer.Option(help="simulator seed: same seed, same stream")] = 1,
-    users: Annotated[int, typer.Option(help="distinct users in the simulated population")] = 100_000,
-    now: Annotated[bool, typer.Option(help="stamp event_time with the send time")] = True,
-) -> None:
-    """Send simulated transactions (Avro) to the `transactions` topic at a steady rate."""
-    from datetime import UTC, datetime
-
-    from ingest.producer import TransactionProducer, send_paced
-    from ingest.simulator import demo_transactions
-
-    if count is None and duration is None:
-        raise _fail(ValueError("give --count or --duration (Ctrl-C also stops)"))
-    settings = get_settings()
-    producer = TransactionProducer(settings)
-    stream = demo_transactions(10**12, seed=seed, users=users, start=datetime.now(UTC))
-
-    def progress(sent: int, elapsed: float) -> None:
-        console.print(f"  sent {sent:,}  ({sent / max(elapsed, 1e-9):,.0f} tx/s)")
-
-    try:
-        sent, seconds = send_paced(producer, stream, rate=rate or None, count=count, duration=duration,
-                                   on_progress=progress, restamp=now)  # fmt: skip
-    except KeyboardInterrupt:
-        producer.flush()
-        raise typer.Exit(130) from None
-    console.print(f"sent {sent:,} transactions to {settings.kafka.transactions_topic} in {seconds:.1f} s "
-                  f"= {sent / max(seconds, 1e-9):,.0f} tx/s (target {rate or 'max'})")  # fmt: skip
 
 
 @app.command("serve")
