@@ -47,13 +47,14 @@ RAY = str(Path(sys.executable).parent / "ray")
 SERVE = str(Path(sys.executable).parent / "serve")
 
 
-def _free_port() -> int:
+# free_port, wait_for, run_checked and stop_nodes are shared with test_deploy_serve.py.
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"{what}: not reached in {timeout} s"
@@ -68,14 +69,16 @@ class TwoNodes:
     env: dict[str, str]  # environment of the nodes (token auth on)
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_checked(
+    cmd: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd[:3])} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
 
 
-def _own_pids(temp_dir: Path, gcs_port: int) -> set[int]:
+def own_pids(temp_dir: Path, gcs_port: int) -> set[int]:
     """Processes of our two nodes: they name our temp dir or our GCS port; plus descendants."""
     table: dict[int, tuple[int, str]] = {}
     for entry in Path("/proc").iterdir():
@@ -101,16 +104,16 @@ def _own_pids(temp_dir: Path, gcs_port: int) -> set[int]:
     return mine
 
 
-def _stop_nodes(temp_dir: Path, gcs_port: int) -> None:
+def stop_nodes(temp_dir: Path, gcs_port: int) -> None:
     for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        pids = _own_pids(temp_dir, gcs_port)
+        pids = own_pids(temp_dir, gcs_port)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _own_pids(temp_dir, gcs_port):
+        while time.monotonic() < deadline and own_pids(temp_dir, gcs_port):
             time.sleep(0.2)
-    left = _own_pids(temp_dir, gcs_port)
+    left = own_pids(temp_dir, gcs_port)
     assert not left, f"Ray processes of the test cluster still alive: {sorted(left)}"
 
 
@@ -120,7 +123,7 @@ def two_nodes(local_stack: Settings) -> Iterator[TwoNodes]:
     token = ray_runtime.ensure_token()  # the driver below reads it from ~/.ray/auth_token
     # Short path: Ray's Unix socket paths under the temp dir must stay below 108 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="frmn-", dir="/tmp"))
-    gcs_port = _free_port()
+    gcs_port = free_port()
     # The token reaches each node through its environment, as the Secret does on Kubernetes
     # and the file mount does with `ray up`. Metrics flush every 2 s instead of 10 s.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -131,18 +134,19 @@ def two_nodes(local_stack: Settings) -> Iterator[TwoNodes]:
         # Free ports for what would otherwise take fixed defaults that another cluster may hold.
         "--dashboard-agent-listen-port", "0",
     ]  # fmt: skip
-    metrics = {name: _free_port() for name in NODES}
+    metrics = {name: free_port() for name in NODES}
     try:
-        _run([RAY, "start", "--head", "--port", str(gcs_port), "--include-dashboard", "false",
-              "--ray-client-server-port", str(_free_port()), "--resources", json.dumps({"node_a": 1}),
-              "--metrics-export-port", str(metrics["node_a"]), *common], env)  # fmt: skip
-        _run([RAY, "start", "--address", f"127.0.0.1:{gcs_port}", "--resources", json.dumps({"node_b": 1}),
-              "--metrics-export-port", str(metrics["node_b"]), *common], env)  # fmt: skip
+        run_checked([RAY, "start", "--head", "--port", str(gcs_port), "--include-dashboard", "false",
+                     "--ray-client-server-port", str(free_port()), "--resources", json.dumps({"node_a": 1}),
+                     "--metrics-export-port", str(metrics["node_a"]), *common], env)  # fmt: skip
+        run_checked([RAY, "start", "--address", f"127.0.0.1:{gcs_port}",
+                     "--resources", json.dumps({"node_b": 1}),
+                     "--metrics-export-port", str(metrics["node_b"]), *common], env)  # fmt: skip
         yield TwoNodes(f"127.0.0.1:{gcs_port}", temp_dir, metrics, env)
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        _stop_nodes(temp_dir, gcs_port)
+        stop_nodes(temp_dir, gcs_port)
         subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
 
 
@@ -204,7 +208,7 @@ def test_two_nodes_share_the_stream(
                            env=wrong_env, timeout=60, check=False)  # fmt: skip
     assert "AuthenticationError" in wrong.stdout + wrong.stderr, wrong.stderr[-2000:]
 
-    http_port = _free_port()
+    http_port = free_port()
     s = with_topics(local_stack, transactions_topic=new_topic("multinode", partitions=6))
     s = s.model_copy(update={"serve": s.serve.model_copy(update={"http_port": http_port})})
     ray.init(address=two_nodes.address, namespace=s.ray.namespace, log_to_driver=False)
@@ -214,7 +218,7 @@ def test_two_nodes_share_the_stream(
     # The Serve app, the way `ray up` / RayService deploy it: from the config file.
     config = two_nodes.temp_dir / "serve_config.yaml"
     config.write_text(yaml.safe_dump(_serve_config(s, http_port)))
-    _run([SERVE, "run", str(config), "--non-blocking", "--address", two_nodes.address], two_nodes.env)
+    run_checked([SERVE, "run", str(config), "--non-blocking", "--address", two_nodes.address], two_nodes.env)
     base = f"http://127.0.0.1:{http_port}"
 
     def healthy() -> bool:
@@ -223,14 +227,14 @@ def test_two_nodes_share_the_stream(
         except httpx.HTTPError:
             return False
 
-    _wait_for(healthy, 180, "Serve app fraud healthy")
+    wait_for(healthy, 180, "Serve app fraud healthy")
 
     pool = PinnedPool(s, group_id, NODES)
     runs_on = dict(zip(NODES, ray.get([a.__ray_call__.remote(lambda _self: ray.get_runtime_context()
                                                               .get_node_id()) for a in pool.actors]),
                        strict=True))  # fmt: skip
     assert runs_on == node_of, "each consumer actor must run on the node it was pinned to"
-    _wait_for(lambda: all(pool.assignments()), 120, "both consumers own partitions")
+    wait_for(lambda: all(pool.assignments()), 120, "both consumers own partitions")
     assert sorted(p for a in pool.assignments() for p in a) == list(range(6))
 
     t0 = time.monotonic()
@@ -252,7 +256,7 @@ def test_two_nodes_share_the_stream(
         scored_calls.update({n: _scored_by_replicas(p) for n, p in two_nodes.metrics_port.items()})
         return all(v > 0 for v in scored_calls.values())
 
-    _wait_for(replicas_reported, 60, f"scorer calls on both nodes (so far {scored_calls})")
+    wait_for(replicas_reported, 60, f"scorer calls on both nodes (so far {scored_calls})")
 
     with capsys.disabled():
         print(f"\nmulti-node: {N_TX:,} tx in {seconds:.1f} s; consumer actor tx per node {consumed}; "
