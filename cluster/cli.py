@@ -218,7 +218,8 @@ def _tune(
     from training.tune import search
 
     settings = get_settings()
-    ray_runtime.init(settings, local=True, log_to_driver=False)
+    # A private local Ray unless FRAUDRAY_RAY_ADDRESS names a cluster (e.g. `auto` in a RayJob).
+    ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
     out_dir = settings.var_dir / "tune"
     best: dict[str, dict[str, Any]] = {}
     for fam in families:
