@@ -1,29 +1,618 @@
-"""Per-batch feature computation and the Redis online store.
+"""The online feature store: per-entity state in Redis, read and updated for a whole batch in
+one Lua call (one round trip), idempotent per transaction_id.
 
-This is the thin slice's feature set: stateless features of each transaction, computed for
-a whole batch at once, and the latest feature vector per user kept in Redis for
-``GET /predict``. Writes are idempotent: a vector only replaces a newer-or-equal one, so a
-redelivered batch leaves the store unchanged.
+Keys (``ns`` defaults to ``fr``; TTLs refreshed on every update):
+
+- ``ns:u:<user>:e`` zset, score = event ms, member = ``tx_id␁amount␁country␁lat␁lon``: the user's
+  newest ``USER_EVENTS_CAP`` events of the last 7 d (+ allowed lateness). Windowed user
+  features are computed from it by event-time range, so a redelivered or late event sees
+  exactly the events before it; adding a member twice is a no-op.
+- ``ns:u:<user>:s`` hash: Welford state (``n``, ``mean``, ``m2``), the event-time high-water mark
+  ``hwm``, the latest transaction (``lt``, ``ltx``) and last-seen times ``d:<device>``,
+  ``c:<country>``, ``m:<merchant>`` (90 d horizon, at most ``NOVELTY_CAP`` + 96 entries).
+  Updated only when the transaction's member is new to the zset (the idempotency guard).
+- ``ns:u:<user>:l`` string: the latest transaction and its raw aggregates, for ``GET /predict``.
+- ``ns:m:<merchant>:e`` zset of transaction ids by event ms (24 h + lateness, capped);
+  ``ns:m:<merchant>:lab`` / ``:fr`` zsets of labelled / fraud-labelled transaction ids scored by
+  the time the label *arrived* (30 d + 1 d).
+- ``ns:txm:<day>`` hash tx_id -> merchant for the transactions of one event day, kept
+  ``LABEL_HORIZON_DAYS`` + 2 days so that a label can find its merchant.
+
+The Lua script needs a standalone (non-cluster) Redis: the label script derives merchant keys
+from the lookup. See docs/features.md for the semantics, the out-of-order policy and the memory.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import redis
 
-from cluster.errors import StoreUnavailable
+from cluster.errors import FraudrayError, StoreUnavailable
+from features import catalogue as cat
+from features.catalogue import FEATURE_NAMES
+from features.kernel import (
+    MS_PER_DAY,
+    RAW_KEYS,
+    TxBatch,
+    assemble,
+    empty_raw,
+    raw_from_matrix,
+    to_ms,
+)
 
-FEATURE_NAMES: tuple[str, ...] = ("log_amount", "hour_sin", "hour_cos", "is_online", "is_night")
+__all__ = [
+    "FEATURE_NAMES",
+    "FeatureStoreError",
+    "OnlineStore",
+    "records_features",
+    "transaction_features",
+]
 
-_KEY = "fr:latest:{}"
-_TTL_S = 30 * 24 * 3600
+FIELDS_PER_TX = 10
+_PACK_FIELDS = 11  # the latest transaction as stored for GET /predict
+_SEP = "\x01"  # inside zset members; lower than any printable id character, so ties sort by tx id
+_FIELD_SEP = "\x1f"  # between the fields of the stored latest transaction
+_LAST_SEP = "\x1e"  # between that record and its raw aggregates
+_UNIT_SEP, _RECORD_SEP = "\x1c", "\x1d"  # between the fields / records of a batch argument
+_FORBIDDEN = (_SEP, _FIELD_SEP, _LAST_SEP, _UNIT_SEP, _RECORD_SEP)
+# Redis answers that mean "not now" rather than "never": the caller should retry the batch.
+_TRANSIENT_REPLIES = (
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOSCRIPT",
+)
 
-# Replace the stored vector only when this event is not older than the stored one.
-_SET_IF_NEWER = """
+
+class FeatureStoreError(FraudrayError):
+    """The store rejected a batch for a reason retrying will not fix (bad data, script bug)."""
+
+
+def _lua_list(values: Sequence[int]) -> str:
+    return "{" + ", ".join(str(v) for v in values) + "}"
+
+
+_TX_SCRIPT = """
+-- One call per batch. For each transaction: read the state as of the event, then (when
+-- ARGV[1] == '1') apply the event unless it is already there. ARGV[2] is the key namespace,
+-- ARGV[3] the batch: records separated by \\29, fields by \\28 (one string: packing thousands of
+-- arguments costs the client more than the whole script). Keys are derived from the ids, so
+-- the store needs a standalone (non-cluster) Redis. The result is one comma-separated string
+-- of raw aggregates, the records one after the other.
+--
+-- Window state: for every window W[j] the hash keeps the count c<j> and sum s<j> of the retained
+-- events in [hwm - W[j], hwm] (hwm = latest event time applied) and, for distinct-country
+-- windows, per-country counts w<j>:<country> and the number of countries k<j>. An event after
+-- hwm (the normal case) moves that frontier: events leaving a window are read once and
+-- subtracted (O(1) amortised per event and window). Any other event (late, same instant,
+-- redelivered) is answered by scanning the retained events, which is exact for any order.
+local SEP = '\\1'
+local W = %(w)s
+local UWI = %(uwi)s
+local DWI = %(dwi)s
+local IS_D = %(is_d)s
+local MW = %(mw)s
+local RW = %(rw)s
+local SCAN = %(scan)d
+local K = %(k)d
+local U_RETAIN = %(u_retain)d
+local NOV = %(nov)d
+local NOV_CAP = %(nov_cap)d
+local U_TTL = %(u_ttl)d
+local M_RETAIN = %(m_retain)d
+local M_CAP = %(m_cap)d
+local M_TTL = %(m_ttl)d
+local MAP_TTL = %(map_ttl)d
+
+local find, sub = string.find, string.sub
+local function f(v) return string.format('%%.17g', v) end
+
+-- member = tx_id SEP amount SEP country SEP lat SEP lon
+local function parse(m)
+  local p1 = find(m, SEP, 1, true)
+  local p2 = find(m, SEP, p1 + 1, true)
+  local p3 = find(m, SEP, p2 + 1, true)
+  local p4 = find(m, SEP, p3 + 1, true)
+  return tonumber(sub(m, p1 + 1, p2 - 1)), sub(m, p2 + 1, p3 - 1), sub(m, p3 + 1, p4 - 1), sub(m, p4 + 1)
+end
+
+local ttl_done = {}
+local function ttl(key, ms)
+  if not ttl_done[key] then redis.call('PEXPIRE', key, ms); ttl_done[key] = true end
+end
+
+local once_done = {}
+local function once(key)
+  if once_done[key] then return false end
+  once_done[key] = true
+  return true
+end
+
+local function hdel_all(key, fields)
+  for i = 1, #fields, 500 do
+    redis.call('HDEL', key, unpack(fields, i, math.min(i + 499, #fields)))
+  end
+end
+
+-- Drop last-seen entries older than the novelty horizon; beyond NOV_CAP, the least recent.
+local function prune(us, hwm)
+  local all = redis.call('HGETALL', us)
+  local keep, dead = {}, {}
+  for i = 1, #all, 2 do
+    local fld = all[i]
+    if sub(fld, 2, 2) == ':' then
+      local v = tonumber(all[i + 1])
+      if v < hwm - NOV then dead[#dead + 1] = fld else keep[#keep + 1] = {fld, v} end
+    end
+  end
+  if #keep > NOV_CAP then
+    table.sort(keep, function(a, b) return a[2] < b[2] end)
+    for i = 1, #keep - NOV_CAP do dead[#dead + 1] = keep[i][1] end
+  end
+  if #dead > 0 then hdel_all(us, dead) end
+end
+
+-- Per-country count in distinct window j (cached in cc[j]); delta applied, k[j] kept in step.
+local function bump(us, cc, kd, j, c, delta)
+  local v = cc[j][c]
+  if v == nil then v = tonumber(redis.call('HGET', us, 'w' .. j .. ':' .. c)) or 0 end
+  local nv = v + delta
+  if v == 0 and nv > 0 then kd[j] = kd[j] + 1 elseif v > 0 and nv <= 0 then kd[j] = kd[j] - 1 end
+  if nv < 0 then nv = 0 end
+  cc[j][c] = nv
+end
+
+-- Subtract one retained event from the windows of frontier `front` it lies in (ts >= front - W).
+local function drop(us, cnt, sum, cc, kd, m, ts, front)
+  local amt, c = parse(m)
+  for j = 1, #W do
+    if ts >= front - W[j] then
+      cnt[j] = cnt[j] - 1; sum[j] = sum[j] - amt
+      if IS_D[j] then bump(us, cc, kd, j, c, -1) end
+    end
+  end
+end
+
+local apply = ARGV[1] == '1'
+local ns = ARGV[2]
+local data = ARGV[3]
+local out = {}
+local pos, len = 1, #data
+local rec = {}
+while pos <= len do
+  for i = 1, %(nf)d do
+    local e = find(data, i < %(nf)d and '\\28' or '\\29', pos, true) or (len + 1)
+    rec[i] = sub(data, pos, e - 1)
+    pos = e + 1
+  end
+  local txid, uid, merchant, t, amount = rec[1], rec[2], rec[3], tonumber(rec[4]), rec[5]
+  local country, device, lat, lon, pack = rec[6], rec[7], rec[8], rec[9], rec[10]
+  local x = tonumber(amount)
+  local ub, mb = ns .. ':u:' .. uid, ns .. ':m:' .. merchant
+  local ue, us, un, ul = ub .. ':e', ub .. ':s', ub .. ':n', ub .. ':l'
+  local me, ml, mf = mb .. ':e', mb .. ':lab', mb .. ':fr'
+  local txm = ns .. ':txm:' .. string.format('%%d', math.floor(t / %(ms_per_day)d))
+
+  -- state hash: 'v' = n,mean,m2,hwm,lt,(count,sum) per window,(countries) per distinct window
+  local q = {'v', 'ltx', 'llm'}
+  for i = 1, #DWI do q[#q + 1] = 'w' .. DWI[i] .. ':' .. country end
+  local st = redis.call('HMGET', us, unpack(q))
+  local sv = {}
+  if st[1] then for num in string.gmatch(st[1], '[^,]+') do sv[#sv + 1] = tonumber(num) end end
+  local n, mean, m2 = sv[1] or 0, sv[2] or 0, sv[3] or 0
+  local hwm, lt, ltx, llm = sv[4], sv[5], st[2], st[3]
+  local cnt, sum, kd, cc = {}, {}, {}, {}
+  for j = 1, #W do cnt[j] = sv[4 + 2 * j] or 0; sum[j] = sv[5 + 2 * j] or 0 end
+  for i = 1, #DWI do
+    local j = DWI[i]
+    kd[j] = sv[5 + 2 * #W + i] or 0
+    cc[j] = {[country] = tonumber(st[3 + i]) or 0}
+  end
+  local seen = redis.call('HMGET', un, 'd:' .. device, 'c:' .. country, 'm:' .. merchant)
+  local seen_d = -2
+  if device ~= '' then seen_d = tonumber(seen[1]) or -1 end
+  local seen_c, seen_m = tonumber(seen[2]) or -1, tonumber(seen[3]) or -1
+
+  local oc, os, od = {}, {}, {}
+  local prev, ploc, plat, plon = -1, -1, 0, 0
+  if hwm == nil or t > hwm then
+    -- in order: move the frontier to t (events at t - W[j] and later stay in window j)
+    if hwm then
+      for j = 1, #W do
+        local gone = {}
+        if cnt[j] > 0 then gone = redis.call('ZRANGEBYSCORE', ue, f(hwm - W[j]), '(' .. f(t - W[j])) end
+        for i = 1, #gone do
+          local amt, c = parse(gone[i])
+          cnt[j] = cnt[j] - 1; sum[j] = sum[j] - amt
+          if IS_D[j] then bump(us, cc, kd, j, c, -1) end
+        end
+        if cnt[j] <= 0 then cnt[j] = 0; sum[j] = 0 end
+      end
+      if hwm >= t - SCAN then prev = hwm end
+      if llm then
+        local ts = tonumber(redis.call('ZSCORE', ue, llm))
+        if ts and ts >= t - SCAN then
+          local _, _, la, lo = parse(llm)
+          ploc, plat, plon = ts, tonumber(la), tonumber(lo)
+        end
+      end
+    end
+    for j = 1, #W do oc[j] = cnt[j]; os[j] = sum[j] end
+    for i = 1, #DWI do
+      local j = DWI[i]
+      od[i] = kd[j]
+      if (cc[j][country] or 0) <= 0 then od[i] = od[i] + 1 end
+    end
+  else
+    -- late, same instant or redelivered: scan the retained events strictly before t
+    local rows = redis.call('ZRANGEBYSCORE', ue, f(t - SCAN), '(' .. f(t), 'WITHSCORES')
+    local dset = {}
+    for j = 1, #W do oc[j] = 0; os[j] = 0; dset[j] = {[country] = true} end
+    for i = 1, #DWI do od[i] = 1 end
+    for i = 1, #rows, 2 do
+      local ts = tonumber(rows[i + 1])
+      local amt, c, la, lo = parse(rows[i])
+      for j = 1, #W do
+        if ts >= t - W[j] then
+          oc[j] = oc[j] + 1; os[j] = os[j] + amt
+          if IS_D[j] and not dset[j][c] then dset[j][c] = true end
+        end
+      end
+      prev = ts
+      if la ~= '' then ploc, plat, plon = ts, tonumber(la), tonumber(lo) end
+    end
+    for i = 1, #DWI do
+      local c = 0
+      for _ in pairs(dset[DWI[i]]) do c = c + 1 end
+      od[i] = c
+    end
+  end
+
+  local v = {}
+  for i = 1, #UWI do v[#v + 1] = oc[UWI[i]]; v[#v + 1] = f(os[UWI[i]]) end
+  v[#v + 1] = prev; v[#v + 1] = ploc; v[#v + 1] = plat; v[#v + 1] = plon  -- exact in %%.14g
+  for i = 1, #DWI do v[#v + 1] = od[i] end
+  v[#v + 1] = n; v[#v + 1] = f(mean); v[#v + 1] = f(m2)
+  v[#v + 1] = seen_d; v[#v + 1] = seen_c; v[#v + 1] = seen_m
+  for j = 1, #MW do v[#v + 1] = redis.call('ZCOUNT', me, f(t - MW[j]), '(' .. f(t)) end
+  for j = 1, #RW do
+    v[#v + 1] = redis.call('ZCOUNT', mf, f(t - RW[j]), f(t))
+    v[#v + 1] = redis.call('ZCOUNT', ml, f(t - RW[j]), f(t))
+  end
+  local raw = table.concat(v, ',')
+  out[#out + 1] = raw
+
+  if apply then
+    local member = txid .. SEP .. amount .. SEP .. country .. SEP .. lat .. SEP .. lon
+    local fresh = not redis.call('ZSCORE', ue, member)
+    if fresh and hwm and t < hwm - U_RETAIN then fresh = false end  -- too late: outside retention
+    local card = 0
+    if fresh then card = redis.call('ZCARD', ue) end
+    if fresh and card >= K then                                      -- would be trimmed at once
+      local old = redis.call('ZRANGE', ue, 0, 0, 'WITHSCORES')
+      local ots = tonumber(old[2])
+      if t < ots or (t == ots and member < old[1]) then fresh = false end
+    end
+    if fresh then
+      local nh = t
+      if hwm and hwm > t then nh = hwm end
+      redis.call('ZADD', ue, f(t), member)
+      for j = 1, #W do
+        if t >= nh - W[j] then
+          cnt[j] = cnt[j] + 1; sum[j] = sum[j] + x
+          if IS_D[j] then bump(us, cc, kd, j, country, 1) end
+        end
+      end
+      card = card + 1
+      if once(ue) then  -- expired events are outside every window: trimming them once a batch is enough
+        card = card - redis.call('ZREMRANGEBYSCORE', ue, '-inf', '(' .. f(nh - U_RETAIN))
+      end
+      local trimmed = false
+      if card > K then
+        local old = redis.call('ZRANGE', ue, 0, card - K - 1, 'WITHSCORES')
+        for i = 1, #old, 2 do drop(us, cnt, sum, cc, kd, old[i], tonumber(old[i + 1]), nh) end
+        redis.call('ZREMRANGEBYRANK', ue, 0, card - K - 1)
+        trimmed = true
+      end
+      if lat ~= '' then
+        local better = true
+        if llm then
+          local lts = tonumber(redis.call('ZSCORE', ue, llm))
+          if lts and (lts > t or (lts == t and llm > member)) then better = false end
+        end
+        if better then llm = member end
+      end
+      if llm and trimmed and not redis.call('ZSCORE', ue, llm) then llm = false end
+
+      n = n + 1
+      local d = x - mean
+      mean = mean + d / n
+      m2 = m2 + d * (x - mean)
+      if not lt or t > lt or (t == lt and txid >= ltx) then
+        lt, ltx = t, txid
+        if pack ~= '' then
+          redis.call('SET', ul, pack .. '\\30' .. raw, 'PX', U_TTL)
+          ttl_done[ul] = true
+        end
+      end
+      local sv2 = {n, f(mean), f(m2), f(nh), f(lt)}
+      for j = 1, #W do
+        if cnt[j] <= 0 then cnt[j] = 0; sum[j] = 0 end
+        sv2[#sv2 + 1] = cnt[j]; sv2[#sv2 + 1] = f(sum[j])
+      end
+      for i = 1, #DWI do sv2[#sv2 + 1] = kd[DWI[i]] end
+      local upd = {'v', table.concat(sv2, ','), 'ltx', ltx}
+      local dead = {}
+      for i = 1, #DWI do
+        local j = DWI[i]
+        for c, cv in pairs(cc[j]) do
+          if cv > 0 then upd[#upd + 1] = 'w' .. j .. ':' .. c; upd[#upd + 1] = cv
+          else dead[#dead + 1] = 'w' .. j .. ':' .. c end
+        end
+      end
+      if llm then upd[#upd + 1] = 'llm'; upd[#upd + 1] = llm else dead[#dead + 1] = 'llm' end
+      redis.call('HSET', us, unpack(upd))
+      if #dead > 0 then hdel_all(us, dead) end
+      local nov = {'c:' .. country, f(math.max(seen_c, t)), 'm:' .. merchant, f(math.max(seen_m, t))}
+      if device ~= '' then nov[5] = 'd:' .. device; nov[6] = f(math.max(seen_d, t)) end
+      redis.call('HSET', un, unpack(nov))
+      if n %% 32 == 0 then prune(un, nh) end
+      ttl(ue, U_TTL); ttl(us, U_TTL); ttl(un, U_TTL); ttl(ul, U_TTL)
+
+      redis.call('ZADD', me, f(t), txid)
+      if once(me) then  -- counts are range queries: trimming only bounds memory
+        redis.call('ZREMRANGEBYSCORE', me, '-inf', '(' .. f(t - M_RETAIN))
+        if redis.call('ZCARD', me) > M_CAP then redis.call('ZREMRANGEBYRANK', me, 0, -(M_CAP + 1)) end
+        redis.call('PEXPIRE', me, M_TTL)
+      end
+      redis.call('HSET', txm, txid, merchant)
+      ttl(txm, MAP_TTL)
+    end
+  end
+end
+return table.concat(out, ',')
+"""
+
+_LABEL_SCRIPT = """
+-- ARGV: namespace, then (tx_id, labelled_at ms, is_fraud 0/1) per label. A label counts for
+-- the merchant of its transaction, found in the day buckets of the LABEL_DAYS before it;
+-- the first label of a transaction wins (ZADD NX), so re-applying labels changes nothing.
+local ns = ARGV[1]
+local LABEL_DAYS = %(label_days)d
+local RETAIN = %(retain)d
+local M_TTL = %(m_ttl)d
+local function f(v) return string.format('%%.17g', v) end
+local applied = 0
+for i = 2, #ARGV, 3 do
+  local txid, lab, fraud = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
+  local day = math.floor(lab / %(ms_per_day)d)
+  local merchant = false
+  for d = day, day - LABEL_DAYS, -1 do
+    merchant = redis.call('HGET', ns .. ':txm:' .. string.format('%%d', d), txid)
+    if merchant then break end
+  end
+  if merchant then
+    local ml, mf = ns .. ':m:' .. merchant .. ':lab', ns .. ':m:' .. merchant .. ':fr'
+    if redis.call('ZADD', ml, 'NX', f(lab), txid) == 1 then
+      applied = applied + 1
+      if fraud then redis.call('ZADD', mf, f(lab), txid) end
+      redis.call('ZREMRANGEBYSCORE', ml, '-inf', '(' .. f(lab - RETAIN))
+      redis.call('ZREMRANGEBYSCORE', mf, '-inf', '(' .. f(lab - RETAIN))
+      redis.call('PEXPIRE', ml, M_TTL)
+      redis.call('PEXPIRE', mf, M_TTL)
+    end
+  end
+end
+return applied
+"""
+
+
+def tx_script_source() -> str:
+    """The batch script with the catalogue's windows and the state bounds filled in (ms)."""
+    ms = 1000
+    all_windows = sorted({*cat.USER_WINDOWS, *cat.DISTINCT_WINDOWS})
+    position = {w: i + 1 for i, w in enumerate(all_windows)}  # Lua indices
+    return _TX_SCRIPT % {
+        "w": _lua_list([w * ms for w in all_windows]),
+        "uwi": _lua_list([position[w] for w in cat.USER_WINDOWS]),
+        "dwi": _lua_list([position[w] for w in cat.DISTINCT_WINDOWS]),
+        "is_d": "{" + ", ".join("true" if w in cat.DISTINCT_WINDOWS else "false" for w in all_windows) + "}",
+        "mw": _lua_list([w * ms for w in cat.MERCHANT_WINDOWS]),
+        "rw": _lua_list([w * ms for w in cat.RISK_WINDOWS]),
+        "scan": cat.USER_SCAN_S * ms,
+        "k": cat.USER_EVENTS_CAP,
+        "u_retain": (cat.USER_SCAN_S + cat.ALLOWED_LATENESS_S) * ms,
+        "nov": cat.NOVELTY_HORIZON_S * ms,
+        "nov_cap": cat.NOVELTY_CAP,
+        "u_ttl": cat.USER_TTL_S * ms,
+        "m_retain": (max(cat.MERCHANT_WINDOWS) + cat.ALLOWED_LATENESS_S) * ms,
+        "m_cap": cat.MERCHANT_EVENTS_CAP,
+        "m_ttl": cat.MERCHANT_TTL_S * ms,
+        "map_ttl": (cat.LABEL_HORIZON_DAYS + 2) * cat.DAY * ms,
+        "nf": FIELDS_PER_TX,
+        "ms_per_day": MS_PER_DAY,
+    }
+
+
+def label_script_source() -> str:
+    return _LABEL_SCRIPT % {
+        "label_days": cat.LABEL_HORIZON_DAYS,
+        "retain": (max(cat.RISK_WINDOWS) + cat.DAY) * 1000,
+        "m_ttl": cat.MERCHANT_TTL_S * 1000,
+        "ms_per_day": MS_PER_DAY,
+    }
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _coords(lat: float, lon: float) -> tuple[str, str]:
+    """Both coordinates, or neither (a record with only one has no location)."""
+    if np.isnan(lat) or np.isnan(lon):
+        return "", ""
+    return repr(float(lat)), repr(float(lon))
+
+
+def _store_error(exc: redis.RedisError) -> FraudrayError:
+    if isinstance(exc, redis.ResponseError) and not str(exc).startswith(_TRANSIENT_REPLIES):
+        return FeatureStoreError(f"Redis online store rejected the batch: {exc}")
+    return StoreUnavailable(f"Redis online store: {exc}")
+
+
+class OnlineStore:
+    """Feature state in Redis: one Lua call per batch reads and updates every entity it touches."""
+
+    def __init__(self, url: str, namespace: str = "fr") -> None:
+        self.namespace = namespace
+        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self._tx_script = self._redis.register_script(tx_script_source())
+        self._label_script = self._redis.register_script(label_script_source())
+        self._legacy_set = self._redis.register_script(_LEGACY_SET_IF_NEWER)  # LEGACY
+
+    # -- keys ------------------------------------------------------------------------------------
+    def user_keys(self, user_id: str) -> tuple[str, str, str]:
+        """The events zset, state hash and latest-transaction string of a user."""
+        base = f"{self.namespace}:u:{user_id}"
+        return f"{base}:e", f"{base}:s", f"{base}:l"
+
+    def merchant_keys(self, merchant_id: str) -> tuple[str, str, str]:
+        """The events, labels and fraud-labels zsets of a merchant."""
+        base = f"{self.namespace}:m:{merchant_id}"
+        return f"{base}:e", f"{base}:lab", f"{base}:fr"
+
+    def tx_map_key(self, event_ms: int) -> str:
+        return f"{self.namespace}:txm:{event_ms // MS_PER_DAY}"
+
+    # -- transactions ----------------------------------------------------------------------------
+    def update_and_compute(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Features of each record as of its event (state before it), then apply the batch.
+
+        Records are processed in ``(event_time, transaction_id)`` order, so a user's records in
+        the batch see each other; the returned rows follow the input order. A record whose
+        transaction is already in the store is scored but not applied again.
+        """
+        return self._run(records, apply=True)
+
+    def compute(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The same features without changing the store (each record against the stored state)."""
+        return self._run(records, apply=False)
+
+    def _run(self, records: Sequence[Mapping[str, Any]], *, apply: bool) -> np.ndarray:
+        if not records:
+            return np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)
+        batch = TxBatch.from_records(records)
+        order = sorted(range(len(batch)), key=lambda i: (batch.t_ms[i], batch.transaction_id[i]))
+        last_of_user = {batch.user_id[i]: i for i in order}  # only it writes the user's latest
+        rows: list[str] = []
+        for i in order:
+            uid, txid = batch.user_id[i], batch.transaction_id[i]
+            lat, lon = _coords(batch.lat[i], batch.lon[i])
+            fields = (txid, uid, batch.merchant_id[i], str(batch.t_ms[i]), repr(float(batch.amount[i])),
+                      batch.country[i], _text(batch.device_id[i]), lat, lon)  # fmt: skip
+            latest = ""
+            if last_of_user[uid] == i:
+                latest = _FIELD_SEP.join(
+                    (*fields, _text(batch.channel[i]), _text(batch.merchant_category[i]))
+                )
+            rows.append(_UNIT_SEP.join((*fields, latest)))
+        data = _RECORD_SEP.join(rows)
+        # Separators appear exactly where we put them, or a field smuggled one in.
+        n, packs = len(rows), len(last_of_user)
+        if (
+            data.count(_UNIT_SEP) != n * (FIELDS_PER_TX - 1)
+            or data.count(_RECORD_SEP) != n - 1
+            or data.count(_FIELD_SEP) != packs * (_PACK_FIELDS - 1)
+            or _SEP in data
+            or _LAST_SEP in data
+        ):
+            raise FeatureStoreError(
+                "a transaction holds a control character the store reserves (0x01, 0x1c-0x1f)"
+            )
+        try:
+            reply = self._tx_script(keys=[], args=["1" if apply else "0", self.namespace, data])
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+        sorted_raw = np.array(reply.split(b","), dtype=np.float64).reshape(len(order), len(RAW_KEYS))
+        raw = np.empty_like(sorted_raw)
+        raw[order] = sorted_raw
+        return assemble(batch, raw_from_matrix(raw))
+
+    def read_latest(self, user_id: str) -> np.ndarray | None:
+        """Features of the user's latest transaction (by event time), or None for an unknown user."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(self.user_keys(user_id)[2])
+            pipe.hget(_LEGACY_KEY.format(user_id), "v")
+            latest, legacy = pipe.execute()
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+        if latest is not None:
+            return _decode_latest(latest)
+        if legacy is not None:  # LEGACY: vectors written by write_latest (thin slice)
+            vector = np.frombuffer(legacy, dtype=np.float32).copy()
+            return vector if len(vector) == len(FEATURE_NAMES) else None
+        return None
+
+    # -- labels ----------------------------------------------------------------------------------
+    def apply_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
+        """Count labels ``{transaction_id, is_fraud, labelled_at, …}`` into merchant risk.
+
+        The merchant is looked up in the store's tx -> merchant map (a ``merchant_id`` in the
+        label is not needed and not used), so a label counts only when its transaction was
+        applied online within ``LABEL_HORIZON_DAYS`` days before the label's ``labelled_at``.
+        Returns how many labels were new.
+        """
+        if not labels:
+            return 0
+        args: list[Any] = [self.namespace]
+        for lab in labels:
+            args += [lab["transaction_id"], to_ms(lab["labelled_at"]), "1" if lab["is_fraud"] else "0"]
+        try:
+            return int(self._label_script(keys=[], args=args))
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+
+    # -- LEGACY (thin slice): delete once ingest/consumer.py calls update_and_compute ------------
+    def write_latest(
+        self, user_ids: Sequence[str], tx_ids: Sequence[str], event_ms: np.ndarray, matrix: np.ndarray
+    ) -> None:
+        """LEGACY: store precomputed vectors as the users' latest (newer-or-equal event wins)."""
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for uid, tx, ts, row in zip(user_ids, tx_ids, event_ms, matrix, strict=True):
+                self._legacy_set(
+                    keys=[_LEGACY_KEY.format(uid)], args=[int(ts), tx, row.astype(np.float32).tobytes(),
+                                                          cat.USER_TTL_S], client=pipe,
+                )  # fmt: skip
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+
+
+def _decode_latest(value: bytes) -> np.ndarray:
+    record_part, raw_part = value.decode().split(_LAST_SEP)
+    txid, uid, mid, t, amount, country, device, lat, lon, channel, category = record_part.split(_FIELD_SEP)
+    record = {
+        "transaction_id": txid, "user_id": uid, "merchant_id": mid, "event_time": int(t),
+        "amount": float(amount), "country": country, "device_id": device or None,
+        "channel": channel or None, "merchant_category": category or None,
+        "lat": float(lat) if lat else None, "lon": float(lon) if lon else None,
+    }  # fmt: skip
+    raw = np.array(raw_part.split(","), dtype=np.float64).reshape(1, len(RAW_KEYS))
+    return assemble(TxBatch.from_records([record]), raw_from_matrix(raw))[0]
+
+
+# -- LEGACY (thin slice): delete once the consumer and training/quick.py use the new API ---------
+_LEGACY_KEY = "fr:latest:{}"
+_LEGACY_SET_IF_NEWER = """
 local cur = redis.call('HGET', KEYS[1], 'ts')
 if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'ts', ARGV[1], 'tx', ARGV[2], 'v', ARGV[3])
@@ -35,56 +624,21 @@ return 1
 def transaction_features(
     amounts: np.ndarray, event_ms: np.ndarray, channels: Sequence[str | None]
 ) -> np.ndarray:
-    """Feature matrix (n x len(FEATURE_NAMES)), float32, for a batch."""
-    hours = (event_ms // 3_600_000) % 24
-    angle = 2 * math.pi * hours / 24
-    out = np.empty((len(amounts), len(FEATURE_NAMES)), dtype=np.float32)
-    out[:, 0] = np.log1p(np.clip(amounts, 0, None))
-    out[:, 1] = np.sin(angle)
-    out[:, 2] = np.cos(angle)
-    out[:, 3] = np.fromiter((c == "online" for c in channels), dtype=np.float32, count=len(channels))
-    out[:, 4] = (hours < 6).astype(np.float32)
-    return out
+    """LEGACY: stateless rows (a user and merchant with no history) for synthetic training."""
+    n = len(amounts)
+    records = [
+        {"transaction_id": str(i), "user_id": "", "merchant_id": "", "amount": float(a), "event_time": int(t),
+         "country": "", "device_id": None, "channel": c, "merchant_category": None, "lat": None, "lon": None}
+        for i, (a, t, c) in enumerate(zip(amounts, event_ms, channels, strict=True))
+    ]  # fmt: skip
+    batch = TxBatch.from_records(records)
+    return assemble(batch, empty_raw(batch)) if n else np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)
 
 
-def records_features(records: Sequence[dict[str, Any]], event_ms: np.ndarray) -> np.ndarray:
-    amounts = np.fromiter((r["amount"] for r in records), dtype=np.float64, count=len(records))
-    return transaction_features(amounts, event_ms, [r.get("channel") for r in records])
-
-
-class OnlineStore:
-    """Latest feature vector per user in Redis (one pipeline per batch)."""
-
-    def __init__(self, url: str) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=5)
-        self._set_if_newer = self._redis.register_script(_SET_IF_NEWER)
-
-    def write_latest(
-        self, user_ids: Sequence[str], tx_ids: Sequence[str], event_ms: np.ndarray, matrix: np.ndarray
-    ) -> None:
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for uid, tx, ts, row in zip(user_ids, tx_ids, event_ms, matrix, strict=True):
-                self._set_if_newer(
-                    keys=[_KEY.format(uid)], args=[int(ts), tx, row.astype(np.float32).tobytes(), _TTL_S],
-                    client=pipe,
-                )  # fmt: skip
-            pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis online store: {exc}") from exc
-
-    def compute(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Features for ``records`` without changing the store (``POST /score``)."""
-        event_ms = np.fromiter(
-            (int(r["event_time"].timestamp() * 1000) for r in records), dtype=np.int64, count=len(records)
-        )
-        return records_features(records, event_ms)
-
-    def read_latest(self, user_id: str) -> np.ndarray | None:
-        try:
-            raw = self._redis.hget(_KEY.format(user_id), "v")
-        except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis online store: {exc}") from exc
-        if raw is None:
-            return None
-        return np.frombuffer(raw, dtype=np.float32).copy()  # type: ignore[arg-type]
+def records_features(records: Sequence[Mapping[str, Any]], event_ms: np.ndarray) -> np.ndarray:
+    """LEGACY: stateless features of decoded records (``event_ms`` is ignored: taken from them)."""
+    del event_ms
+    if not records:
+        return np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)
+    batch = TxBatch.from_records(records)
+    return assemble(batch, empty_raw(batch))
