@@ -1,0 +1,386 @@
+"""The online store on the real Redis, the offline engine on the real PostgreSQL, and the proof
+that they agree: the skew test, idempotency, point-in-time labels, out-of-order events.
+
+Each test uses its own key namespace and id prefix, and event times in a random past week, so
+tests never see each other's (or anybody's) keys and rows; everything is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import psycopg2
+import psycopg2.extras
+import pytest
+import redis
+
+from cluster.errors import StoreUnavailable
+from cluster.settings import Settings
+from features import catalogue as cat
+from features.catalogue import FEATURE_NAMES, FEATURES
+from features.offline import build_frame, frame_from_records
+from features.online import OnlineStore
+from ingest.simulator import demo_transactions
+from ingest.sinks import PostgresSink
+
+pytestmark = pytest.mark.integration
+
+# The documented skew tolerance: |online - offline| <= ATOL + RTOL * |offline| (float32 outputs;
+# the engines add the same numbers in different orders). Counts and flags must match exactly.
+RTOL, ATOL = 1e-5, 1e-5
+EXACT = {f.name for f in FEATURES if f.aggregation in {
+    "count", "lifetime_count", "is_new", "distinct", "hour", "weekend", "night", "channel_code",
+    "card_not_present", "category_code", "high_risk_category"}}  # fmt: skip
+
+
+@pytest.fixture
+def store(local_stack: Settings) -> Iterator[OnlineStore]:
+    s = OnlineStore(local_stack.redis.url.get_secret_value(), namespace=f"frtest{uuid.uuid4().hex[:10]}")
+    yield s
+    r = redis.Redis.from_url(local_stack.redis.url.get_secret_value())
+    keys = list(r.scan_iter(f"{s.namespace}:*", count=5000))
+    for i in range(0, len(keys), 5000):
+        r.delete(*keys[i : i + 5000])
+
+
+def snapshot(r: redis.Redis, ns: str) -> dict[bytes, Any]:
+    """Every key of the namespace with its value (TTLs aside)."""
+    out: dict[bytes, Any] = {}
+    for key in r.scan_iter(f"{ns}:*", count=5000):
+        kind = r.type(key)
+        if kind == b"zset":
+            out[key] = r.zrange(key, 0, -1, withscores=True)
+        elif kind == b"hash":
+            out[key] = r.hgetall(key)
+        else:
+            out[key] = r.get(key)
+    return out
+
+
+def redis_of(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis.url.get_secret_value())
+
+
+def prefixed(records: Sequence[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    return [
+        r | {"transaction_id": prefix + r["transaction_id"], "user_id": prefix + r["user_id"],
+             "merchant_id": prefix + r["merchant_id"]}
+        for r in records
+    ]  # fmt: skip
+
+
+def past_week() -> datetime:
+    """A random Monday between 2003 and 2012: nobody else's rows live there."""
+    return datetime(2003, 1, 6, tzinfo=UTC) + timedelta(weeks=random.randrange(500))
+
+
+def tx(prefix: str, i: int, t: datetime, **kw: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "transaction_id": f"{prefix}t{i:05d}", "user_id": f"{prefix}u1", "merchant_id": f"{prefix}m1",
+        "amount": 10.0 + i, "currency": "EUR", "event_time": t, "country": "FR", "device_id": "d1",
+        "channel": "card_present", "merchant_category": "grocery", "lat": 48.85 + i / 1000, "lon": 2.35,
+        "ip": None,
+    }  # fmt: skip
+    rec.update(kw)
+    return rec
+
+
+def by_id(records: Sequence[dict[str, Any]], matrix: np.ndarray) -> dict[str, np.ndarray]:
+    return {r["transaction_id"]: row for r, row in zip(records, matrix, strict=True)}
+
+
+def assert_features_match(online: np.ndarray, offline: np.ndarray, what: str) -> None:
+    for j, name in enumerate(FEATURE_NAMES):
+        a, b = online[:, j].astype(np.float64), offline[:, j].astype(np.float64)
+        if name in EXACT:
+            bad = np.flatnonzero(a != b)
+        else:
+            bad = np.flatnonzero(np.abs(a - b) > ATOL + RTOL * np.abs(b))
+        assert len(bad) == 0, f"{what}: {name} differs on {len(bad)} rows, e.g. {a[bad[:3]]} vs {b[bad[:3]]}"
+
+
+def labels_for(records: Sequence[dict[str, Any]], share: int = 7) -> list[dict[str, Any]]:
+    """Deterministic labels for about 1 in ``share`` transactions: a third of them fraud,
+    arriving 2 min to 10 days later (after the transaction's batch, as in production)."""
+    out = []
+    for r in records:
+        h = int(hashlib.sha256(r["transaction_id"].encode()).hexdigest()[:12], 16)
+        if h % share == 0:
+            delay = timedelta(seconds=120 + (h >> 8) % (10 * 86_400))
+            fraud = (h >> 4) % 3 == 0
+            out.append({"transaction_id": r["transaction_id"], "is_fraud": fraud,
+                        "scenario": "account_takeover" if fraud else None,
+                        "labelled_at": r["event_time"] + delay})  # fmt: skip
+    return sorted(out, key=lambda lab: lab["labelled_at"])
+
+
+def write_pg(dsn: str, records: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]) -> None:
+    rows = [
+        (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"], r["event_time"],
+         r["country"], r["device_id"], r["channel"], r["merchant_category"], r["lat"], r["lon"], r["ip"],
+         None, None)
+        for r in records
+    ]  # fmt: skip
+    sink = PostgresSink(dsn)
+    for i in range(0, len(rows), 5000):
+        sink.write(rows[i : i + 5000], [])
+    sink.close()
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        psycopg2.extras.execute_values(
+            cur,
+            "INSERT INTO labels (transaction_id, is_fraud, scenario, labelled_at) VALUES %s "
+            "ON CONFLICT DO NOTHING",
+            [(lab["transaction_id"], lab["is_fraud"], lab["scenario"], lab["labelled_at"]) for lab in labels],
+        )
+    conn.close()
+
+
+def delete_pg(dsn: str, tx_ids: Sequence[str]) -> None:
+    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM labels WHERE transaction_id = ANY(%s)", (list(tx_ids),))
+        cur.execute("DELETE FROM transactions WHERE transaction_id = ANY(%s)", (list(tx_ids),))
+    conn.close()
+
+
+# -- the skew test -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_online_and_offline_features_agree_on_20k_transactions(
+    store: OnlineStore, local_stack: Settings
+) -> None:
+    """20,000 simulated transactions through the real online path in batches of 500 (labels
+    arriving in between, one batch redelivered), then the offline frame from PostgreSQL: every
+    feature of every transaction matches within the documented tolerance."""
+    dsn = local_stack.postgres.dsn.get_secret_value()
+    prefix = f"sk{uuid.uuid4().hex[:8]}-"
+    start = past_week()
+    # Four bursts of traffic 100 h apart (nights and a Saturday included), by the same 500 users:
+    # histories span 12.5 days, so 7-day windows fill and empty and labels arrive days later.
+    records: list[dict[str, Any]] = []
+    for k in range(4):
+        burst = demo_transactions(5000, seed=1000 + k, users=500, start=start + timedelta(hours=100 * k))
+        records += prefixed(list(burst), prefix)
+    records.sort(key=lambda r: r["event_time"])
+    labels = labels_for(records)
+    try:
+        online: dict[str, np.ndarray] = {}
+        done: set[str] = set()
+        pending = list(labels)
+        batches = [records[i : i + 500] for i in range(0, len(records), 500)]
+        for b, batch in enumerate(batches):
+            t_max = max(r["event_time"] for r in batch)
+            due = [lab for lab in pending if lab["labelled_at"] <= t_max]
+            pending = [lab for lab in pending if lab["labelled_at"] > t_max]
+            assert all(lab["transaction_id"] in done for lab in due)
+            store.apply_labels(due)
+            online.update(by_id(batch, store.update_and_compute(batch)))
+            done.update(r["transaction_id"] for r in batch)
+            if b == 17:  # the consumer died before committing: the last two batches come again
+                store.update_and_compute(batches[16])
+                store.update_and_compute(batch)
+            write_pg(dsn, batch, [])
+        write_pg(dsn, [], labels)
+
+        frame = build_frame(dsn, start=start, end=records[-1]["event_time"] + timedelta(milliseconds=1))
+        frame = frame[frame["transaction_id"].str.startswith(prefix)].set_index("transaction_id")
+        assert len(frame) == len(records)
+        ids = [r["transaction_id"] for r in records]
+        offline = frame.loc[ids, list(FEATURE_NAMES)].to_numpy()
+        assert_features_match(np.vstack([online[i] for i in ids]), offline, "online vs PostgreSQL")
+
+        # the in-memory path is the same engine: identical to the PostgreSQL one
+        mem = frame_from_records(records, labels).set_index("transaction_id")
+        np.testing.assert_array_equal(mem.loc[ids, list(FEATURE_NAMES)].to_numpy(), offline)
+        assert int(frame["is_fraud"].sum()) == sum(lab["is_fraud"] for lab in labels)
+
+        # the data exercised every feature (a silent all-zero column would prove nothing)
+        for j, name in enumerate(FEATURE_NAMES):
+            if name not in {"is_night", "channel_code"}:
+                assert np.unique(offline[:, j]).size > 1, f"{name} is constant in the skew data"
+        assert offline[:, FEATURE_NAMES.index("merchant_fraud_risk_30d")].max() > 0.011
+    finally:
+        delete_pg(dsn, [r["transaction_id"] for r in records])
+
+
+# -- idempotency ---------------------------------------------------------------------------------
+def test_reapplying_a_batch_leaves_the_state_unchanged(store: OnlineStore, local_stack: Settings) -> None:
+    r = redis_of(local_stack)
+    prefix = f"id{uuid.uuid4().hex[:8]}-"
+    records = prefixed(list(demo_transactions(1500, seed=7, users=150, start=past_week())), prefix)
+    store.update_and_compute(records[:1000])
+
+    def labels(fraud: bool, minutes: int) -> list[dict[str, Any]]:
+        later = timedelta(minutes=minutes)
+        return [
+            {"transaction_id": x["transaction_id"], "is_fraud": fraud, "labelled_at": x["event_time"] + later}
+            for x in records[:50]
+        ]
+
+    store.apply_labels(labels(True, 5))
+    first = store.update_and_compute(records[1000:])
+    before = snapshot(r, store.namespace)
+    again = store.update_and_compute(records[1000:])  # redelivered
+    store.update_and_compute(records[1200:1300] + records[1200:1300])  # duplicated inside a batch
+    assert store.apply_labels(labels(False, 6)) == 0  # the first label of a transaction wins
+    assert snapshot(r, store.namespace) == before
+    # window features of a redelivered record are those of its first delivery (below the cap)
+    for name in (
+        "user_tx_count_1h",
+        "user_amount_sum_24h",
+        "user_seconds_since_last",
+        "merchant_tx_count_1h",
+    ):
+        j = FEATURE_NAMES.index(name)
+        np.testing.assert_allclose(again[:, j], first[:, j], rtol=RTOL, atol=ATOL)
+
+
+def test_a_duplicate_inside_the_first_batch_counts_once(store: OnlineStore, local_stack: Settings) -> None:
+    prefix = f"dp{uuid.uuid4().hex[:8]}-"
+    t = past_week()
+    a, b = tx(prefix, 1, t), tx(prefix, 2, t + timedelta(seconds=5))
+    m = store.update_and_compute([a, a, b])
+    assert m[2, FEATURE_NAMES.index("user_tx_count_1m")] == 1
+    assert m[2, FEATURE_NAMES.index("user_tx_count_lifetime")] == 1
+
+
+# -- point in time -------------------------------------------------------------------------------
+def test_a_label_arriving_after_a_transaction_never_reaches_its_features(store: OnlineStore) -> None:
+    prefix = f"pt{uuid.uuid4().hex[:8]}-"
+    t0 = past_week()
+    first = tx(prefix, 1, t0)
+    second = tx(prefix, 2, t0 + timedelta(hours=1), user_id=f"{prefix}u2")
+    third = tx(prefix, 3, t0 + timedelta(hours=3), user_id=f"{prefix}u3")
+    store.update_and_compute([first])
+    # the label of `first` arrives at t0 + 2 h, but the store learns it before scoring `second`
+    label = {"transaction_id": first["transaction_id"], "is_fraud": True, "scenario": "x",
+             "labelled_at": t0 + timedelta(hours=2)}  # fmt: skip
+    assert store.apply_labels([label]) == 1
+    risk = FEATURE_NAMES.index("merchant_fraud_risk_7d")
+    assert store.compute([second])[0, risk] == pytest.approx(0.01)  # not arrived yet at its event time
+    m = store.update_and_compute([second, third])
+    assert m[0, risk] == pytest.approx(0.01)
+    assert m[1, risk] == pytest.approx(2 / 101)  # arrived before the third transaction
+    off = frame_from_records([first, second, third], [label])
+    np.testing.assert_allclose(off[list(FEATURE_NAMES)].to_numpy()[1:], m, rtol=RTOL, atol=ATOL)
+
+
+def test_a_label_for_an_unknown_transaction_is_ignored(store: OnlineStore) -> None:
+    lab = {"transaction_id": f"nope-{uuid.uuid4().hex}", "is_fraud": True, "labelled_at": past_week()}
+    assert store.apply_labels([lab]) == 0
+
+
+# -- out of order --------------------------------------------------------------------------------
+def test_out_of_order_events_follow_the_documented_policy(store: OnlineStore, local_stack: Settings) -> None:
+    """Late events get event-time-exact window features; once everything has arrived the state
+    is the one in-order delivery gives; an event older than the retention is scored, not stored."""
+    r = redis_of(local_stack)
+    prefix = f"oo{uuid.uuid4().hex[:8]}-"
+    t0 = past_week()
+    at = [t0 + timedelta(minutes=m) for m in (0, 10, 30, 50, 20, 20, 70, 71)]
+    recs = [tx(prefix, i, t, country="FR" if i != 4 else "DE") for i, t in enumerate(at)]
+    recs[5] = tx(prefix, 5, at[5], merchant_id=f"{prefix}m2")  # same instant as the late one
+    window_features = [f.name for f in FEATURES if f.aggregation in
+                       {"count", "sum", "since_last", "distinct", "geo_distance", "geo_speed"}]  # fmt: skip
+    cols = [FEATURE_NAMES.index(n) for n in window_features]
+
+    got = by_id(recs[:4], store.update_and_compute(recs[:4]))
+    got |= by_id(recs[4:6], store.update_and_compute(recs[4:6]))  # 30 and 40 minutes late
+    got |= by_id(recs[6:], store.update_and_compute(recs[6:]))
+    offline = frame_from_records(recs).set_index("transaction_id")
+    ids = [x["transaction_id"] for x in recs]
+    off = offline.loc[ids, list(FEATURE_NAMES)].to_numpy()
+    on = np.vstack([got[i] for i in ids])
+    # the late events (4, 5) and everything after them match the event-time truth...
+    late_and_after = [4, 5, 6, 7]
+    np.testing.assert_allclose(
+        on[np.ix_(late_and_after, cols)], off[np.ix_(late_and_after, cols)], rtol=RTOL, atol=ATOL
+    )
+    # ...the events scored before the late ones arrived keep what was true when they were scored
+    assert on[3, FEATURE_NAMES.index("user_tx_count_1h")] == 3
+    assert off[3, FEATURE_NAMES.index("user_tx_count_1h")] == 5
+
+    # the state is the one in-order delivery builds (up to float rounding of the sums)
+    in_order = OnlineStore(local_stack.redis.url.get_secret_value(), namespace=store.namespace + "b")
+    try:
+        in_order.update_and_compute(sorted(recs, key=lambda x: (x["event_time"], x["transaction_id"])))
+        probe = tx(prefix, 99, t0 + timedelta(minutes=90))
+        np.testing.assert_allclose(in_order.compute([probe]), store.compute([probe]), rtol=RTOL, atol=ATOL)
+    finally:
+        keys = list(r.scan_iter(f"{in_order.namespace}:*"))
+        if keys:
+            r.delete(*keys)
+
+    # far too late (before the 7-day retention): scored, not stored, no crash
+    before = snapshot(r, store.namespace)
+    ancient = store.update_and_compute([tx(prefix, 50, t0 - timedelta(days=9))])
+    assert np.isfinite(ancient).all()
+    assert snapshot(r, store.namespace) == before
+
+
+def test_compute_does_not_touch_the_store(store: OnlineStore, local_stack: Settings) -> None:
+    r = redis_of(local_stack)
+    prefix = f"cp{uuid.uuid4().hex[:8]}-"
+    records = prefixed(list(demo_transactions(600, seed=3, users=30, start=past_week())), prefix)
+    store.update_and_compute(records[:500])
+    before = snapshot(r, store.namespace)
+    scored = store.compute(records[500:])
+    assert snapshot(r, store.namespace) == before
+    assert scored.shape == (100, len(FEATURE_NAMES)) and np.isfinite(scored).all()
+    # a record scored alone sees the same state as update_and_compute would
+    one = records[500]
+    np.testing.assert_allclose(store.compute([one]), store.update_and_compute([one]), rtol=RTOL, atol=ATOL)
+
+
+def test_read_latest_is_the_latest_transactions_vector(store: OnlineStore) -> None:
+    prefix = f"rl{uuid.uuid4().hex[:8]}-"
+    records = prefixed(list(demo_transactions(800, seed=5, users=20, start=past_week())), prefix)
+    m1 = store.update_and_compute(records[:400])
+    m2 = store.update_and_compute(records[400:])
+    rows = by_id(records, np.vstack([m1, m2]))
+    user = records[-1]["user_id"]
+    latest = max(
+        (x for x in records if x["user_id"] == user), key=lambda x: (x["event_time"], x["transaction_id"])
+    )
+    vector = store.read_latest(user)
+    assert vector is not None and vector.dtype == np.float32
+    np.testing.assert_array_equal(vector, rows[latest["transaction_id"]])
+    # an older event arriving now does not replace it
+    older = latest | {"transaction_id": latest["transaction_id"] + "-old",
+                      "event_time": latest["event_time"] - timedelta(minutes=1)}  # fmt: skip
+    store.update_and_compute([older])
+    np.testing.assert_array_equal(store.read_latest(user), vector)
+    assert store.read_latest(f"{prefix}nobody") is None
+
+
+def test_memory_per_user_is_bounded(store: OnlineStore, local_stack: Settings) -> None:
+    """A bot paying every second keeps at most USER_EVENTS_CAP events; windows count those."""
+    r = redis_of(local_stack)
+    prefix = f"cap{uuid.uuid4().hex[:8]}-"
+    t0 = past_week()
+    recs = [tx(prefix, i, t0 + timedelta(seconds=i), merchant_id=f"{prefix}m{i}", device_id=f"d{i}")
+            for i in range(cat.USER_EVENTS_CAP + 150)]  # fmt: skip
+    online = np.vstack([store.update_and_compute(recs[i : i + 100]) for i in range(0, len(recs), 100)])
+    ue, us, _ = store.user_keys(f"{prefix}u1")
+    assert r.zcard(ue) == cat.USER_EVENTS_CAP
+    assert r.hlen(us.replace(":s", ":n")) <= cat.NOVELTY_CAP + 96
+    assert_features_match(online, frame_from_records(recs)[list(FEATURE_NAMES)].to_numpy(), "capped user")
+
+
+def test_redis_down_raises_store_unavailable() -> None:
+    dead = OnlineStore("redis://127.0.0.1:1/0")
+    with pytest.raises(StoreUnavailable):
+        dead.compute([tx("x-", 1, past_week())])
+    with pytest.raises(StoreUnavailable):
+        dead.read_latest("u")
+
+
+def test_reserved_characters_are_refused(store: OnlineStore) -> None:
+    from features.online import FeatureStoreError
+
+    with pytest.raises(FeatureStoreError):
+        store.update_and_compute([tx("rc-", 1, past_week(), device_id="a\x01b")])
