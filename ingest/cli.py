@@ -300,8 +300,12 @@ def replay(  # noqa: PLR0917 - typer: one parameter per CLI option
     path: Annotated[Path, typer.Argument(help="CSV or Parquet file of transactions")],
     map_: Annotated[
         str,
-        typer.Option("--map", help="field=COLUMN pairs, e.g. user_id=CUSTOMER_ID,amount=TX_AMOUNT,…"),
-    ],
+        typer.Option(
+            "--map",
+            help="field=COLUMN pairs, e.g. user_id=CUSTOMER_ID,amount=TX_AMOUNT (fields not given are "
+            "read from a column of the same name, if any)",
+        ),
+    ] = "",
     set_: Annotated[
         str | None, typer.Option("--set", help="constant fields, e.g. currency=EUR,country=FR")
     ] = None,

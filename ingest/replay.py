@@ -13,7 +13,7 @@ import csv
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,19 +70,29 @@ class FieldMap:
     constants: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, map_spec: str, set_spec: str | None = None) -> FieldMap:
+    def parse(cls, map_spec: str | None, set_spec: str | None = None) -> FieldMap:
         columns, constants = parse_pairs(map_spec, "--map"), parse_pairs(set_spec, "--set")
         both = sorted(set(columns) & set(constants))
         if both:
             raise ReplayError(f"{', '.join(both)} both mapped (--map) and set (--set)")
+        return cls(columns, constants)
+
+    def resolve(self, available: list[str]) -> FieldMap:
+        """Fill the fields neither mapped nor set from same-named columns; check the required ones."""
+        columns = dict(self.columns)
+        for f in FIELDS:
+            if f not in columns and f not in self.constants and f in available:
+                columns[f] = f
         # transaction_id may be absent: it is derived from the file name and line then
-        missing = [f for f in REQUIRED if f not in columns and f not in constants and f != "transaction_id"]
+        missing = [
+            f for f in REQUIRED if f not in columns and f not in self.constants and f != "transaction_id"
+        ]
         if missing:
             raise ReplayError(
-                f"required field(s) {', '.join(missing)} neither mapped (--map field=COLUMN) "
-                "nor set (--set field=VALUE)"
+                f"required field(s) {', '.join(missing)} neither mapped (--map field=COLUMN), "
+                f"set (--set field=VALUE) nor a column of the same name (columns: {', '.join(available)})"
             )
-        return cls(columns, constants)
+        return FieldMap(columns, dict(self.constants))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +174,16 @@ class ReplayData:
 # reading
 
 
+def _header(path: Path, parquet: bool) -> list[str]:
+    if parquet:
+        return list(pq.read_schema(path).names)
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        try:
+            return [h.strip() for h in next(csv.reader(fh))]
+        except StopIteration:
+            raise ReplayError(f"{path}: empty file (no header line)") from None
+
+
 def _read_csv(path: Path, wanted: list[str]) -> tuple[dict[str, pd.Series], np.ndarray, int, list[RowError]]:
     """The wanted columns as strings, the start line of every row, blank lines, ragged rows."""
     with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -217,14 +237,18 @@ def _check_columns(path: Path, available: list[str], wanted: list[str]) -> None:
 
 
 def _blank(s: pd.Series) -> np.ndarray:
-    return np.asarray(s.isna() | (s.astype(str).str.strip() == ""))
+    if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)):
+        return np.asarray(s.isna())  # numbers, datetimes: only missing values are blank
+    return np.asarray(s.isna() | (s.astype("string").str.strip() == ""))
 
 
 def _strings(s: pd.Series) -> list[str | None]:
+    """Stripped strings, None for missing/blank cells; integral floats lose their ``.0``."""
     if pd.api.types.is_float_dtype(s):  # 123.0 → "123" (ids read from a float column)
         return [None if math.isnan(v) else (str(int(v)) if v.is_integer() else str(v)) for v in s.tolist()]
-    return [None if v is None or (isinstance(v, float) and math.isnan(v)) or not str(v).strip()
-            else str(v).strip() for v in s.tolist()]  # fmt: skip
+    text = s.astype("string").str.strip()
+    text = text.mask(text == "")
+    return list(text.astype(object).where(text.notna(), None))
 
 
 def _numbers(s: pd.Series, name: str, required: bool) -> tuple[np.ndarray, list[str]]:
@@ -362,16 +386,19 @@ def _records(
     values: dict[str, Any], event_ms: np.ndarray, reasons: _Reasons, now_ms: int
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """Transaction dicts of the rows without problems that also pass the consumer's validation."""
+    rows = np.flatnonzero(reasons.good())
+    times = pd.to_datetime(event_ms[rows], unit="ms", utc=True).to_pydatetime().tolist()
+    floats = {f: [None if math.isnan(v) else v for v in values[f][rows].tolist()] for f in ("lat", "lon")}
     records: list[dict[str, Any]] = []
     kept: list[int] = []
-    for i in np.flatnonzero(reasons.good()).tolist():
+    for j, i in enumerate(rows.tolist()):
         record = {
             "transaction_id": values["transaction_id"][i], "user_id": values["user_id"][i],
             "merchant_id": values["merchant_id"][i], "amount": float(values["amount"][i]),
-            "currency": values["currency"][i], "event_time": _to_datetime(int(event_ms[i])),
+            "currency": values["currency"][i], "event_time": times[j],
             "country": values["country"][i], "device_id": values["device_id"][i],
             "channel": values["channel"][i], "merchant_category": values["merchant_category"][i],
-            "lat": _maybe(values["lat"][i]), "lon": _maybe(values["lon"][i]), "ip": values["ip"][i],
+            "lat": floats["lat"][j], "lon": floats["lon"][j], "ip": values["ip"][i],
         }  # fmt: skip
         reason = validate(record, now_ms)
         if reason is not None:
@@ -403,12 +430,14 @@ def load(
         raise ReplayError(f"{path}: no such file")
     if scenario_column and not label_column:
         raise ReplayError("--scenario-column needs --label-column")
+    parquet = path.suffix.lower() in {".parquet", ".pq"}
+    mapping = mapping.resolve(_header(path, parquet))
     wanted = list(
         dict.fromkeys([*mapping.columns.values(), *(c for c in (label_column, scenario_column) if c)])
     )
     errors: list[RowError] = []
     blank = 0
-    if path.suffix.lower() in {".parquet", ".pq"}:
+    if parquet:
         data, lines = _read_parquet(path, wanted)
     else:
         data, lines, blank, errors = _read_csv(path, wanted)
@@ -448,17 +477,6 @@ def load(
         scenario=[scenario[j] for j in idx.tolist()] if scenario is not None else None,
         blank_lines=blank,
     )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _to_datetime(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def _maybe(v: float) -> float | None:
-    return None if math.isnan(v) else float(v)
 
 
 def _constant_number(name: str, value: str) -> float:

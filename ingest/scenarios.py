@@ -53,10 +53,16 @@ class Context:
     incidents: dict[str, int] = field(default_factory=dict)
     # is each (user, time) on a trip abroad? Genuine anchors must not contradict the user's trips.
     abroad: Callable[[np.ndarray, np.ndarray], np.ndarray] = lambda users, _t: np.zeros(len(users), bool)
+    # < 1 when users are far busier than real people: incidents unfold proportionally faster
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.next_synthetic_user < 0:
             self.next_synthetic_user = self.population.n_users
+
+    def ms(self, duration_ms: float) -> int:
+        """A scenario duration on this world's clock (at least 1 s)."""
+        return max(1000, int(duration_ms * self.time_scale))
 
     def incident_ids(self, name: str, n: int) -> np.ndarray:
         first = self.incidents.get(name, 0)
@@ -136,7 +142,7 @@ class Scenario(ABC):
     """One kind of fraud: how big its incidents are and what their transactions look like."""
 
     name: ClassVar[str]
-    max_span_ms: ClassVar[int]  # first to last transaction of an incident, at most
+    max_span_ms: ClassVar[int]  # first to last transaction of an incident, at most (time_scale 1)
 
     @property
     def code(self) -> int:
@@ -168,7 +174,7 @@ class AccountTakeover(Scenario):
         country = _other_country(rng, pop, pop.home_country[victim])
         city = pop.city_by_country.pick(country, rng.random(n))
         incident = ctx.incident_ids(self.name, n)
-        r, t = _spread(rng, starts, sizes, rng.uniform(30 * MINUTE_MS, self.max_span_ms, n))
+        r, t = _spread(rng, starts, sizes, rng.uniform(ctx.ms(30 * MINUTE_MS), ctx.ms(self.max_span_ms), n))
         m = len(r)
         usd = np.exp(pop.mu[victim[r]]) * rng.uniform(5.0, 20.0, m)
         return _columns(
@@ -202,7 +208,7 @@ class CardTesting(Scenario):
         country = _other_country(rng, pop, pop.home_country[victim])
         city = pop.city_by_country.pick(country, rng.random(n))
         incident = ctx.incident_ids(self.name, n)
-        r, t = _spread(rng, starts, sizes, rng.uniform(2 * MINUTE_MS, self.max_span_ms, n))
+        r, t = _spread(rng, starts, sizes, rng.uniform(ctx.ms(2 * MINUTE_MS), ctx.ms(self.max_span_ms), n))
         m = len(r)
         return _columns(
             t=t,
@@ -234,7 +240,7 @@ class CompromisedMerchant(Scenario):
         weight = pop.m_risk**2
         merchant = np.searchsorted(np.cumsum(weight), rng.random(n) * weight.sum(), side="right")
         merchant = np.minimum(merchant, pop.n_merchants - 1)
-        r, t = _spread(rng, starts, sizes, rng.uniform(2 * DAY_MS, self.max_span_ms, n))
+        r, t = _spread(rng, starts, sizes, rng.uniform(ctx.ms(2 * DAY_MS), ctx.ms(self.max_span_ms), n))
         m, mr = len(r), merchant[r]
         victim = pop.users_by_country.pick(pop.m_country[mr], rng.random(m))
         category = pop.m_category[mr]
@@ -299,9 +305,9 @@ class ImpossibleTravel(Scenario):
         cum = np.cumsum(weights, axis=1)
         country = (cum > (rng.random(n) * cum[:, -1])[:, None]).argmax(axis=1)
         city = pop.city_by_country.pick(country, rng.random(n))
-        first = starts + rng.integers(10 * MINUTE_MS, 120 * MINUTE_MS, n)
+        first = starts + rng.integers(ctx.ms(10 * MINUTE_MS), ctx.ms(120 * MINUTE_MS), n)
         r = np.repeat(np.arange(n), sizes)
-        gaps = rng.integers(2 * MINUTE_MS, 20 * MINUTE_MS, len(r))
+        gaps = rng.integers(ctx.ms(2 * MINUTE_MS), ctx.ms(20 * MINUTE_MS), len(r))
         rank = np.arange(len(r)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         gaps[rank == 0] = 0
         t = first[r] + _cumsum_by_group(gaps, r)
@@ -346,13 +352,16 @@ class BustOut(Scenario):
         lon = world.CITY_LON[city] + rng.normal(0, 0.04, n)
         n_build = sizes // 3
         n_bust = sizes - n_build
-        build_span = rng.uniform(5 * DAY_MS, 20 * DAY_MS, n)
+        build_span = rng.uniform(ctx.ms(5 * DAY_MS), ctx.ms(20 * DAY_MS), n)
         # the build-up: small payments at a steady pace, one every span/n_build (jittered)
         rb = np.repeat(np.arange(n), n_build)
         rank = np.arange(len(rb)) - np.repeat(np.cumsum(n_build) - n_build, n_build)
         tb = starts[rb] + ((rank + rng.random(len(rb))) / n_build[rb] * build_span[rb]).astype(np.int64)
         rs, ts = _spread(
-            rng, starts + build_span.astype(np.int64), n_bust, rng.uniform(6 * HOUR_MS, 36 * HOUR_MS, n)
+            rng,
+            starts + build_span.astype(np.int64),
+            n_bust,
+            rng.uniform(ctx.ms(6 * HOUR_MS), ctx.ms(36 * HOUR_MS), n),
         )
 
         def phase(r: np.ndarray, t: np.ndarray, usd: np.ndarray, high_risk: bool) -> Columns:

@@ -74,6 +74,10 @@ _WINDOWS_MS = (
 )
 _STREAM_WINDOW, _STREAM_WARMUP = 1, 2
 DEMO_EVENTS_PER_S = 20.0
+# Above this many transactions per user per day the world runs on a compressed clock: fraud
+# incidents unfold proportionally faster (a victim sees as many genuine payments between two
+# fraud events as a real cardholder would), which also bounds the fraud rows held in advance.
+REALISTIC_TX_PER_USER_DAY = 10.0
 
 
 def parse_mix(spec: str | Mapping[str, float]) -> dict[str, float]:
@@ -120,6 +124,11 @@ class SimConfig:
         if self.start is not None and self.start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         object.__setattr__(self, "fraud_mix", parse_mix(self.fraud_mix))
+
+    @property
+    def time_scale(self) -> float:
+        """Factor on scenario durations: 1 for realistic activity, smaller for busier users."""
+        return min(1.0, REALISTIC_TX_PER_USER_DAY / self.tx_per_user_day)
 
     @property
     def events_per_s(self) -> float:
@@ -329,7 +338,7 @@ class Simulator:
             rng = np.random.default_rng(
                 np.random.SeedSequence(self.config.seed, spawn_key=(_STREAM_WARMUP, i))
             )
-            span = s.max_span_ms
+            span = ctx.ms(s.max_span_ms)
             sizes = self._incident_sizes(rng, s, genuine_per_ms * span * self.share[s.name])
             if len(sizes):
                 starts = self.start_ms - span + np.sort(rng.integers(0, span, len(sizes)))
@@ -340,7 +349,9 @@ class Simulator:
 
     def batches(self) -> Iterator[TxBatch]:
         """Endless event-time-ordered batches, one per window (empty windows skipped)."""
-        ctx = Context(self.population, self.config.seed, abroad=self._abroad)
+        ctx = Context(
+            self.population, self.config.seed, abroad=self._abroad, time_scale=self.config.time_scale
+        )
         pending = _Pending()
         self._warm_up(ctx, pending)
         budgets = dict.fromkeys(self.share, 0.0)

@@ -61,11 +61,11 @@ class TokenBucket:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.rate = rate
-        # a quarter second of credit rides out a GC pause or a slow batch without a visible dip
-        self.capacity = capacity if capacity is not None else max(1.0, rate / 4)
+        # half a second of credit rides out a GC pause, a slow batch or a busy CPU without a dip
+        self.capacity = capacity if capacity is not None else max(1.0, rate / 2)
         self._clock, self._sleep = clock, sleep
         self._tokens = 0.0
-        self._last = clock()
+        self._last: float | None = None  # the bucket starts filling at the first acquire
 
     @property
     def piece(self) -> int:
@@ -74,6 +74,8 @@ class TokenBucket:
 
     def acquire(self, n: int) -> None:
         """Block until ``n`` (≤ capacity) tokens are available, then take them."""
+        if self._last is None:
+            self._last = self._clock()
         while True:
             now = self._clock()
             self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
@@ -141,6 +143,12 @@ class RateMeter:
         self.total = 0
         self._samples: deque[tuple[float, int]] = deque([(self.t0, 0)])
 
+    def restart(self) -> None:
+        """Count from now (the first send), not from set-up."""
+        self.t0 = self._clock()
+        self.total = 0
+        self._samples = deque([(self.t0, 0)])
+
     def add(self, n: int) -> None:
         self.total += n
         now = self._clock()
@@ -152,6 +160,11 @@ class RateMeter:
     def current(self) -> float:
         (t_a, n_a), (t_b, n_b) = self._samples[0], self._samples[-1]
         return (n_b - n_a) / (t_b - t_a) if t_b > t_a else 0.0
+
+    @property
+    def active(self) -> float:
+        """Seconds from the start to the last ``add``."""
+        return self._samples[-1][0] - self.t0
 
     @property
     def elapsed(self) -> float:
@@ -167,7 +180,7 @@ class RateMeter:
 class StreamStats:
     sent: int = 0
     labels_sent: int = 0
-    seconds: float = 0.0  # first send → last send (producer flush not included)
+    seconds: float = 0.0  # first send → last send (the final flush is flush_seconds)
     flush_seconds: float = 0.0
     current_rate: float = 0.0
     first_event_ms: int | None = None
@@ -209,6 +222,11 @@ class _Run:
         self.seconds: Counter[int] = Counter()
         self.last_report = self.meter.t0
 
+    def start(self) -> None:
+        """The first piece is ready: rate and duration count from here."""
+        self.meter.restart()
+        self.last_report = self.meter.t0
+
     def send(self, piece: Chunk) -> None:
         stats = self.stats
         records = piece.records()
@@ -235,7 +253,7 @@ class _Run:
 
     def finish(self) -> StreamStats:
         stats = self.stats
-        stats.seconds, stats.current_rate = self.meter.elapsed, self.meter.current
+        stats.seconds, stats.current_rate = self.meter.active, self.meter.current
         stats.per_second = [self.seconds.get(s, 0) for s in range(int(stats.seconds))]
         if self.label_queue is not None and self.label_sink is not None:
             stats.labels_sent += self.label_sink.send_many(self.label_queue.drain())
@@ -286,6 +304,8 @@ def run_stream(
             if count is not None:
                 hi = min(hi, lo + count - run.stats.sent)
             piece = chunk.take(slice(lo, hi))
+            if run.stats.sent == 0:
+                run.start()
             pacer.wait(len(piece), int(piece.event_ms[0]))
             run.send(piece)
     return run.finish()

@@ -78,8 +78,13 @@ def test_good_rows_come_in_event_time_order_with_nulls_and_labels(messy: Path) -
 
 
 def test_mapping_errors_are_clear(messy: Path) -> None:
-    with pytest.raises(ReplayError, match=r"required field.*currency"):
-        FieldMap.parse("user_id=A,merchant_id=B,amount=C,event_time=D,country=E")
+    with pytest.raises(ReplayError, match=r"required field.*currency.*columns: TX, CUSTOMER_ID"):
+        load(
+            messy,
+            FieldMap.parse(
+                "user_id=CUSTOMER_ID,merchant_id=SHOP,amount=TX_AMOUNT,event_time=WHEN,country=CTRY"
+            ),
+        )
     with pytest.raises(ReplayError, match="'amnt' is not a transaction field"):
         FieldMap.parse(MAP + ",amnt=X")
     with pytest.raises(ReplayError, match="not field=value"):
@@ -128,6 +133,16 @@ def test_numeric_times_epoch_offsets_and_start_shift(tmp_path: Path) -> None:
                 start=datetime(2026, 5, 1, tzinfo=UTC), now=NOW)  # fmt: skip
     first = datetime(2026, 5, 1, tzinfo=UTC)
     assert [r["event_time"] for r in data.records] == [first, first + timedelta(hours=36)]
+
+
+def test_same_named_columns_need_no_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "named.csv"
+    path.write_text("user_id,merchant_id,amount,currency,event_time,country,device_id,CUST\n"
+                    "u1,m1,5,EUR,2026-01-01T00:00:00Z,FR,d1,other\n")  # fmt: skip
+    data = load(path, FieldMap.parse("", None), now=NOW)
+    assert data.records[0]["user_id"] == "u1" and data.records[0]["device_id"] == "d1"
+    data = load(path, FieldMap.parse("user_id=CUST", "device_id=fixed"), now=NOW)  # explicit wins
+    assert data.records[0]["user_id"] == "other" and data.records[0]["device_id"] == "fixed"
 
 
 def test_cli_dry_run_prints_the_report(messy: Path, tmp_path: Path) -> None:

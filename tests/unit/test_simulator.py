@@ -143,6 +143,18 @@ def test_default_fraud_rate_and_a_custom_mix() -> None:
     assert 0.016 <= (frame["scenario"] > 0).mean() <= 0.024
 
 
+def test_busy_worlds_run_on_a_compressed_clock() -> None:
+    """Users 200× busier than real people: incidents unfold 200× faster, start-up stays quick."""
+    config = SimConfig(seed=6, users=20_000, tx_per_user_day=2000, fraud_rate=0.05, start=START)
+    assert config.time_scale == pytest.approx(0.005)
+    t0 = time.perf_counter()
+    frame = _frame(Simulator(config), 300_000)
+    assert time.perf_counter() - t0 < 15
+    assert 0.04 <= (frame["scenario"] > 0).mean() <= 0.06
+    ct = frame[frame["scenario"] == SCENARIO_CODE["card_testing"]].groupby("user")["t"]
+    assert ((ct.max() - ct.min()) <= 15 * 60_000 * 0.005).mean() > 0.95  # 15 min → 4.5 s
+
+
 # -- signatures in the stream --------------------------------------------------------------------
 
 
