@@ -52,7 +52,8 @@ def kafka_run(settings: Settings, pacer: Pacer, seconds: float, labels: bool) ->
     ).values():
         fut.result()
     try:
-        config = SimConfig(seed=1, start=datetime.now(UTC) - timedelta(days=7))
+        # labels an hour (event time) after their transaction: they flow during the run
+        config = SimConfig(seed=1, label_delay_s=3600, start=datetime.now(UTC) - timedelta(days=7))
         sim = Simulator(config)
         stats = run_stream(
             sim.chunks(), FastTransactionProducer(settings, tx_topic), pacer=pacer,
@@ -69,7 +70,7 @@ def kafka_run(settings: Settings, pacer: Pacer, seconds: float, labels: bool) ->
         "sent": stats.sent,
         "seconds": round(stats.seconds, 3),
         "rate": round(stats.rate, 1),
-        "flush_s": round(stats.flush_seconds, 3),
+        "wind_down_s": round(stats.flush_seconds, 3),
         "delivered": delivered,
         "labels_delivered": delivered_labels,
         "per_second_min": min(per_second) if per_second else None,

@@ -159,7 +159,7 @@ def _summary(stats: StreamStats, rate: float, topic: str, labels_topic: str | No
     accuracy = f" ({stats.rate / rate:.1%} of the target {rate:,.0f})" if rate > 0 else " (unpaced)"
     table.add_row("sent", f"{stats.sent:,} transactions to {topic} in {stats.seconds:.2f} s")
     table.add_row("achieved rate", f"{stats.rate:,.0f} tx/s{accuracy}")
-    table.add_row("flush", f"{stats.flush_seconds:.2f} s (until every record was acknowledged)")
+    table.add_row("wind-down", f"{stats.flush_seconds:.2f} s (pending labels sent, all acknowledged)")
     if labels_topic is not None:
         table.add_row("labels", f"{stats.labels_sent:,} to {labels_topic}")
     if stats.first_event_ms is not None and stats.last_event_ms is not None:

@@ -181,7 +181,7 @@ class StreamStats:
     sent: int = 0
     labels_sent: int = 0
     seconds: float = 0.0  # first send → last send (the final flush is flush_seconds)
-    flush_seconds: float = 0.0
+    flush_seconds: float = 0.0  # wind-down: pending labels sent, then every record acknowledged
     current_rate: float = 0.0
     first_event_ms: int | None = None
     last_event_ms: int | None = None
@@ -255,9 +255,9 @@ class _Run:
         stats = self.stats
         stats.seconds, stats.current_rate = self.meter.active, self.meter.current
         stats.per_second = [self.seconds.get(s, 0) for s in range(int(stats.seconds))]
+        t_flush = time.perf_counter()
         if self.label_queue is not None and self.label_sink is not None:
             stats.labels_sent += self.label_sink.send_many(self.label_queue.drain())
-        t_flush = time.perf_counter()
         self.tx_sink.flush()
         if self.label_sink is not None:
             self.label_sink.flush()
