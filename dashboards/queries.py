@@ -231,12 +231,15 @@ def top_merchants(dsn: str, window: Window, limit: int = 100) -> pd.DataFrame:
 
 _USER_TIMELINE = """
 SELECT t.transaction_id, t.event_time, t.amount, t.currency::text AS currency,
+       t.amount / fx.per_usd AS amount_usd,
        t.country::text AS country, t.channel, t.merchant_id, t.merchant_category, t.device_id, t.ip,
        d.ensemble_score, d.is_fraud, d.scores, d.model_version, d.scored_at, d.latency_ms,
        l.is_fraud AS label_is_fraud, l.scenario
 FROM transactions t
 LEFT JOIN decisions d ON d.transaction_id = t.transaction_id
 LEFT JOIN labels l ON l.transaction_id = t.transaction_id
+LEFT JOIN unnest(%(fx_codes)s::text[], %(fx_rates)s::float8[]) AS fx (currency, per_usd)
+    ON fx.currency = t.currency::text
 WHERE t.user_id = %(user_id)s AND t.event_time >= %(start)s AND t.event_time < %(end)s
 ORDER BY t.event_time DESC
 LIMIT %(limit)s
@@ -245,7 +248,7 @@ LIMIT %(limit)s
 
 def user_timeline(dsn: str, user_id: str, window: Window, limit: int = 500) -> pd.DataFrame:
     """One user's transactions in the window, newest first, with decision and label."""
-    return _frame(dsn, _USER_TIMELINE, {**_window(window), "user_id": user_id, "limit": limit})
+    return _frame(dsn, _USER_TIMELINE, {**_window(window), **_fx(), "user_id": user_id, "limit": limit})
 
 
 _TRANSACTION = """

@@ -44,11 +44,11 @@ def body() -> None:
     )
     cols[2].metric("Alerts (last hour)", common.fmt_int(alerts_1h))
     cols[3].metric(
-        "Event→decision latency p50 (5 min)",
+        "Latency p50 (last 5 min)",
         common.fmt_ms(row["latency_p50_ms"]),
-        help=f"p95: {common.fmt_ms(row['latency_p95_ms'])}",
+        help="Event time → decision, over the decisions of the last 5 minutes.",
     )
-    cols[3].caption(f"p95 {common.fmt_ms(row['latency_p95_ms'])}")
+    cols[3].caption(f"event→decision; p95 {common.fmt_ms(row['latency_p95_ms'])}")
     with cols[4]:
         _lag_metric()
 

@@ -81,7 +81,7 @@ def _timeline(user_id: str, window: Window) -> None:
     if not decided.empty:
         plot = decided.assign(
             decision=decided["is_fraud"].map({True: "fraud", False: "genuine"}),
-            size=decided["amount"].abs().clip(lower=1.0),
+            size=decided["amount_usd"].fillna(1.0).abs().clip(lower=1.0),
         )
         fig = px.scatter(
             plot,
@@ -91,9 +91,17 @@ def _timeline(user_id: str, window: Window) -> None:
             size="size",
             size_max=18,
             color_discrete_map={"fraud": "#d62728", "genuine": "#1f77b4"},
-            hover_data=["transaction_id", "amount", "currency", "country", "channel", "merchant_id"],
+            hover_data=[
+                "transaction_id",
+                "amount",
+                "currency",
+                "amount_usd",
+                "country",
+                "channel",
+                "merchant_id",
+            ],
             labels={"event_time": "event time (UTC)", "ensemble_score": "ensemble score"},
-            title=f"Timeline of {user_id} (marker size: amount)",
+            title=f"Timeline of {user_id} (marker size: amount in USD)",
         )
         fig.update_layout(height=360)
         st.plotly_chart(fig, width="stretch")
