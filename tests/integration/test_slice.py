@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from cluster.settings import ConsumerSettings, Settings
+from features.online import FEATURE_NAMES
 from ingest.consumer import ConsumerPool
 from tests.helpers import API_KEY, count_rows, produce, with_topics
 
@@ -86,7 +87,7 @@ def test_predict_over_http(serve_app: str, slice_settings: Settings, new_topic: 
         body = ok.json()
         assert body["user_id"] == user and 0.0 <= body["anomaly_score"] <= 1.0
         assert isinstance(body["is_fraud"], bool) and body["model_version"]
-        assert set(body["features"]) == {"log_amount", "hour_sin", "hour_cos", "is_online", "is_night"}
+        assert list(body["features"]) == list(FEATURE_NAMES)
 
         assert http.get("/predict", params={"user_id": user}).status_code == 401
         assert (
