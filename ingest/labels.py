@@ -191,12 +191,12 @@ class LabelProducer:
             self._errors.append(str(err))
 
     def send_many(self, labels: list[Label]) -> int:
-        for i, label in enumerate(labels, 1):
+        for i, (label, value) in enumerate(zip(labels, encode_labels(labels), strict=True), 1):
             while True:
                 try:
                     self._producer.produce(
                         self.topic,
-                        value=label.to_json(),
+                        value=value,
                         key=label.transaction_id,
                         on_delivery=self._on_delivery,
                     )
