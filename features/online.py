@@ -51,7 +51,6 @@ __all__ = [
     "transaction_features",
 ]
 
-FIELDS_PER_TX = 10
 _PACK_FIELDS = 11  # the latest transaction as stored for GET /predict
 _SEP = "\x01"  # inside zset members; lower than any printable id character, so ties sort by tx id
 _FIELD_SEP = "\x1f"  # between the fields of the stored latest transaction
@@ -82,25 +81,27 @@ def _lua_list(values: Sequence[int]) -> str:
 _TX_SCRIPT = """
 -- One call per batch. For each transaction: read the state as of the event, then (when
 -- ARGV[1] == '1') apply the event unless it is already there. ARGV[2] is the key namespace,
--- ARGV[3] the batch: records separated by \\29, fields by \\28 (one string: packing thousands of
--- arguments costs the client more than the whole script). Keys are derived from the ids, so
+-- ARGV[3] the batch: records separated by \\29, fields by \\28 (one string: packing thousands
+-- of arguments costs the client more than the whole script). Keys are derived from the ids, so
 -- the store needs a standalone (non-cluster) Redis. The result is one comma-separated string
--- of raw aggregates, the records one after the other.
+-- of raw aggregates, the records one after the other (the layout of features.kernel.RAW_KEYS).
 --
--- Window state: for every window W[j] the hash keeps the count c<j> and sum s<j> of the retained
--- events in [hwm - W[j], hwm] (hwm = latest event time applied) and, for distinct-country
--- windows, per-country counts w<j>:<country> and the number of countries k<j>. An event after
--- hwm (the normal case) moves that frontier: events leaving a window are read once and
--- subtracted (O(1) amortised per event and window). Any other event (late, same instant,
--- redelivered) is answered by scanning the retained events, which is exact for any order.
+-- Window state: for every window W[j] the hash keeps the count and sum of the retained events
+-- in [hwm - W[j], hwm] (hwm = latest event time applied) and, for distinct-country windows,
+-- per-country counts w<j>:<country> and the number of countries. An event after hwm (the
+-- normal case) moves that frontier: the events leaving a window are read once and subtracted
+-- (O(1) amortised per event and window). Any other event (late, same instant, redelivered) is
+-- answered by scanning the retained events, which is exact in any arrival order.
 local SEP = '\\1'
-local W = %(w)s
-local UWI = %(uwi)s
-local DWI = %(dwi)s
+local W = %(w)s         -- user windows (ms), ascending
+local WB = %(wb)s       -- index of each window's bound t - W among the record's bound fields
+local UWI = %(uwi)s     -- USER_WINDOWS as indices into W
+local DWI = %(dwi)s     -- DISTINCT_WINDOWS as indices into W
 local IS_D = %(is_d)s
-local MW = %(mw)s
-local RW = %(rw)s
+local MB = %(mb)s       -- MERCHANT_WINDOWS as bound fields
+local RB = %(rb)s       -- RISK_WINDOWS as bound fields
 local SCAN = %(scan)d
+local SCANB = %(scanb)d
 local K = %(k)d
 local U_RETAIN = %(u_retain)d
 local NOV = %(nov)d
@@ -110,8 +111,9 @@ local M_RETAIN = %(m_retain)d
 local M_CAP = %(m_cap)d
 local M_TTL = %(m_ttl)d
 local MAP_TTL = %(map_ttl)d
+local NF = %(nf)d       -- fields per record, bounds included
 
-local find, sub = string.find, string.sub
+local find, sub, call = string.find, string.sub, redis.call
 local function f(v) return string.format('%%.17g', v) end
 
 -- member = tx_id SEP amount SEP country SEP lat SEP lon
@@ -123,13 +125,8 @@ local function parse(m)
   return tonumber(sub(m, p1 + 1, p2 - 1)), sub(m, p2 + 1, p3 - 1), sub(m, p3 + 1, p4 - 1), sub(m, p4 + 1)
 end
 
-local ttl_done = {}
-local function ttl(key, ms)
-  if not ttl_done[key] then redis.call('PEXPIRE', key, ms); ttl_done[key] = true end
-end
-
 local once_done = {}
-local function once(key)
+local function once(key)  -- true the first time a key is seen in this call
   if once_done[key] then return false end
   once_done[key] = true
   return true
@@ -137,85 +134,69 @@ end
 
 local function hdel_all(key, fields)
   for i = 1, #fields, 500 do
-    redis.call('HDEL', key, unpack(fields, i, math.min(i + 499, #fields)))
+    call('HDEL', key, unpack(fields, i, math.min(i + 499, #fields)))
   end
 end
 
 -- Drop last-seen entries older than the novelty horizon; beyond NOV_CAP, the least recent.
-local function prune(us, hwm)
-  local all = redis.call('HGETALL', us)
+local function prune(un, hwm)
+  local all = call('HGETALL', un)
   local keep, dead = {}, {}
   for i = 1, #all, 2 do
-    local fld = all[i]
-    if sub(fld, 2, 2) == ':' then
-      local v = tonumber(all[i + 1])
-      if v < hwm - NOV then dead[#dead + 1] = fld else keep[#keep + 1] = {fld, v} end
-    end
+    local v = tonumber(all[i + 1])
+    if v < hwm - NOV then dead[#dead + 1] = all[i] else keep[#keep + 1] = {all[i], v} end
   end
   if #keep > NOV_CAP then
     table.sort(keep, function(a, b) return a[2] < b[2] end)
     for i = 1, #keep - NOV_CAP do dead[#dead + 1] = keep[i][1] end
   end
-  if #dead > 0 then hdel_all(us, dead) end
+  if #dead > 0 then hdel_all(un, dead) end
 end
 
--- Per-country count in distinct window j (cached in cc[j]); delta applied, k[j] kept in step.
+-- Per-country count in distinct window j (cached in cc[j]); kd[j] = countries with count > 0.
 local function bump(us, cc, kd, j, c, delta)
   local v = cc[j][c]
-  if v == nil then v = tonumber(redis.call('HGET', us, 'w' .. j .. ':' .. c)) or 0 end
+  if v == nil then v = tonumber(call('HGET', us, 'w' .. j .. ':' .. c)) or 0 end
   local nv = v + delta
-  if v == 0 and nv > 0 then kd[j] = kd[j] + 1 elseif v > 0 and nv <= 0 then kd[j] = kd[j] - 1 end
+  if v <= 0 and nv > 0 then kd[j] = kd[j] + 1 elseif v > 0 and nv <= 0 then kd[j] = kd[j] - 1 end
   if nv < 0 then nv = 0 end
   cc[j][c] = nv
 end
 
--- Subtract one retained event from the windows of frontier `front` it lies in (ts >= front - W).
-local function drop(us, cnt, sum, cc, kd, m, ts, front)
-  local amt, c = parse(m)
-  for j = 1, #W do
-    if ts >= front - W[j] then
-      cnt[j] = cnt[j] - 1; sum[j] = sum[j] - amt
-      if IS_D[j] then bump(us, cc, kd, j, c, -1) end
-    end
-  end
-end
-
 local apply = ARGV[1] == '1'
-local ns = ARGV[2]
-local data = ARGV[3]
+local ns, data = ARGV[2], ARGV[3]
 local out = {}
 local pos, len = 1, #data
 local rec = {}
 while pos <= len do
-  for i = 1, %(nf)d do
-    local e = find(data, i < %(nf)d and '\\28' or '\\29', pos, true) or (len + 1)
+  for i = 1, NF do
+    local e = find(data, i < NF and '\\28' or '\\29', pos, true) or (len + 1)
     rec[i] = sub(data, pos, e - 1)
     pos = e + 1
   end
-  local txid, uid, merchant, t, amount = rec[1], rec[2], rec[3], tonumber(rec[4]), rec[5]
+  local txid, uid, merchant, tstr, amount = rec[1], rec[2], rec[3], rec[4], rec[5]
   local country, device, lat, lon, pack = rec[6], rec[7], rec[8], rec[9], rec[10]
-  local x = tonumber(amount)
+  local t, x = tonumber(tstr), tonumber(amount)
   local ub, mb = ns .. ':u:' .. uid, ns .. ':m:' .. merchant
   local ue, us, un, ul = ub .. ':e', ub .. ':s', ub .. ':n', ub .. ':l'
-  local me, ml, mf = mb .. ':e', mb .. ':lab', mb .. ':fr'
-  local txm = ns .. ':txm:' .. string.format('%%d', math.floor(t / %(ms_per_day)d))
 
-  -- state hash: 'v' = n,mean,m2,hwm,lt,(count,sum) per window,(countries) per distinct window
+  -- state: 'v' = n,mean,m2,hwm,lt,llt,(count,sum) per window,(countries) per distinct window
   local q = {'v', 'ltx', 'llm'}
   for i = 1, #DWI do q[#q + 1] = 'w' .. DWI[i] .. ':' .. country end
-  local st = redis.call('HMGET', us, unpack(q))
+  local st = call('HMGET', us, unpack(q))
   local sv = {}
   if st[1] then for num in string.gmatch(st[1], '[^,]+') do sv[#sv + 1] = tonumber(num) end end
   local n, mean, m2 = sv[1] or 0, sv[2] or 0, sv[3] or 0
-  local hwm, lt, ltx, llm = sv[4], sv[5], st[2], st[3]
+  local hwm, lt, llt, ltx, llm = sv[4], sv[5], sv[6], st[2], st[3]
+  if llt == -1 then llm = false end
   local cnt, sum, kd, cc = {}, {}, {}, {}
-  for j = 1, #W do cnt[j] = sv[4 + 2 * j] or 0; sum[j] = sv[5 + 2 * j] or 0 end
+  for j = 1, #W do cnt[j] = sv[5 + 2 * j] or 0; sum[j] = sv[6 + 2 * j] or 0 end
   for i = 1, #DWI do
     local j = DWI[i]
-    kd[j] = sv[5 + 2 * #W + i] or 0
+    kd[j] = sv[6 + 2 * #W + i] or 0
     cc[j] = {[country] = tonumber(st[3 + i]) or 0}
   end
-  local seen = redis.call('HMGET', un, 'd:' .. device, 'c:' .. country, 'm:' .. merchant)
+  local seen = call('HMGET', un, 'd:' .. device, 'c:' .. country, 'm:' .. merchant)
   local seen_d = -2
   if device ~= '' then seen_d = tonumber(seen[1]) or -1 end
   local seen_c, seen_m = tonumber(seen[2]) or -1, tonumber(seen[3]) or -1
@@ -226,22 +207,20 @@ while pos <= len do
     -- in order: move the frontier to t (events at t - W[j] and later stay in window j)
     if hwm then
       for j = 1, #W do
-        local gone = {}
-        if cnt[j] > 0 then gone = redis.call('ZRANGEBYSCORE', ue, f(hwm - W[j]), '(' .. f(t - W[j])) end
-        for i = 1, #gone do
-          local amt, c = parse(gone[i])
-          cnt[j] = cnt[j] - 1; sum[j] = sum[j] - amt
-          if IS_D[j] then bump(us, cc, kd, j, c, -1) end
+        if cnt[j] > 0 then
+          local gone = call('ZRANGEBYSCORE', ue, f(hwm - W[j]), '(' .. rec[WB[j]])
+          for i = 1, #gone do
+            local amt, c = parse(gone[i])
+            cnt[j] = cnt[j] - 1; sum[j] = sum[j] - amt
+            if IS_D[j] then bump(us, cc, kd, j, c, -1) end
+          end
+          if cnt[j] <= 0 then cnt[j] = 0; sum[j] = 0 end
         end
-        if cnt[j] <= 0 then cnt[j] = 0; sum[j] = 0 end
       end
       if hwm >= t - SCAN then prev = hwm end
-      if llm then
-        local ts = tonumber(redis.call('ZSCORE', ue, llm))
-        if ts and ts >= t - SCAN then
-          local _, _, la, lo = parse(llm)
-          ploc, plat, plon = ts, tonumber(la), tonumber(lo)
-        end
+      if llm and llt >= t - SCAN then
+        local _, _, la, lo = parse(llm)
+        ploc, plat, plon = llt, tonumber(la), tonumber(lo)
       end
     end
     for j = 1, #W do oc[j] = cnt[j]; os[j] = sum[j] end
@@ -252,17 +231,16 @@ while pos <= len do
     end
   else
     -- late, same instant or redelivered: scan the retained events strictly before t
-    local rows = redis.call('ZRANGEBYSCORE', ue, f(t - SCAN), '(' .. f(t), 'WITHSCORES')
+    local rows = call('ZRANGEBYSCORE', ue, rec[SCANB], '(' .. tstr, 'WITHSCORES')
     local dset = {}
     for j = 1, #W do oc[j] = 0; os[j] = 0; dset[j] = {[country] = true} end
-    for i = 1, #DWI do od[i] = 1 end
     for i = 1, #rows, 2 do
       local ts = tonumber(rows[i + 1])
       local amt, c, la, lo = parse(rows[i])
       for j = 1, #W do
         if ts >= t - W[j] then
           oc[j] = oc[j] + 1; os[j] = os[j] + amt
-          if IS_D[j] and not dset[j][c] then dset[j][c] = true end
+          if IS_D[j] then dset[j][c] = true end
         end
       end
       prev = ts
@@ -281,55 +259,54 @@ while pos <= len do
   for i = 1, #DWI do v[#v + 1] = od[i] end
   v[#v + 1] = n; v[#v + 1] = f(mean); v[#v + 1] = f(m2)
   v[#v + 1] = seen_d; v[#v + 1] = seen_c; v[#v + 1] = seen_m
-  for j = 1, #MW do v[#v + 1] = redis.call('ZCOUNT', me, f(t - MW[j]), '(' .. f(t)) end
-  for j = 1, #RW do
-    v[#v + 1] = redis.call('ZCOUNT', mf, f(t - RW[j]), f(t))
-    v[#v + 1] = redis.call('ZCOUNT', ml, f(t - RW[j]), f(t))
+  local me = mb .. ':e'
+  for j = 1, #MB do v[#v + 1] = call('ZCOUNT', me, rec[MB[j]], '(' .. tstr) end
+  for j = 1, #RB do
+    v[#v + 1] = call('ZCOUNT', mb .. ':fr', rec[RB[j]], tstr)
+    v[#v + 1] = call('ZCOUNT', mb .. ':lab', rec[RB[j]], tstr)
   end
   local raw = table.concat(v, ',')
   out[#out + 1] = raw
 
-  if apply then
+  if apply and not (hwm and t < hwm - U_RETAIN) then  -- older than the retention: too late
     local member = txid .. SEP .. amount .. SEP .. country .. SEP .. lat .. SEP .. lon
-    local fresh = not redis.call('ZSCORE', ue, member)
-    if fresh and hwm and t < hwm - U_RETAIN then fresh = false end  -- too late: outside retention
-    local card = 0
-    if fresh then card = redis.call('ZCARD', ue) end
-    if fresh and card >= K then                                      -- would be trimmed at once
-      local old = redis.call('ZRANGE', ue, 0, 0, 'WITHSCORES')
+    local card = call('ZCARD', ue)
+    local fits = true
+    if card >= K then  -- would it be trimmed at once?
+      local old = call('ZRANGE', ue, 0, 0, 'WITHSCORES')
       local ots = tonumber(old[2])
-      if t < ots or (t == ots and member < old[1]) then fresh = false end
+      if t < ots or (t == ots and member < old[1]) then fits = false end
     end
-    if fresh then
+    -- NX: a member already there (a redelivery) is neither moved nor counted again
+    if fits and call('ZADD', ue, 'NX', tstr, member) == 1 then
       local nh = t
       if hwm and hwm > t then nh = hwm end
-      redis.call('ZADD', ue, f(t), member)
       for j = 1, #W do
         if t >= nh - W[j] then
           cnt[j] = cnt[j] + 1; sum[j] = sum[j] + x
           if IS_D[j] then bump(us, cc, kd, j, country, 1) end
         end
       end
+      if lat ~= '' and (not llm or t > llt or (t == llt and member > llm)) then llm, llt = member, t end
       card = card + 1
-      if once(ue) then  -- expired events are outside every window: trimming them once a batch is enough
-        card = card - redis.call('ZREMRANGEBYSCORE', ue, '-inf', '(' .. f(nh - U_RETAIN))
+      if once(ue) then  -- expired events are outside every window: trimming once a batch is enough
+        card = card - call('ZREMRANGEBYSCORE', ue, '-inf', '(' .. f(nh - U_RETAIN))
       end
-      local trimmed = false
-      if card > K then
-        local old = redis.call('ZRANGE', ue, 0, card - K - 1, 'WITHSCORES')
-        for i = 1, #old, 2 do drop(us, cnt, sum, cc, kd, old[i], tonumber(old[i + 1]), nh) end
-        redis.call('ZREMRANGEBYRANK', ue, 0, card - K - 1)
-        trimmed = true
-      end
-      if lat ~= '' then
-        local better = true
-        if llm then
-          local lts = tonumber(redis.call('ZSCORE', ue, llm))
-          if lts and (lts > t or (lts == t and llm > member)) then better = false end
+      if card > K then  -- forget the oldest; they leave the windows they were in
+        local old = call('ZRANGE', ue, 0, card - K - 1, 'WITHSCORES')
+        for i = 1, #old, 2 do
+          local m, ts = old[i], tonumber(old[i + 1])
+          local amt, c = parse(m)
+          for j = 1, #W do
+            if ts >= nh - W[j] then
+              cnt[j] = cnt[j] - 1; sum[j] = sum[j] - amt
+              if IS_D[j] then bump(us, cc, kd, j, c, -1) end
+            end
+          end
+          if m == llm then llm = false end
         end
-        if better then llm = member end
+        call('ZREMRANGEBYRANK', ue, 0, card - K - 1)
       end
-      if llm and trimmed and not redis.call('ZSCORE', ue, llm) then llm = false end
 
       n = n + 1
       local d = x - mean
@@ -337,12 +314,9 @@ while pos <= len do
       m2 = m2 + d * (x - mean)
       if not lt or t > lt or (t == lt and txid >= ltx) then
         lt, ltx = t, txid
-        if pack ~= '' then
-          redis.call('SET', ul, pack .. '\\30' .. raw, 'PX', U_TTL)
-          ttl_done[ul] = true
-        end
+        if pack ~= '' then call('SET', ul, pack .. '\\30' .. raw, 'PX', U_TTL) end
       end
-      local sv2 = {n, f(mean), f(m2), f(nh), f(lt)}
+      local sv2 = {n, f(mean), f(m2), nh, lt, llm and llt or -1}
       for j = 1, #W do
         if cnt[j] <= 0 then cnt[j] = 0; sum[j] = 0 end
         sv2[#sv2 + 1] = cnt[j]; sv2[#sv2 + 1] = f(sum[j])
@@ -358,22 +332,26 @@ while pos <= len do
         end
       end
       if llm then upd[#upd + 1] = 'llm'; upd[#upd + 1] = llm else dead[#dead + 1] = 'llm' end
-      redis.call('HSET', us, unpack(upd))
+      call('HSET', us, unpack(upd))
       if #dead > 0 then hdel_all(us, dead) end
-      local nov = {'c:' .. country, f(math.max(seen_c, t)), 'm:' .. merchant, f(math.max(seen_m, t))}
-      if device ~= '' then nov[5] = 'd:' .. device; nov[6] = f(math.max(seen_d, t)) end
-      redis.call('HSET', un, unpack(nov))
+      local nov = {'c:' .. country, math.max(seen_c, t), 'm:' .. merchant, math.max(seen_m, t)}
+      if device ~= '' then nov[5] = 'd:' .. device; nov[6] = math.max(seen_d, t) end
+      call('HSET', un, unpack(nov))
       if n %% 32 == 0 then prune(un, nh) end
-      ttl(ue, U_TTL); ttl(us, U_TTL); ttl(un, U_TTL); ttl(ul, U_TTL)
-
-      redis.call('ZADD', me, f(t), txid)
-      if once(me) then  -- counts are range queries: trimming only bounds memory
-        redis.call('ZREMRANGEBYSCORE', me, '-inf', '(' .. f(t - M_RETAIN))
-        if redis.call('ZCARD', me) > M_CAP then redis.call('ZREMRANGEBYRANK', me, 0, -(M_CAP + 1)) end
-        redis.call('PEXPIRE', me, M_TTL)
+      if once(us) then
+        call('PEXPIRE', ue, U_TTL); call('PEXPIRE', us, U_TTL); call('PEXPIRE', un, U_TTL)
+        if pack == '' then call('PEXPIRE', ul, U_TTL) end
       end
-      redis.call('HSET', txm, txid, merchant)
-      ttl(txm, MAP_TTL)
+
+      call('ZADD', me, tstr, txid)
+      if once(me) then  -- counts are range queries: trimming only bounds memory
+        call('ZREMRANGEBYSCORE', me, '-inf', '(' .. f(t - M_RETAIN))
+        if call('ZCARD', me) > M_CAP then call('ZREMRANGEBYRANK', me, 0, -(M_CAP + 1)) end
+        call('PEXPIRE', me, M_TTL)
+      end
+      local txm = ns .. ':txm:' .. string.format('%%d', math.floor(t / %(ms_per_day)d))
+      call('HSET', txm, txid, merchant)
+      if once(txm) then call('PEXPIRE', txm, MAP_TTL) end
     end
   end
 end
@@ -414,19 +392,34 @@ return applied
 """
 
 
+def _bound_windows() -> tuple[int, ...]:
+    """Every window (s) whose lower bound ``t - window`` the script needs, ascending."""
+    return tuple(
+        sorted({*cat.USER_WINDOWS, *cat.DISTINCT_WINDOWS, *cat.MERCHANT_WINDOWS, *cat.RISK_WINDOWS,
+                cat.USER_SCAN_S})
+    )  # fmt: skip
+
+
+BOUND_WINDOWS = _bound_windows()  # each record carries t - w for these (Python formats faster)
+FIELDS_PER_TX = 10 + len(BOUND_WINDOWS)
+
+
 def tx_script_source() -> str:
     """The batch script with the catalogue's windows and the state bounds filled in (ms)."""
     ms = 1000
-    all_windows = sorted({*cat.USER_WINDOWS, *cat.DISTINCT_WINDOWS})
-    position = {w: i + 1 for i, w in enumerate(all_windows)}  # Lua indices
+    user_windows = sorted({*cat.USER_WINDOWS, *cat.DISTINCT_WINDOWS})
+    position = {w: i + 1 for i, w in enumerate(user_windows)}  # Lua indices
+    bound = {w: 11 + i for i, w in enumerate(BOUND_WINDOWS)}  # record field of t - w
     return _TX_SCRIPT % {
-        "w": _lua_list([w * ms for w in all_windows]),
+        "w": _lua_list([w * ms for w in user_windows]),
+        "wb": _lua_list([bound[w] for w in user_windows]),
         "uwi": _lua_list([position[w] for w in cat.USER_WINDOWS]),
         "dwi": _lua_list([position[w] for w in cat.DISTINCT_WINDOWS]),
-        "is_d": "{" + ", ".join("true" if w in cat.DISTINCT_WINDOWS else "false" for w in all_windows) + "}",
-        "mw": _lua_list([w * ms for w in cat.MERCHANT_WINDOWS]),
-        "rw": _lua_list([w * ms for w in cat.RISK_WINDOWS]),
+        "is_d": "{" + ", ".join("true" if w in cat.DISTINCT_WINDOWS else "false" for w in user_windows) + "}",
+        "mb": _lua_list([bound[w] for w in cat.MERCHANT_WINDOWS]),
+        "rb": _lua_list([bound[w] for w in cat.RISK_WINDOWS]),
         "scan": cat.USER_SCAN_S * ms,
+        "scanb": bound[cat.USER_SCAN_S],
         "k": cat.USER_EVENTS_CAP,
         "u_retain": (cat.USER_SCAN_S + cat.ALLOWED_LATENESS_S) * ms,
         "nov": cat.NOVELTY_HORIZON_S * ms,
@@ -511,18 +504,20 @@ class OnlineStore:
         batch = TxBatch.from_records(records)
         order = sorted(range(len(batch)), key=lambda i: (batch.t_ms[i], batch.transaction_id[i]))
         last_of_user = {batch.user_id[i]: i for i in order}  # only it writes the user's latest
+        bound_ms = [w * 1000 for w in BOUND_WINDOWS]
         rows: list[str] = []
         for i in order:
             uid, txid = batch.user_id[i], batch.transaction_id[i]
             lat, lon = _coords(batch.lat[i], batch.lon[i])
-            fields = (txid, uid, batch.merchant_id[i], str(batch.t_ms[i]), repr(float(batch.amount[i])),
+            t = int(batch.t_ms[i])
+            fields = (txid, uid, batch.merchant_id[i], str(t), repr(float(batch.amount[i])),
                       batch.country[i], _text(batch.device_id[i]), lat, lon)  # fmt: skip
             latest = ""
             if last_of_user[uid] == i:
                 latest = _FIELD_SEP.join(
                     (*fields, _text(batch.channel[i]), _text(batch.merchant_category[i]))
                 )
-            rows.append(_UNIT_SEP.join((*fields, latest)))
+            rows.append(_UNIT_SEP.join((*fields, latest, *[str(t - w) for w in bound_ms])))
         data = _RECORD_SEP.join(rows)
         # Separators appear exactly where we put them, or a field smuggled one in.
         n, packs = len(rows), len(last_of_user)

@@ -325,7 +325,7 @@ def test_out_of_order_events_follow_the_documented_policy(store: OnlineStore, lo
 def test_compute_does_not_touch_the_store(store: OnlineStore, local_stack: Settings) -> None:
     r = redis_of(local_stack)
     prefix = f"cp{uuid.uuid4().hex[:8]}-"
-    records = prefixed(list(demo_transactions(600, seed=3, users=30, start=past_week())), prefix)
+    records = prefixed(list(demo_transactions(600, seed=3, users=200, start=past_week())), prefix)
     store.update_and_compute(records[:500])
     before = snapshot(r, store.namespace)
     scored = store.compute(records[500:])
@@ -338,7 +338,7 @@ def test_compute_does_not_touch_the_store(store: OnlineStore, local_stack: Setti
 
 def test_read_latest_is_the_latest_transactions_vector(store: OnlineStore) -> None:
     prefix = f"rl{uuid.uuid4().hex[:8]}-"
-    records = prefixed(list(demo_transactions(800, seed=5, users=20, start=past_week())), prefix)
+    records = prefixed(list(demo_transactions(800, seed=5, users=200, start=past_week())), prefix)
     m1 = store.update_and_compute(records[:400])
     m2 = store.update_and_compute(records[400:])
     rows = by_id(records, np.vstack([m1, m2]))
