@@ -349,7 +349,7 @@ def replay(  # noqa: PLR0917 - typer: one parameter per CLI option
         raise _fail(exc) from exc
     console.print(
         f"{path}: {data.rows_read:,} rows read in {time.perf_counter() - t0:.2f} s, "
-        f"[green]{len(data.records):,} good[/green], "
+        f"[green]{len(data):,} good[/green], "
         f"[{'red' if data.errors else 'green'}]{len(data.errors):,} rejected[/]"
         + (f", {data.blank_lines:,} blank lines skipped" if data.blank_lines else "")
     )
@@ -361,7 +361,7 @@ def replay(  # noqa: PLR0917 - typer: one parameter per CLI option
         if errors_out is not None:
             write_errors(data.errors, errors_out)
             console.print(f"all {len(data.errors):,} rejected rows written to {errors_out}")
-    if dry_run or not data.records:
+    if dry_run or not len(data):
         return
     if strict and data.errors:
         raise _fail(ValueError(f"--strict: {len(data.errors):,} rows cannot be mapped; nothing sent"))
@@ -374,7 +374,7 @@ def replay(  # noqa: PLR0917 - typer: one parameter per CLI option
         stats = _stream(
             data.chunks(parse_duration(label_delay)), topic=tx_topic, labels_topic=lab_topic,
             labels=labels if with_labels else "none", rate=rate, speedup=speedup, count=None, duration=None,
-            expected=len(data.records),
+            expected=len(data),
         )  # fmt: skip
     except (FraudrayError, OSError) as exc:
         raise _fail(exc) from exc

@@ -141,33 +141,50 @@ class ReplayChunk:
 
 @dataclass
 class ReplayData:
-    """A loaded file: good records sorted by event time, and the rows that failed."""
+    """A loaded file: the good rows as columns in event-time order, and the rows that failed.
+
+    Transaction dicts are built a chunk at a time when sending (``chunks``), so a file of
+    millions of rows costs its columns in memory, not millions of dicts.
+    """
 
     path: Path
     rows_read: int
-    records: list[dict[str, Any]]
+    columns: dict[str, list[Any]]  # every schema field but event_time, good rows only, sorted
     event_ms: np.ndarray
-    lines: np.ndarray  # source line (or row) of each record
+    lines: np.ndarray  # source line (or row) of each good row
     errors: list[RowError]
     is_fraud: np.ndarray | None = None
     has_label: np.ndarray | None = None
     scenario: list[str | None] | None = None
     blank_lines: int = 0
 
+    def __len__(self) -> int:
+        return len(self.event_ms)
+
+    def records(self, index: slice = slice(None)) -> list[dict[str, Any]]:
+        """Transaction dicts (schema field order) of the good rows in ``index``."""
+        times = _datetimes(self.event_ms[index])
+        columns = [times if f == "event_time" else self.columns[f][index] for f in FIELDS]
+        return [dict(zip(FIELDS, values, strict=True)) for values in zip(*columns, strict=True)]
+
     def chunks(self, label_delay_s: float = 0.0, size: int = 4096) -> Iterator[ReplayChunk]:
         """The records as chunks; each label is due 0.5–1.5 × ``label_delay_s`` after its event."""
         delay = (label_delay_s * 1000 * (0.5 + hash01(SALT_LABEL, self.lines))).astype(np.int64)
-        for lo in range(0, len(self.records), size):
+        for lo in range(0, len(self), size):
             sl = slice(lo, lo + size)
             labelled = self.is_fraud is not None
             yield ReplayChunk(
-                self.records[sl],
+                self.records(sl),
                 self.event_ms[sl],
                 (self.event_ms[sl] + delay[sl]) if labelled else None,
                 self.is_fraud[sl] if self.is_fraud is not None else None,
                 self.has_label[sl] if self.has_label is not None else None,
                 self.scenario[sl] if self.scenario is not None else None,
             )
+
+
+def _datetimes(event_ms: np.ndarray) -> list[datetime]:
+    return list(pd.to_datetime(event_ms, unit="ms", utc=True).to_pydatetime())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,34 +396,26 @@ def _map_values(
             values[f] = np.full(n, _constant_number(f, mapping.constants[f]))
         else:
             values[f] = np.full(n, np.nan)
+        # Python floats for Avro; a missing optional coordinate is null
+        numbers = values[f].tolist()
+        values[f] = numbers if f == "amount" else [None if math.isnan(v) else v for v in numbers]
     return values
 
 
-def _records(
-    values: dict[str, Any], event_ms: np.ndarray, reasons: _Reasons, now_ms: int
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """Transaction dicts of the rows without problems that also pass the consumer's validation."""
+def _validate(values: dict[str, Any], event_ms: np.ndarray, reasons: _Reasons, now_ms: int) -> np.ndarray:
+    """Rows without problems that also pass the consumer's own validation (others get a reason)."""
     rows = np.flatnonzero(reasons.good())
-    times = pd.to_datetime(event_ms[rows], unit="ms", utc=True).to_pydatetime().tolist()
-    floats = {f: [None if math.isnan(v) else v for v in values[f][rows].tolist()] for f in ("lat", "lon")}
-    records: list[dict[str, Any]] = []
+    times = _datetimes(event_ms[rows])
     kept: list[int] = []
     for j, i in enumerate(rows.tolist()):
-        record = {
-            "transaction_id": values["transaction_id"][i], "user_id": values["user_id"][i],
-            "merchant_id": values["merchant_id"][i], "amount": float(values["amount"][i]),
-            "currency": values["currency"][i], "event_time": times[j],
-            "country": values["country"][i], "device_id": values["device_id"][i],
-            "channel": values["channel"][i], "merchant_category": values["merchant_category"][i],
-            "lat": floats["lat"][j], "lon": floats["lon"][j], "ip": values["ip"][i],
-        }  # fmt: skip
+        record = {f: values[f][i] for f in FIELDS if f != "event_time"}
+        record["event_time"] = times[j]
         reason = validate(record, now_ms)
-        if reason is not None:
+        if reason is None:
+            kept.append(i)
+        else:
             reasons.rows[i].append(reason)
-            continue
-        records.append(record)
-        kept.append(i)
-    return records, kept
+    return np.asarray(kept, dtype=np.int64)
 
 
 def load(
@@ -459,22 +468,21 @@ def load(
     if start is not None and good.any():
         event_ms = event_ms + (int(start.timestamp() * 1000) - int(event_ms[good].min()))
 
-    records, kept = _records(values, event_ms, reasons, int((now or datetime.now(UTC)).timestamp() * 1000))
+    idx = _validate(values, event_ms, reasons, int((now or datetime.now(UTC)).timestamp() * 1000))
     errors.extend(RowError(int(lines[i]), "; ".join(r)) for i, r in enumerate(reasons.rows) if r)
     errors.sort(key=lambda e: e.line)
-    idx = np.asarray(kept, dtype=np.int64)
-    order = np.argsort(event_ms[idx], kind="stable")
-    idx = idx[order]
+    idx = idx[np.argsort(event_ms[idx], kind="stable")]
+    order = idx.tolist()
     return ReplayData(
         path=path,
         rows_read=n + ragged,
-        records=[records[j] for j in order.tolist()],
+        columns={f: [values[f][i] for i in order] for f in FIELDS if f != "event_time"},
         event_ms=event_ms[idx],
         lines=lines[idx],
         errors=errors,
         is_fraud=is_fraud[idx] if is_fraud is not None else None,
         has_label=has_label[idx] if has_label is not None else None,
-        scenario=[scenario[j] for j in idx.tolist()] if scenario is not None else None,
+        scenario=[scenario[i] for i in order] if scenario is not None else None,
         blank_lines=blank,
     )
 

@@ -56,18 +56,18 @@ def test_bad_rows_are_reported_with_their_line_numbers(messy: Path) -> None:
         12: "currency 'XYZ' is not an ISO-4217 code",
     }
     assert data.rows_read == 10 and data.blank_lines == 1
-    assert len(data.records) + len(data.errors) == data.rows_read
+    assert len(data) + len(data.errors) == data.rows_read
 
 
 def test_good_rows_come_in_event_time_order_with_nulls_and_labels(messy: Path) -> None:
     data = load(messy, FieldMap.parse(MAP), label_column="IS_FRAUD", scenario_column="KIND", now=NOW)
-    assert [r["transaction_id"] for r in data.records] == ["t5", "t10", "t1"]
+    assert [r["transaction_id"] for r in data.records()] == ["t5", "t10", "t1"]
     assert list(data.lines) == [7, 13, 2]  # t5's quoted field spans lines 7–8
-    t5 = data.records[0]
+    t5 = data.records()[0]
     assert t5["event_time"] == datetime(2026, 1, 1, 7, 0, tzinfo=UTC)
     assert t5["merchant_id"] == "shop\non two lines"
     assert all(t5[f] is None for f in ("device_id", "channel", "merchant_category", "lat", "lon", "ip"))
-    assert data.records[2]["currency"] == "EUR" and data.records[2]["country"] == "FR"  # upper-cased
+    assert data.records()[2]["currency"] == "EUR" and data.records()[2]["country"] == "FR"  # upper-cased
     assert data.is_fraud is not None and data.has_label is not None
     assert data.is_fraud.tolist() == [True, False, False]
     assert data.has_label.tolist() == [True, False, True]  # t10's empty label cell = unlabelled
@@ -109,10 +109,10 @@ def test_constants_derived_ids_and_parquet_with_native_types(tmp_path: Path) -> 
                              "merchant_id=m1,currency=eur,country=fr")  # fmt: skip
     data = load(path, mapping, now=NOW)
     assert [(e.line, e.reason) for e in data.errors] == [(2, "amount is empty")]
-    assert [r["transaction_id"] for r in data.records] == ["native:1", "native:3"]  # file stem + row
-    assert [r["user_id"] for r in data.records] == ["101", "103"]
-    assert data.records[0]["currency"] == "EUR" and data.records[0]["lat"] == 48.85
-    assert data.records[1]["lat"] is None and data.records[1]["lon"] is None
+    assert [r["transaction_id"] for r in data.records()] == ["native:1", "native:3"]  # file stem + row
+    assert [r["user_id"] for r in data.records()] == ["101", "103"]
+    assert data.records()[0]["currency"] == "EUR" and data.records()[0]["lat"] == 48.85
+    assert data.records()[1]["lat"] is None and data.records()[1]["lon"] is None
 
 
 def test_numeric_times_epoch_offsets_and_start_shift(tmp_path: Path) -> None:
@@ -120,19 +120,19 @@ def test_numeric_times_epoch_offsets_and_start_shift(tmp_path: Path) -> None:
     mapping = FieldMap.parse("user_id=u,amount=a,event_time=t", "merchant_id=m,currency=EUR,country=FR")
     path.write_text("u,a,t\nx,1,1767225600\ny,2,1767225601.5\n")  # epoch seconds
     data = load(path, mapping, now=NOW)
-    assert [r["event_time"] for r in data.records] == [
+    assert [r["event_time"] for r in data.records()] == [
         datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 0, 1, 500_000, tzinfo=UTC)
     ]  # fmt: skip
     path.write_text("u,a,t\nx,1,0\ny,2,3600\n")  # offsets, like Kaggle's "Time"
     with pytest.raises(ReplayError, match="--time-origin"):
         load(path, mapping, now=NOW)
     data = load(path, mapping, time_origin=datetime(2026, 2, 1, tzinfo=UTC), now=NOW)
-    assert data.records[1]["event_time"] == datetime(2026, 2, 1, 1, tzinfo=UTC)
+    assert data.records()[1]["event_time"] == datetime(2026, 2, 1, 1, tzinfo=UTC)
     path.write_text("u,a,t\nx,1,0\ny,2,36\n")  # hours, like PaySim's "step"
     data = load(path, mapping, time_unit="h", time_origin=datetime(2026, 2, 1, tzinfo=UTC),
                 start=datetime(2026, 5, 1, tzinfo=UTC), now=NOW)  # fmt: skip
     first = datetime(2026, 5, 1, tzinfo=UTC)
-    assert [r["event_time"] for r in data.records] == [first, first + timedelta(hours=36)]
+    assert [r["event_time"] for r in data.records()] == [first, first + timedelta(hours=36)]
 
 
 def test_same_named_columns_need_no_mapping(tmp_path: Path) -> None:
@@ -140,9 +140,9 @@ def test_same_named_columns_need_no_mapping(tmp_path: Path) -> None:
     path.write_text("user_id,merchant_id,amount,currency,event_time,country,device_id,CUST\n"
                     "u1,m1,5,EUR,2026-01-01T00:00:00Z,FR,d1,other\n")  # fmt: skip
     data = load(path, FieldMap.parse("", None), now=NOW)
-    assert data.records[0]["user_id"] == "u1" and data.records[0]["device_id"] == "d1"
+    assert data.records()[0]["user_id"] == "u1" and data.records()[0]["device_id"] == "d1"
     data = load(path, FieldMap.parse("user_id=CUST", "device_id=fixed"), now=NOW)  # explicit wins
-    assert data.records[0]["user_id"] == "other" and data.records[0]["device_id"] == "fixed"
+    assert data.records()[0]["user_id"] == "other" and data.records()[0]["device_id"] == "fixed"
 
 
 def test_cli_dry_run_prints_the_report(messy: Path, tmp_path: Path) -> None:
