@@ -104,17 +104,20 @@ def test_labels_arrive_late_and_exactly_once_per_sent_transaction() -> None:
     sent_at: dict[str, int] = {}
     released: list[tuple[Label, int]] = []  # (label, stream event time when it was sent)
 
+    stream_time = [0]
+
     class Transactions(ListSink):
         def send_many(self, items: Iterable[Any]) -> int:
             items = list(items)
             for r in items:
                 sent_at[r["transaction_id"]] = int(r["event_time"].timestamp() * 1000)
+                stream_time[0] = max(stream_time[0], sent_at[r["transaction_id"]])
             return super().send_many(items)
 
     class Labels(ListSink):
         def send_many(self, items: Iterable[Any]) -> int:
             items = list(items)
-            released.extend((lab, max(sent_at.values(), default=0)) for lab in items)
+            released.extend((lab, stream_time[0]) for lab in items)
             return super().send_many(items)
 
     txs, labels = Transactions(), Labels()
