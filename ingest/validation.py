@@ -20,6 +20,8 @@ CURRENCIES: frozenset[str] = frozenset(_CODES["currencies"])
 MIN_EVENT_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_FUTURE_MS = 24 * 3600 * 1000  # clocks drift; a day ahead is already absurd
 MAX_AMOUNT = 1e9
+# Below this an amount is noise, and a denormal one (5e-324) made amount/mean overflow to inf.
+MIN_AMOUNT = 1e-4
 MAX_ID_LEN = 128
 
 
@@ -32,6 +34,8 @@ def validate(record: dict[str, Any], now_ms: int) -> str | None:
     amount = record["amount"]
     if not math.isfinite(amount) or amount <= 0 or amount > MAX_AMOUNT:
         return f"amount must be finite and in (0, {MAX_AMOUNT:g}], got {amount!r}"
+    if amount < MIN_AMOUNT:
+        return f"amount must be at least {MIN_AMOUNT:g}, got {amount!r}"
     if record["currency"] not in CURRENCIES:
         return f"currency {record['currency']!r} is not an ISO-4217 code"
     if record["country"] not in COUNTRIES:
