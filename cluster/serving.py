@@ -1,4 +1,13 @@
-"""Deploy the Serve application ``fraud`` on the Ray cluster (local head or RAY_ADDRESS)."""
+"""Deploy the Serve application ``fraud`` on the Ray cluster (local head or RAY_ADDRESS), and
+swap its model versions in place (``hot_swap``) after a promote or rollback.
+
+Both go through Serve's declarative API (the same path as ``serve deploy config.yaml``), with the
+model versions as per-deployment ``user_config``: Serve derives the code version from the
+import path and ``args`` only, so a config that changes nothing but ``user_config`` is a
+lightweight update — ``reconfigure`` runs on the live replicas, none is restarted, no request is
+dropped. (``serve.run`` would instead give every deploy a random code version and replace every
+replica.)
+"""
 
 from __future__ import annotations
 
@@ -6,22 +15,132 @@ from typing import Any
 
 from cluster.settings import Settings
 
+IMPORT_PATH = "serve_deployments.app:build_app"
 
-def deploy(settings: Settings, api_keys: list[str] | None = None, *, blocking: bool = False) -> str:
+
+def _client() -> Any:
+    from ray.serve.context import _get_global_client
+
+    return _get_global_client()
+
+
+def _deployments(versions: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """Per-deployment overrides carrying the model versions (``user_config``)."""
+    from serve_deployments.app import SCORER_NAME
+    from serve_deployments.models import DEPLOYMENT_NAMES
+
+    out = [
+        {"name": DEPLOYMENT_NAMES[f], "user_config": v} for f, v in versions.items() if f in DEPLOYMENT_NAMES
+    ]
+    return [*out, {"name": SCORER_NAME, "user_config": versions.get("ensemble", {})}]
+
+
+def _apply(settings: Settings, app: dict[str, Any], others: list[dict[str, Any]]) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": settings.serve.http_host, "port": settings.serve.http_port},
+        "applications": [*others, app],
+    }
+    _client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+
+
+def _live(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The running app's declarative config (None when absent or deployed by serve.run) and the
+    configs of the other declaratively deployed apps (kept when we re-apply)."""
+    details = _client().get_serve_details()
+    ours, others = None, []
+    for name, app in (details.get("applications") or {}).items():
+        config = app.get("deployed_app_config")
+        if config is None:
+            continue
+        config = {k: v for k, v in dict(config).items() if v is not None}
+        if name == settings.serve.app_name:
+            ours = config
+        else:
+            others.append(config)
+    return ours, others
+
+
+def deploy(
+    settings: Settings,
+    api_keys: list[str] | None = None,
+    *,
+    blocking: bool = False,
+    llm: dict[str, Any] | None = None,
+) -> str:
     """Start Serve's HTTP proxy on the configured host/port and (re)deploy the app.
 
-    Returns the base URL. The production model comes from the registry (trained quickly
-    first when the registry is empty).
+    Returns the base URL. The models are the registry's production versions (trained quickly
+    first when the registry has none). ``api_keys`` (only their digests reach the cluster) and
+    ``llm`` (``base_url``, ``model``, ``timeout_s``) override the settings. ``blocking`` keeps
+    this process alive afterwards (Ctrl-C to leave; the app keeps running on the cluster).
     """
+    import time
+
     from ray import serve
 
-    from serve_deployments.app import build_app
-    from training.quick import ensure_model
+    from serve_deployments.app import digest, production_versions
 
-    mv = ensure_model(settings)
+    versions = production_versions(settings)
     serve.start(http_options={"host": settings.serve.http_host, "port": settings.serve.http_port})
-    args: dict[str, Any] = {"model_uri": mv.uri, "model_version": mv.version}
+    args: dict[str, Any] = {"families": sorted(f for f in versions if f != "ensemble")}
     if api_keys is not None:
-        args["api_keys"] = api_keys
-    serve.run(build_app(args), name=settings.serve.app_name, route_prefix="/", blocking=blocking)
+        args["api_key_digests"] = [digest(k) for k in api_keys]
+    if llm is not None:
+        args["llm"] = {k: v for k, v in llm.items() if k != "api_key"}
+    app = {
+        "name": settings.serve.app_name,
+        "route_prefix": "/",
+        "import_path": IMPORT_PATH,
+        "args": args,
+        "deployments": _deployments(versions),
+    }
+    _, others = _live(settings)
+    _apply(settings, app, others)
+    while blocking:
+        time.sleep(3600)
     return f"http://{settings.serve.http_host}:{settings.serve.http_port}"
+
+
+def hot_swap(settings: Settings) -> dict[str, str]:
+    """Push the registry's production versions to the running app; returns family -> version.
+
+    Only the deployments' ``user_config`` changes (same import path and args), so the live
+    replicas reconfigure in place. When the set of served families changes (say an XGBoost
+    appears in a registry that had only the Isolation Forest), the args change too and Serve
+    rolls the app over to new replicas instead. Connects to the configured cluster when this
+    process is not connected to Ray yet.
+    """
+    import ray
+
+    from cluster import ray_runtime
+    from cluster.errors import ModelNotReady
+    from serve_deployments.app import production_versions
+
+    if not ray.is_initialized():
+        ray_runtime.init(settings, log_to_driver=False)
+    versions = production_versions(settings, train_missing=False)
+    ours, others = _live(settings)
+    if ours is None:
+        raise ModelNotReady(
+            f"Serve app {settings.serve.app_name!r} is not running (deploy it with `fraudray serve`)"
+        )
+    from serve_deployments.models import DEPLOYMENT_NAMES
+
+    args = dict(ours.get("args") or {})
+    members = {DEPLOYMENT_NAMES[f] for f in versions if f in DEPLOYMENT_NAMES}
+    details = _client().get_serve_details()["applications"][settings.serve.app_name]
+    live_members = set(details.get("deployments") or {}) & set(DEPLOYMENT_NAMES.values())
+    if members != live_members:  # new args => new code version => Serve rebuilds the app
+        args["families"] = sorted(f for f in versions if f in DEPLOYMENT_NAMES)
+    overrides = {
+        d["name"]: dict(d)
+        for d in ours.get("deployments") or []
+        if d["name"] not in DEPLOYMENT_NAMES.values() or d["name"] in members
+    }
+    for d in _deployments(versions):
+        overrides[d["name"]] = {**overrides.get(d["name"], {}), **d}
+    _apply(settings, ours | {"args": args, "deployments": list(overrides.values())}, others)
+    return {family: v["version"] for family, v in versions.items()}

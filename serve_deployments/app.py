@@ -1,9 +1,10 @@
-"""The Serve application ``fraud``: an Isolation Forest scorer (batched) behind a FastAPI
-ingress. ``serve run serve_deployments.app:build_app`` or ``fraudray serve`` deploys it.
+"""The Serve application ``fraud``: three model deployments (IsolationForest, XGBoost,
+Autoencoder; serve_deployments/models.py), the ``Ensemble`` that fans a feature matrix out to
+them and stacks their scores, and the FastAPI ingress ``FraudApi`` (/predict, /score, /explain,
+/health, /models). ``serve run serve_deployments/config.yaml`` or ``fraudray serve`` deploys it.
 
-Resources are fractional so the whole app fits a 2-core box next to the consumer actors.
-``max_ongoing_requests`` is raised above Serve's default of 5 because the consumer actors
-pipeline one call per micro-batch and the router backs off when replicas look full.
+Resources are fractional so the whole app fits a 2-core box next to the consumer actors;
+docs/serving.md gives the reasoning for every batching and autoscaling number.
 """
 
 # No `from __future__ import annotations` here: FastAPI must resolve the route signatures
@@ -11,6 +12,7 @@ pipeline one call per micro-batch and the router backs off when replicas look fu
 import asyncio
 import hashlib
 import hmac
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,72 +23,124 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from cluster.errors import FraudrayError, ModelNotReady, PayloadTooLarge, Unauthorized, UnknownUser
+from cluster.errors import (
+    FraudrayError,
+    ModelNotReady,
+    PayloadTooLarge,
+    StoreUnavailable,
+    Unauthorized,
+    UnknownUser,
+)
 from cluster.settings import PostgresSettings, Settings, get_settings
 from features.online import FEATURE_NAMES, OnlineStore
 from monitoring.metrics import HttpMetricsMiddleware, shared_metrics
+from serve_deployments import explain as xp
+from serve_deployments import models as member_models
 
-SCORER_NAME = "IsolationForestScorer"
+log = logging.getLogger(__name__)
+
+# The deployment the consumer actors call (`serve.get_deployment_handle(SCORER_NAME, app)`).
+SCORER_NAME = "Ensemble"
+FAMILIES = ("if", "xgb", "ae")
+MAX_SCORE_BATCH = 1000
+
+
+class UnknownTransaction(FraudrayError):
+    http_status = 404
+
+
+def decide(
+    ensemble: Any, model_scores: dict[str, np.ndarray], if_threshold: float | None
+) -> tuple[np.ndarray, float, bool]:
+    """``(decision scores, threshold, stacked?)``: the stacked ensemble when it and all its
+    members are served, else the Isolation Forest's score and threshold."""
+    if ensemble is not None and set(FAMILIES) <= model_scores.keys():
+        if len(model_scores["if"]) == 0:
+            return np.empty(0), float(ensemble.threshold), True
+        return np.asarray(ensemble.predict(model_scores), dtype=np.float64), float(ensemble.threshold), True
+    if if_threshold is None:
+        raise ModelNotReady("no ensemble and the Isolation Forest has no decision threshold")
+    return np.asarray(model_scores["if"], dtype=np.float64), float(if_threshold), False
 
 
 @serve.deployment(
     name=SCORER_NAME,
-    ray_actor_options={"num_cpus": 0.25},
+    ray_actor_options={"num_cpus": 0.1},
+    # The consumer pipelines one call per micro-batch; Serve's default of 5 would make the
+    # router back off while the members are merely batching.
     max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
-    # One access-log line per micro-batch call is noise on the hot path.
+    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
     logging_config={"enable_access_log": False},
 )
-class IsolationForestScorer:
-    """Scores feature matrices; concurrent calls are merged into one ``score_samples``.
+class Ensemble:
+    """Scores a matrix with every member (in parallel, through their handles) and stacks the
+    scores with the registry's ensemble (logistic stacking, training/ensemble.py).
 
-    The model version arrives as ``user_config`` (``{"model_uri", "model_version"}``), so a
-    redeploy with another version calls ``reconfigure`` on the live replicas: the swap is
-    one attribute assignment between two batches, and no request is dropped.
+    ``user_config`` is ``{"uri", "version"}`` of the ensemble model, or ``{}`` when the registry
+    has none yet: then the Isolation Forest's score and threshold decide.
     """
 
-    def __init__(self) -> None:
-        self.model: Any = None
-        self.threshold = 0.0
+    def __init__(self, members: dict[str, DeploymentHandle]) -> None:
+        if "if" not in members:
+            raise ModelNotReady("the Isolation Forest member is required")
+        self.members = dict(members)
+        self.ensemble: Any = None
         self.version = ""
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        from training.isolation_forest import IsolationForestModel
+        from training.ensemble import Ensemble as StackedEnsemble
 
-        model = IsolationForestModel.load(Path(config["model_uri"]))
-        if model.threshold is None:
-            raise ModelNotReady(f"model {config['model_version']} has no decision threshold")
-        if model.feature_names != list(FEATURE_NAMES):
-            raise ModelNotReady(f"model {config['model_version']} was trained on other features")
-        # Swap all three together: a batch in flight keeps the objects it already read.
-        self.model, self.threshold, self.version = model, float(model.threshold), config["model_version"]
-        shared_metrics().set_model_version("isolation_forest", self.version)
+        if config.get("uri"):
+            ens, version = StackedEnsemble.load(Path(config["uri"])), str(config["version"])
+        else:
+            ens, version = None, ""
+        self.ensemble, self.version = ens, version
+        if version:
+            shared_metrics().set_model_version("ensemble", version)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _score(self, matrices: list[np.ndarray]) -> list[np.ndarray]:
-        sizes = [len(m) for m in matrices]
-        scores = self.model.score(np.concatenate(matrices))
-        shared_metrics().observe_scores("isolation_forest", scores)
-        return list(np.split(scores, np.cumsum(sizes)[:-1]))
+    async def _members(self, method: str, arg: np.ndarray) -> dict[str, dict[str, Any]]:
+        calls = [getattr(h, method).remote(arg) for h in self.members.values()]
+        return dict(zip(self.members, await asyncio.gather(*calls), strict=True))
 
     async def score(self, matrix: np.ndarray) -> dict[str, Any]:
-        """``{"scores": float array, "is_fraud": bool array, "threshold", "model_version"}``."""
+        """``{"scores", "is_fraud", "threshold", "model_version", "model_scores", "model_versions"}``.
+
+        ``scores`` is the decision score (ensemble probability, or the IF score without an
+        ensemble); ``model_scores`` holds each member's raw score.
+        """
         matrix = np.atleast_2d(np.asarray(matrix, dtype=np.float32))
-        scores = await self._score(matrix)
+        ensemble, version = self.ensemble, self.version  # one snapshot per call
+        results = await self._members("score", matrix)
+        model_scores = {f: np.asarray(r["scores"], dtype=np.float64) for f, r in results.items()}
+        versions = {f: str(r["version"]) for f, r in results.items()}
+        scores, threshold, stacked = decide(ensemble, model_scores, results["if"]["threshold"])
+        if stacked:
+            versions["ensemble"] = version
         return {
             "scores": scores,
-            "is_fraud": scores > self.threshold,
-            "threshold": self.threshold,
-            "model_version": self.version,
+            "is_fraud": scores > threshold,
+            "threshold": threshold,
+            "model_version": version if stacked else versions["if"],
+            "model_scores": model_scores,
+            "model_versions": versions,
         }
 
+    async def explain(self, row: np.ndarray) -> dict[str, Any]:
+        """The score of one row plus each member's per-feature attribution."""
+        row = np.asarray(row, dtype=np.float32).reshape(1, -1)
+        scored, explained = await asyncio.gather(self.score(row), self._members("explain", row[0]))
+        return scored | {"attributions": {f: r["attribution"] for f, r in explained.items()}}
 
+
+# -- HTTP boundary ---------------------------------------------------------------------------
 class Prediction(BaseModel):
     user_id: str
-    anomaly_score: float
+    anomaly_score: float = Field(description="the decision score (ensemble probability when served)")
     is_fraud: bool
     threshold: float
     model_version: str
+    model_scores: dict[str, float]
+    model_versions: dict[str, str]
     features: dict[str, float]
 
 
@@ -116,6 +170,7 @@ class ScoreOut(BaseModel):
     is_fraud: bool
     threshold: float
     model_version: str
+    model_scores: dict[str, float]
 
 
 class ModelOut(BaseModel):
@@ -125,12 +180,33 @@ class ModelOut(BaseModel):
     metrics: dict[str, Any]
 
 
-MAX_SCORE_BATCH = 1000
-
-
 class Health(BaseModel):
     status: str
     model_version: str
+    model_versions: dict[str, str]
+
+
+class FactorOut(BaseModel):
+    feature: str
+    value: float
+    weight: float = Field(description="share of the combined attribution, 0-1")
+    text: str
+
+
+class Explanation(BaseModel):
+    user_id: str
+    transaction_id: str | None
+    anomaly_score: float
+    is_fraud: bool
+    threshold: float
+    model_version: str
+    model_scores: dict[str, float]
+    attributions: dict[str, dict[str, float]] = Field(
+        description="per model: xgb TreeSHAP (log-odds), ae reconstruction error, if isolation credit"
+    )
+    top_factors: list[FactorOut]
+    rationale: str
+    rationale_source: Literal["llm", "template"]
 
 
 class ErrorBody(BaseModel):
@@ -141,7 +217,7 @@ class ErrorBody(BaseModel):
 api = FastAPI(
     title="fraudray",
     description="Real-time fraud scoring on Ray Serve. Send the API key in `X-API-Key`.",
-    version="0.1.0",
+    version="0.2.0",
 )
 
 # http_requests_total{handler,status} (the original pipeline's name), per matched route.
@@ -155,45 +231,59 @@ async def _fraudray_error(_request: Request, exc: FraudrayError) -> JSONResponse
     )
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+_PROTECTED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+ApiKey = Annotated[str | None, Header(description="one of FRAUDRAY_API_KEYS (when set)")]
+
+_TX_COLUMNS = (
+    "transaction_id, user_id, merchant_id, amount, currency, event_time, country, device_id, "
+    "channel, merchant_category, lat, lon, ip"
+)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class FraudApi:
-    def __init__(
-        self, scorer: DeploymentHandle, redis_url: str, postgres_dsn: str, api_keys: list[str]
-    ) -> None:
+    def __init__(self, scorer: DeploymentHandle, config: dict[str, Any]) -> None:
+        """``config``: ``redis_url``, ``postgres_dsn``, ``api_key_digests`` (sha256 hex; only
+        digests reach the replicas) and the ``llm`` section (``base_url``, ``model``,
+        ``api_key``, ``timeout_s``)."""
         from training.registry import Registry
 
         self.scorer = scorer
-        self.store = OnlineStore(redis_url)
-        self.registry = Registry(Settings(postgres=PostgresSettings(dsn=SecretStr(postgres_dsn))))
-        # Only digests are kept; comparison is constant-time.
-        self._key_digests = [_digest(k) for k in api_keys]
+        self.config = dict(config)
+        self.store = OnlineStore(config["redis_url"])
+        self.dsn = config["postgres_dsn"]
+        self.registry = Registry(Settings(postgres=PostgresSettings(dsn=SecretStr(self.dsn))))
+        self._key_digests = [bytes.fromhex(d) for d in config.get("api_key_digests", [])]
+        self.llm = xp.LlmConfig(**config.get("llm", {}))
 
     def _check_key(self, key: str | None) -> None:
         if not self._key_digests:
             return
-        offered = _digest(key or "")
-        if not any(hmac.compare_digest(offered, d) for d in self._key_digests):
+        offered = hashlib.sha256((key or "").encode()).digest()
+        # Constant-time comparison against every digest (no early exit on a match).
+        if not sum(hmac.compare_digest(offered, d) for d in self._key_digests):
             raise Unauthorized("missing or wrong X-API-Key header")
 
-    @api.get("/health", response_model=Health)
+    @api.get("/health", response_model=Health, responses={503: {"model": ErrorBody}})
     async def health(self) -> Health:
+        """Open (no key): the full scoring path answers for a zero row."""
         result = await self.scorer.score.remote(np.zeros((1, len(FEATURE_NAMES)), dtype=np.float32))
-        return Health(status="ok", model_version=result["model_version"])
+        return Health(
+            status="ok", model_version=result["model_version"], model_versions=result["model_versions"]
+        )
 
     @api.post(
         "/score",
         response_model=list[ScoreOut],
-        responses={401: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+        responses={**_PROTECTED, 413: {"model": ErrorBody}},
     )
     async def score(
-        self,
-        body: TransactionIn | list[TransactionIn],
-        x_api_key: Annotated[str | None, Header()] = None,
+        self, body: TransactionIn | list[TransactionIn], x_api_key: ApiKey = None
     ) -> list[ScoreOut]:
         """Score one transaction or a list (at most 1,000) without changing any stored state."""
         self._check_key(x_api_key)
@@ -202,24 +292,29 @@ class FraudApi:
             return []
         if len(txs) > MAX_SCORE_BATCH:
             raise PayloadTooLarge(f"at most {MAX_SCORE_BATCH} transactions per request, got {len(txs)}")
-        matrix = self.store.compute([t.model_dump() for t in txs])
+        matrix = await asyncio.to_thread(self.store.compute, [t.model_dump() for t in txs])
         result = await self.scorer.score.remote(matrix)
+        per_model = result["model_scores"]
         return [
             ScoreOut(
                 transaction_id=t.transaction_id,
-                anomaly_score=float(sc),
-                is_fraud=bool(f),
+                anomaly_score=float(result["scores"][i]),
+                is_fraud=bool(result["is_fraud"][i]),
                 threshold=result["threshold"],
                 model_version=result["model_version"],
+                model_scores={f: float(s[i]) for f, s in per_model.items()},
             )
-            for t, sc, f in zip(txs, result["scores"], result["is_fraud"], strict=True)
+            for i, t in enumerate(txs)
         ]
 
-    @api.get("/models", response_model=list[ModelOut], responses={401: {"model": ErrorBody}})
-    async def models(self, x_api_key: Annotated[str | None, Header()] = None) -> list[ModelOut]:
+    @api.get("/models", response_model=list[ModelOut], responses=_PROTECTED)
+    async def models(self, x_api_key: ApiKey = None) -> list[ModelOut]:
         """Production model versions in the registry (curves left out)."""
         self._check_key(x_api_key)
-        rows = await asyncio.to_thread(self.registry.list)
+        try:
+            rows = await asyncio.to_thread(self.registry.list)
+        except Exception as exc:  # psycopg2.Error and socket errors alike
+            raise StoreUnavailable(f"model registry: {type(exc).__name__}") from exc
         return [
             ModelOut(
                 name=m.name,
@@ -231,21 +326,21 @@ class FraudApi:
             if m.stage == "production"
         ]
 
-    @api.get(
-        "/predict",
-        response_model=Prediction,
-        responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
-    )
+    async def _latest(self, user_id: str) -> np.ndarray:
+        vector = await asyncio.to_thread(self.store.read_latest, user_id)
+        if vector is None:
+            raise UnknownUser(f"user {user_id!r} has no transactions in the online store")
+        return vector
+
+    @api.get("/predict", response_model=Prediction, responses={**_PROTECTED, 404: {"model": ErrorBody}})
     async def predict(
         self,
         user_id: Annotated[str, Query(min_length=1, max_length=128, description="the user to score")],
-        x_api_key: Annotated[str | None, Header()] = None,
+        x_api_key: ApiKey = None,
     ) -> Prediction:
         """Score the user's current features (their latest transaction's vector)."""
         self._check_key(x_api_key)
-        vector = self.store.read_latest(user_id)
-        if vector is None:
-            raise UnknownUser(f"user {user_id!r} has no transactions in the online store")
+        vector = await self._latest(user_id)
         result = await self.scorer.score.remote(vector[None, :])
         return Prediction(
             user_id=user_id,
@@ -253,30 +348,169 @@ class FraudApi:
             is_fraud=bool(result["is_fraud"][0]),
             threshold=result["threshold"],
             model_version=result["model_version"],
+            model_scores={f: float(s[0]) for f, s in result["model_scores"].items()},
+            model_versions=result["model_versions"],
             features=dict(zip(FEATURE_NAMES, map(float, vector), strict=True)),
         )
+
+    def _transaction(self, transaction_id: str) -> dict[str, Any]:
+        import psycopg2
+
+        try:
+            with psycopg2.connect(self.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+                query = f"SELECT {_TX_COLUMNS} FROM transactions WHERE transaction_id = %s"  # noqa: S608
+                cur.execute(query, (transaction_id,))
+                row = cur.fetchone()
+                names = [d[0] for d in cur.description]
+            conn.close()
+        except psycopg2.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}") from exc
+        if row is None:
+            raise UnknownTransaction(f"transaction {transaction_id!r} is not in PostgreSQL")
+        return dict(zip(names, row, strict=True))
+
+    @api.get(
+        "/explain",
+        response_model=Explanation,
+        responses={**_PROTECTED, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    )
+    async def explain(
+        self,
+        transaction_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        x_api_key: ApiKey = None,
+    ) -> Explanation:
+        """Why a transaction (from PostgreSQL, its features recomputed against the online store
+        without changing it) or a user's latest transaction scored as it did: attributions per
+        model, the top factors in plain words, and a rationale (LLM when configured, else the
+        template)."""
+        self._check_key(x_api_key)
+        if (transaction_id is None) == (user_id is None):
+            return JSONResponse(  # type: ignore[return-value]
+                status_code=422,
+                content={"error": "ValidationError", "detail": "give exactly one of transaction_id, user_id"},
+            )
+        if transaction_id is not None:
+            tx = await asyncio.to_thread(self._transaction, transaction_id)
+            row = (await asyncio.to_thread(self.store.compute, [tx]))[0]
+            subject_user = str(tx["user_id"])
+        else:
+            assert user_id is not None
+            row, subject_user = await self._latest(user_id), user_id
+        result = await self.scorer.explain.remote(row)
+        names = list(FEATURE_NAMES)
+        attributions = {f: np.asarray(a, dtype=np.float64) for f, a in result["attributions"].items()}
+        factors = xp.top_factors(attributions, names, row)
+        score, threshold, flagged = (
+            float(result["scores"][0]),
+            float(result["threshold"]),
+            bool(result["is_fraud"][0]),
+        )
+        text, source = await xp.rationale(
+            self.llm, score=score, threshold=threshold, is_fraud=flagged, factors=factors
+        )
+        return Explanation(
+            user_id=subject_user,
+            transaction_id=transaction_id,
+            anomaly_score=score,
+            is_fraud=flagged,
+            threshold=threshold,
+            model_version=result["model_version"],
+            model_scores={f: float(s[0]) for f, s in result["model_scores"].items()},
+            attributions={f: dict(zip(names, map(float, a), strict=True)) for f, a in attributions.items()},
+            top_factors=[
+                FactorOut(feature=f.feature, value=f.value, weight=f.weight, text=f.text) for f in factors
+            ],
+            rationale=text,
+            rationale_source=source,
+        )
+
+
+# -- application builder ---------------------------------------------------------------------
+def production_versions(settings: Settings, *, train_missing: bool = True) -> dict[str, dict[str, str]]:
+    """``{family: {"uri", "version"}}`` of the registry's production models (``if`` at least).
+
+    Missing families are trained quickly first (``training.quick``) when ``train_missing``.
+    """
+    from training.registry import Registry
+
+    registry = Registry(settings)
+
+    def read() -> dict[str, dict[str, str]]:
+        found = {}
+        for name in (*FAMILIES, "ensemble"):
+            try:
+                mv = registry.production(name)
+            except ModelNotReady:
+                continue
+            if name == "ensemble" or mv.feature_names == list(FEATURE_NAMES):
+                found[name] = {"uri": mv.uri, "version": mv.version}
+        return found
+
+    found = read()
+    if train_missing and not {*FAMILIES, "ensemble"} <= found.keys():
+        from training import quick
+
+        ensure_models = getattr(quick, "ensure_models", None)
+        if ensure_models is not None:
+            ensure_models(settings)
+        else:  # until training.quick.ensure_models lands: the quick IF only
+            quick.ensure_model(settings)
+        found = read()
+    if "if" not in found:
+        raise ModelNotReady("no production Isolation Forest on the current features: run `fraudray train`")
+    return found
 
 
 def build_app(args: dict[str, Any] | None = None) -> Any:
     """Application builder for ``serve run serve_deployments.app:build_app``.
 
-    ``args`` may carry ``model_uri``/``model_version``/``redis_url``/``postgres_dsn``/``api_keys``; what is
-    missing comes from the settings and the registry's production model.
+    ``args`` may carry ``families`` (the member deployments to bind; default: every family
+    with a production version), ``models`` (``{family: {"uri", "version"}}``; the legacy
+    ``model_uri``/``model_version`` pin the Isolation Forest), ``redis_url``, ``postgres_dsn``,
+    ``api_keys`` (list or comma-separated) or ``api_key_digests``, and ``llm`` (``base_url``,
+    ``model``, ``timeout_s``). What is missing comes from the settings (FRAUDRAY_*) and the
+    registry's production models. Config files may override each deployment's ``user_config``
+    (``{"uri", "version"}``): that is how ``cluster.serving.hot_swap`` swaps versions.
     """
-    from training.registry import Registry
-
     args = dict(args or {})
     settings = get_settings()
-    if "model_uri" not in args:
-        mv = Registry(settings).production("if")
-        args.setdefault("model_uri", mv.uri)
-        args.setdefault("model_version", mv.version)
-    keys = args.get("api_keys", settings.api.key_list())
-    if isinstance(keys, str):
-        keys = [k for k in keys.split(",") if k]
-    redis_url = args.get("redis_url", settings.redis.url.get_secret_value())
-    scorer = IsolationForestScorer.options(  # type: ignore[attr-defined]
-        user_config={"model_uri": args["model_uri"], "model_version": args["model_version"]}
-    ).bind()
-    dsn = args.get("postgres_dsn", settings.postgres.dsn.get_secret_value())
-    return FraudApi.bind(scorer, redis_url, dsn, list(keys))  # type: ignore[attr-defined]
+    versions: dict[str, dict[str, str]] = dict(args.get("models") or {})
+    if "model_uri" in args:
+        versions["if"] = {"uri": args["model_uri"], "version": args["model_version"]}
+    if not versions or not {*args.get("families", ()), "if"} <= versions.keys():
+        versions = production_versions(settings) | versions
+    if "families" in args:
+        missing = set(args["families"]) - versions.keys()
+        if missing:
+            raise ModelNotReady(f"no production version of {sorted(missing)}")
+        versions = {f: v for f, v in versions.items() if f in args["families"] or f == "ensemble"}
+    if "api_key_digests" in args:
+        digests = list(args["api_key_digests"])
+    else:
+        keys = args.get("api_keys", settings.api.key_list())
+        if isinstance(keys, str):
+            keys = [k for k in keys.split(",") if k]
+        digests = [digest(k) for k in keys]
+    llm = settings.llm
+    llm_default = {
+        "base_url": llm.base_url,
+        "model": llm.model,
+        "api_key": llm.api_key.get_secret_value(),
+        "timeout_s": getattr(llm, "timeout_s", 5.0),
+    }
+    config = {
+        "redis_url": args.get("redis_url", settings.redis.url.get_secret_value()),
+        "postgres_dsn": args.get("postgres_dsn", settings.postgres.dsn.get_secret_value()),
+        "api_key_digests": digests,
+        "llm": llm_default | dict(args.get("llm") or {}),
+    }
+    members = {
+        fam: member_models.ModelScorer.options(  # type: ignore[attr-defined]
+            name=member_models.DEPLOYMENT_NAMES[fam], user_config=versions[fam]
+        ).bind(fam)
+        for fam in FAMILIES
+        if fam in versions
+    }
+    ensemble = Ensemble.options(user_config=versions.get("ensemble", {})).bind(members)  # type: ignore[attr-defined]
+    return FraudApi.bind(ensemble, config)  # type: ignore[attr-defined]

@@ -184,7 +184,7 @@ def _serve_config(settings: Settings, http_port: int) -> dict[str, Any]:
 
 
 def _scored_by_replicas(port: int) -> float:
-    """Requests the IsolationForestScorer replicas of one node have processed (its metrics port)."""
+    """Requests the Ensemble (scorer) replicas of one node have processed (its metrics port)."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return sum(
         sample.value
