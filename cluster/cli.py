@@ -286,6 +286,73 @@ def demo_cmd(
         raise _fail(exc) from exc
 
 
+@app.command("backup")
+def backup_cmd(
+    keep: Annotated[int, typer.Option(help="dumps to keep (older ones are deleted)")] = 7,
+    dest: Annotated[Path | None, typer.Option(help="backup folder (default: var/backups)")] = None,
+) -> None:
+    """pg_dump of transactions, decisions and labels with a row-count/checksum manifest."""
+    from cluster import backup
+
+    try:
+        result = backup.backup(get_settings(), dest, keep=keep)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    rows = ", ".join(f"{t} {m['rows']:,}" for t, m in result.manifest.items())
+    console.print(f"wrote {result.path} ({rows}); removed {len(result.removed)} old dump(s)")
+
+
+@app.command("restore")
+def restore_cmd(
+    dump: Annotated[Path | None, typer.Argument(help="a .dump file (default: the newest backup)")] = None,
+    database: Annotated[
+        str, typer.Option(help="database to restore into, created on the configured server if missing")
+    ] = "fraudray_restore",
+    target_dsn: Annotated[
+        str | None, typer.Option(help="restore into this existing database instead (a DSN)")
+    ] = None,
+) -> None:
+    """Restore a dump into a scratch database and verify row counts and checksums."""
+    from cluster import backup
+
+    settings = get_settings()
+    try:
+        if dump is None:
+            dumps = backup.list_backups(backup.backup_dir(settings))
+            if not dumps:
+                raise backup.BackupError(f"no dumps in {backup.backup_dir(settings)}: run `fraudray backup`")
+            dump = dumps[-1]
+        dsn = target_dsn or backup.create_database(settings, database)
+        verified = backup.restore(settings, dump, dsn)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    rows = ", ".join(f"{t} {m['rows']:,}" for t, m in verified.items())
+    where = "the target DSN" if target_dsn else database
+    console.print(f"restored {dump.name} into {where}; verified {rows}")
+
+
+@app.command("cleanup")
+def cleanup_cmd(
+    days: Annotated[float, typer.Option(help="archive and delete transactions older than this")] = 90.0,
+    archive: Annotated[Path | None, typer.Option(help="Parquet folder (default: var/archive)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="only count what would be archived")] = False,
+) -> None:
+    """Retention: old transactions (+ decisions, labels) to Parquet, then deleted; Kafka retention."""
+    from cluster import backup
+
+    settings = get_settings()
+    try:
+        result = backup.cleanup(settings, days, archive, dry_run=dry_run)
+        topics = {} if dry_run else backup.apply_topic_retention(settings)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    counts = ", ".join(f"{t} {n:,}" for t, n in result.archived.items())
+    verb = "would archive" if dry_run else f"archived to {len(result.files)} Parquet file(s)"
+    console.print(f"before {result.cutoff:%Y-%m-%d %H:%M} UTC: {verb}: {counts}")
+    for topic, ms in topics.items():
+        console.print(f"  topic {topic}: retention.ms={ms} ({ms / 3_600_000:g} h)")
+
+
 def main() -> None:
     app()
 

@@ -39,6 +39,9 @@ class KafkaSettings(_Section):
     alerts_topic: str = "alerts"
     dlq_topic: str = "transactions.dlq"
     consumer_group: str = "fraudray-scorers"
+    # Topic retention (retention.ms), set at topic creation and by `fraudray cleanup`.
+    retention_hours: int = 168
+    dlq_retention_hours: int = 720  # dead letters wait for a human: keep them longer
     # Confluent-compatible Schema Registry; empty = the file registry in ingest/schemas/
     schema_registry_url: str = ""
 
@@ -55,6 +58,11 @@ class KafkaSettings(_Section):
             self.alerts_topic,
             self.dlq_topic,
         )
+
+    def retention_ms_by_topic(self) -> dict[str, int]:
+        hour_ms = 3_600_000
+        return {t: (self.dlq_retention_hours if t == self.dlq_topic else self.retention_hours) * hour_ms
+                for t in self.topics}  # fmt: skip
 
 
 class RedisSettings(_Section):

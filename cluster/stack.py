@@ -277,8 +277,14 @@ class Kafka(Service):
         k = self.settings.kafka
         admin = AdminClient({"bootstrap.servers": k.bootstrap})
         existing = set(admin.list_topics(timeout=10).topics)
+        retention = k.retention_ms_by_topic()
         wanted = [
-            NewTopic(t, num_partitions=k.partitions, replication_factor=1)
+            NewTopic(
+                t,
+                num_partitions=k.partitions,
+                replication_factor=1,
+                config={"retention.ms": str(retention[t])},
+            )
             for t in k.topics
             if t not in existing
         ]
