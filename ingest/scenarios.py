@@ -64,6 +64,12 @@ class Context:
         """A scenario duration on this world's clock (at least 1 s)."""
         return max(1000, int(duration_ms * self.time_scale))
 
+    def ms_range(self, low_ms: float, high_ms: float) -> tuple[int, int]:
+        """``[low, high)`` bounds for ``rng.integers`` on this world's clock, never empty (very
+        busy worlds shrink both ends onto the 1 s floor)."""
+        low = self.ms(low_ms)
+        return low, max(self.ms(high_ms), low + 1)
+
     def incident_ids(self, name: str, n: int) -> np.ndarray:
         first = self.incidents.get(name, 0)
         self.incidents[name] = first + n
@@ -305,9 +311,9 @@ class ImpossibleTravel(Scenario):
         cum = np.cumsum(weights, axis=1)
         country = (cum > (rng.random(n) * cum[:, -1])[:, None]).argmax(axis=1)
         city = pop.city_by_country.pick(country, rng.random(n))
-        first = starts + rng.integers(ctx.ms(10 * MINUTE_MS), ctx.ms(120 * MINUTE_MS), n)
+        first = starts + rng.integers(*ctx.ms_range(10 * MINUTE_MS, 120 * MINUTE_MS), n)
         r = np.repeat(np.arange(n), sizes)
-        gaps = rng.integers(ctx.ms(2 * MINUTE_MS), ctx.ms(20 * MINUTE_MS), len(r))
+        gaps = rng.integers(*ctx.ms_range(2 * MINUTE_MS, 20 * MINUTE_MS), len(r))
         rank = np.arange(len(r)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         gaps[rank == 0] = 0
         t = first[r] + _cumsum_by_group(gaps, r)

@@ -111,6 +111,13 @@ def test_demo_transactions_keeps_its_contract() -> None:
     assert len({r["user_id"] for r in records}) > 150
 
 
+@pytest.mark.parametrize("users", [1, 10, 50])
+def test_tiny_demo_worlds_run_on_the_1_s_floor(users: int) -> None:
+    # So busy that every scenario duration shrinks onto the clock's 1 s floor.
+    records = list(demo_transactions(500, seed=3, users=users))
+    assert len(records) == 500 and len({r["transaction_id"] for r in records}) == 500
+
+
 def test_parse_mix() -> None:
     mix = parse_mix("card_testing=3, bust_out=1")
     assert mix["card_testing"] == 0.75 and mix["bust_out"] == 0.25 and mix["account_takeover"] == 0
