@@ -458,7 +458,9 @@ def test_screenshot(page: str, stream: Stream, server: str, chromium: Any, local
     assert len(colours) > 200, f"{len(colours)} colours: looks blank"
     assert max(count for count, _ in colours) < 0.9 * image.size[0] * image.size[1], "one colour covers it"
     if page == "geography":
-        # the map drew countries in the choropleth's orange-red scale, not just grey land
+        # The map drew countries in the choropleth's orange-red scale, not just grey land (0
+        # warm pixels). How many depends on where this run's random stream put its fraud: CI
+        # once saw 4,195 when only small countries were hit.
         area = np.asarray(image).astype(int)[350:900, 350:1250]
         warm = int(((area[..., 0] - area[..., 2] > 60) & (area[..., 0] > 150)).sum())
-        assert warm > 5000, f"only {warm} map-coloured pixels"
+        assert warm > 1000, f"only {warm} map-coloured pixels"
