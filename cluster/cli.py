@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray reads it when first imported
 
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -171,60 +172,113 @@ def train_cmd(
     num_samples: Annotated[int, typer.Option(help="Tune trials per family")] = 8,
     time_budget: Annotated[float, typer.Option(help="Tune seconds per family")] = 300.0,
     concurrency: Annotated[int, typer.Option(help="Tune trials at once")] = 2,
+    start: Annotated[
+        datetime | None, typer.Option(help="feature store: first event time (UTC) of the data")
+    ] = None,
+    end: Annotated[datetime | None, typer.Option(help="feature store: event times before this (UTC)")] = None,
+    train_workers: Annotated[
+        int, typer.Option(help="Ray Train workers for the autoencoder (0: train it in this process)")
+    ] = 2,
+    promote: Annotated[
+        bool, typer.Option(help="put the new versions into production (never for --csv)")
+    ] = True,
+    report: Annotated[Path | None, typer.Option(help="write the test metrics as JSON here")] = None,
 ) -> None:
-    """Train on a temporal split, evaluate on the last window, and register the versions."""
-    from training.data import frame_from_csv, temporal_split
-    from training.pipeline import train_all
-    from training.quick import train_quick_model
+    """Train on a temporal split, evaluate on the last window, and register the versions.
+
+    Without --csv the data are the feature store's point-in-time frames of the transactions
+    and labels in PostgreSQL (train on the earlier days, validate and test on the later ones).
+    """
+    from features.catalogue import FEATURE_NAMES
+    from training.data import frame_from_csv, frame_from_store, temporal_split
+    from training.pipeline import report_json, train_all
+    from training.quick import train_quick_models
 
     settings = get_settings()
     if quick:
-        mv = train_quick_model(settings)
-        console.print(f"registered {mv.name} {mv.version} ({mv.stage}) metrics={mv.metrics}")
+        for mv in train_quick_models(settings).values():
+            console.print(f"registered {mv.name} {mv.version} ({mv.stage}) aucpr={mv.metrics.get('aucpr')}")
         return
     families = ("if", "xgb", "ae") if model == "all" else (model,)
     if not set(families) <= {"if", "xgb", "ae"}:
         raise _fail(ValueError(f"--model must be if, xgb, ae or all, not {model!r}"))
-    if csv is None:
-        raise _fail(
-            ValueError("training from the feature store needs its offline frames; pass --csv for now")
-        )
+    t0 = time.monotonic()
     try:
-        frame = frame_from_csv(csv, label, time_col)
-        split = temporal_split(frame)
-        params = _tune(split, families, num_samples, time_budget, concurrency) if tune else {}
+        if csv is not None:
+            split = temporal_split(frame_from_csv(csv, label, time_col))
+            source = f"csv:{csv.name}"
+        else:
+            split = temporal_split(frame_from_store(settings, start, end), list(FEATURE_NAMES))
+            source = "feature-store"
+        split.require_fraud()
+        console.print(f"data: {split.window()['rows']} rows, fraud {split.window()['fraud']} ({source})")
+        load_s = time.monotonic() - t0
+        uses_ray = tune or ("ae" in families and train_workers > 0)
+        if uses_ray:
+            from cluster import ray_runtime
+
+            # A private local Ray unless FRAUDRAY_RAY_ADDRESS names a cluster (e.g. `auto` in a RayJob).
+            ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
+        tuned = _tune(split, families, num_samples, time_budget, concurrency) if tune else {}
+        t1 = time.monotonic()
         # Models of a CSV's columns cannot score the live stream: register, never promote.
-        result = train_all(split, settings, params=params, families=families, target_fpr=target_fpr,
-                           source=f"csv:{csv.name}", promote=False)  # fmt: skip
+        promoted = promote and csv is None
+        result = train_all(split, settings, params={f: p for f, (p, _s) in tuned.items()}, families=families,
+                           target_fpr=target_fpr, source=source, promote=promoted,
+                           ae_workers=train_workers)  # fmt: skip
+        train_s = time.monotonic() - t1
     except FraudrayError as exc:
         raise _fail(exc) from exc
-    table = Table("model", "version", "test AUCPR", "test ROC AUC", "precision", "recall", "FPR", "stage")
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    table = Table("model", "version", "AUCPR", "ROC AUC", "R@0.1%FPR", "R@1%FPR", "precision", "recall",
+                  "FPR", "fit s", "stage", title="test window")  # fmt: skip
     for fam, m in result.metrics.items():
         version = result.versions.get(fam)
         table.add_row(
             fam, version.version if version else "-", f"{m.get('aucpr', float('nan')):.3f}",
-            f"{m.get('roc_auc', float('nan')):.3f}", f"{m.get('precision', 0):.3f}",
-            f"{m.get('recall', 0):.3f}", f"{m.get('fpr', 0):.4f}", version.stage if version else "-",
+            f"{m.get('roc_auc', float('nan')):.3f}", f"{m.get('recall_at_0.1pct_fpr', float('nan')):.3f}",
+            f"{m.get('recall_at_1pct_fpr', float('nan')):.3f}", f"{m.get('precision', 0):.3f}",
+            f"{m.get('recall', 0):.3f}", f"{m.get('fpr', 0):.4f}", f"{result.seconds.get(fam, 0):.1f}",
+            version.stage if version else "-",
         )  # fmt: skip
-    console.print(f"train/val/test rows: {split.sizes()}")
     console.print(table)
+    console.print(
+        f"load {load_s:.1f} s, train + evaluate {train_s:.1f} s, total {time.monotonic() - t0:.1f} s"
+    )
+    if report is not None:
+        report_json(result, report, {
+            "source": source, "window": split.window(), "load_seconds": load_s, "train_seconds": train_s,
+            "tune_seconds": {f: s for f, (_p, s) in tuned.items()},
+        })  # fmt: skip
+        console.print(f"metrics written to {report}")
+    if promoted and result.versions:
+        _hot_swap(settings)
 
 
 def _tune(
     split: Split, families: tuple[str, ...], samples: int, budget: float, concurrency: int
-) -> dict[str, dict[str, Any]]:
-    """Search each family with Ray Tune on a private local Ray; print and save the trials."""
-    from cluster import ray_runtime
+) -> dict[str, tuple[dict[str, Any], float]]:
+    """Search each family with Ray Tune (Ray initialised by the caller); print and save the
+    trials; returns family -> (best params, wall seconds)."""
+    from training.registry import Registry
     from training.tune import search
 
     settings = get_settings()
-    # A private local Ray unless FRAUDRAY_RAY_ADDRESS names a cluster (e.g. `auto` in a RayJob).
-    ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
     out_dir = settings.var_dir / "tune"
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[str, tuple[dict[str, Any], float]] = {}
     for fam in families:
-        params, frame = search(fam, split, num_samples=samples, time_budget_s=budget,
-                               max_concurrent=concurrency, storage=out_dir)  # fmt: skip
+        t0 = time.monotonic()
+        config = {"kind": "tune", "samples": samples, "time_budget_s": budget, "concurrency": concurrency}
+        with Registry(settings).run(fam, config) as run_metrics:
+            params, frame = search(fam, split, num_samples=samples, time_budget_s=budget,
+                                   max_concurrent=concurrency, storage=out_dir)  # fmt: skip
+            wall = time.monotonic() - t0
+            run_metrics.update(best_val_aucpr=float(frame["val_aucpr"].max()), trials=len(frame),
+                               wall_seconds=wall, best_params=params)  # fmt: skip
         csv_path = out_dir / f"{fam}-trials.csv"
         table = Table(
             "trial",
@@ -239,33 +293,82 @@ def _tune(
                           str(row.get("training_iteration")), str(cfg))  # fmt: skip
         frame.to_csv(csv_path, index=False)
         console.print(table)
-        best[fam] = params
+        console.print(f"Ray Tune {fam}: {wall:.1f} s wall time")
+        best[fam] = (params, wall)
     return best
+
+
+def _hot_swap(settings: Any) -> None:
+    """Push the production versions to the running Serve app; never fails the command."""
+    from cluster import ray_runtime, serving
+
+    later = "the next `fraudray serve` picks the production versions up"
+    try:
+        if not settings.ray.address:  # the managed local head: is anything listening at all?
+            import socket
+
+            host, port = ray_runtime.head_address(settings).rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+            except OSError:
+                console.print(f"Ray (and so Serve) is not running: {later}")
+                return
+        swapped = serving.hot_swap(settings)
+        console.print("Serve app swapped to " + ", ".join(f"{f} {v}" for f, v in sorted(swapped.items())))
+    except Exception as exc:  # noqa: BLE001 - the registry change stands whatever Serve says
+        console.print(f"Serve not updated ({type(exc).__name__}: {exc}): {later}")
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @models_app.command("list")
 def models_list(name: Annotated[str | None, typer.Argument()] = None) -> None:
-    """Registered model versions, newest first."""
+    """Registered model versions, newest first, with their test metrics and training window."""
     from training.registry import Registry
 
-    table = Table("name", "version", "stage", "metrics", "uri")
+    table = Table("name", "version", "stage", "AUCPR", "ROC AUC", "R@1%FPR", "train window", "source")
     for mv in Registry(get_settings()).list(name):
-        table.add_row(mv.name, mv.version, mv.stage, str(mv.metrics), mv.uri)
+        m, w = mv.metrics, mv.training_window.get("train") or ["", ""]
+
+        def num(key: str, m: dict[str, Any] = m) -> str:
+            return f"{m[key]:.3f}" if isinstance(m.get(key), int | float) else "-"
+
+        stage = f"[green]{mv.stage}[/green]" if mv.stage == "production" else mv.stage
+        table.add_row(mv.name, mv.version, stage, num("aucpr"), num("roc_auc"), num("recall_at_1pct_fpr"),
+                      f"{str(w[0])[:16]} → {str(w[1])[:16]}" if w[0] else "-",
+                      str(mv.params.get("source", "")))  # fmt: skip
     console.print(table)
 
 
 @models_app.command("promote")
 def models_promote(name: str, version: str) -> None:
-    """Make VERSION the production version of NAME (redeploy with `fraudray serve`)."""
+    """Make VERSION the production version of NAME and swap it into the running Serve app."""
     from training.registry import Registry
 
-    registry = Registry(get_settings())
+    settings = get_settings()
     try:
-        registry.get(name, version)
+        Registry(settings).promote(name, version)
     except FraudrayError as exc:
         raise _fail(exc) from exc
-    registry.promote(name, version)
     console.print(f"{name} {version} is now in production")
+    _hot_swap(settings)
+
+
+@models_app.command("rollback")
+def models_rollback(name: str) -> None:
+    """Put NAME's previous production version back into production (the current one is archived)."""
+    from training.registry import Registry
+
+    settings = get_settings()
+    try:
+        archived, restored = Registry(settings).rollback(name)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    console.print(f"{name}: {restored} is back in production, {archived} archived")
+    _hot_swap(settings)
 
 
 @app.command("demo")

@@ -48,7 +48,6 @@ __all__ = [
     "FeatureStoreError",
     "OnlineStore",
     "records_features",
-    "transaction_features",
 ]
 
 _PACK_FIELDS = 11  # the latest transaction as stored for GET /predict
@@ -468,7 +467,6 @@ class OnlineStore:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
         self._tx_script = self._redis.register_script(tx_script_source())
         self._label_script = self._redis.register_script(label_script_source())
-        self._legacy_set = self._redis.register_script(_LEGACY_SET_IF_NEWER)  # LEGACY
 
     # -- keys ------------------------------------------------------------------------------------
     def user_keys(self, user_id: str) -> tuple[str, str, str]:
@@ -543,18 +541,10 @@ class OnlineStore:
     def read_latest(self, user_id: str) -> np.ndarray | None:
         """Features of the user's latest transaction (by event time), or None for an unknown user."""
         try:
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.get(self.user_keys(user_id)[2])
-            pipe.hget(_LEGACY_KEY.format(user_id), "v")
-            latest, legacy = pipe.execute()
+            latest: bytes | None = self._redis.get(self.user_keys(user_id)[2])  # type: ignore[assignment]
         except redis.RedisError as exc:
             raise _store_error(exc) from exc
-        if latest is not None:
-            return _decode_latest(latest)
-        if legacy is not None:  # LEGACY: vectors written by write_latest (thin slice)
-            vector = np.frombuffer(legacy, dtype=np.float32).copy()
-            return vector if len(vector) == len(FEATURE_NAMES) else None
-        return None
+        return None if latest is None else _decode_latest(latest)
 
     # -- labels ----------------------------------------------------------------------------------
     def apply_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
@@ -575,22 +565,6 @@ class OnlineStore:
         except redis.RedisError as exc:
             raise _store_error(exc) from exc
 
-    # -- LEGACY (thin slice): delete once ingest/consumer.py calls update_and_compute ------------
-    def write_latest(
-        self, user_ids: Sequence[str], tx_ids: Sequence[str], event_ms: np.ndarray, matrix: np.ndarray
-    ) -> None:
-        """LEGACY: store precomputed vectors as the users' latest (newer-or-equal event wins)."""
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for uid, tx, ts, row in zip(user_ids, tx_ids, event_ms, matrix, strict=True):
-                self._legacy_set(
-                    keys=[_LEGACY_KEY.format(uid)], args=[int(ts), tx, row.astype(np.float32).tobytes(),
-                                                          cat.USER_TTL_S], client=pipe,
-                )  # fmt: skip
-            pipe.execute()
-        except redis.RedisError as exc:
-            raise _store_error(exc) from exc
-
 
 def _decode_latest(value: bytes) -> np.ndarray:
     record_part, raw_part = value.decode().split(_LAST_SEP)
@@ -605,33 +579,9 @@ def _decode_latest(value: bytes) -> np.ndarray:
     return assemble(TxBatch.from_records([record]), raw_from_matrix(raw))[0]
 
 
-# -- LEGACY (thin slice): delete once the consumer and training/quick.py use the new API ---------
-_LEGACY_KEY = "fr:latest:{}"
-_LEGACY_SET_IF_NEWER = """
-local cur = redis.call('HGET', KEYS[1], 'ts')
-if cur and tonumber(cur) > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'ts', ARGV[1], 'tx', ARGV[2], 'v', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 1
-"""
-
-
-def transaction_features(
-    amounts: np.ndarray, event_ms: np.ndarray, channels: Sequence[str | None]
-) -> np.ndarray:
-    """LEGACY: stateless rows (a user and merchant with no history) for synthetic training."""
-    n = len(amounts)
-    records = [
-        {"transaction_id": str(i), "user_id": "", "merchant_id": "", "amount": float(a), "event_time": int(t),
-         "country": "", "device_id": None, "channel": c, "merchant_category": None, "lat": None, "lon": None}
-        for i, (a, t, c) in enumerate(zip(amounts, event_ms, channels, strict=True))
-    ]  # fmt: skip
-    batch = TxBatch.from_records(records)
-    return assemble(batch, empty_raw(batch)) if n else np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)
-
-
 def records_features(records: Sequence[Mapping[str, Any]], event_ms: np.ndarray) -> np.ndarray:
-    """LEGACY: stateless features of decoded records (``event_ms`` is ignored: taken from them)."""
+    """Features of decoded records as if their user and merchant had no history: the kernel
+    alone, without the store (``event_ms`` is ignored: taken from the records)."""
     del event_ms
     if not records:
         return np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)

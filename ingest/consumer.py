@@ -17,6 +17,7 @@ Failure policy, per batch:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster.errors import StoreUnavailable
 from cluster.settings import Settings
-from features.online import OnlineStore, records_features
+from features.online import OnlineStore
+from ingest.labels import Label, LabelError, iso_ms, parse_label
 from ingest.producer import producer_config
 from ingest.serde import TransactionSerde, event_time_ms
 from ingest.sinks import KafkaSink, PostgresSink
@@ -76,6 +78,7 @@ class ConsumerStats:
     new_decisions: int = 0
     dead_lettered: int = 0
     alerts: int = 0
+    labels: int = 0  # labels written to PostgreSQL and counted in the online store
     batches: int = 0
     commits: int = 0
     commit_conflicts: int = 0  # commit refused by a rebalance: the new owner redelivers
@@ -85,6 +88,19 @@ class ConsumerStats:
     last_batch_at: float = 0.0  # wall clock (s) of the last committed batch
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     lag: dict[int, int] = field(default_factory=dict)  # partition -> records behind
+
+
+@dataclass
+class _Decoded:
+    """One polled batch on its way through the stages."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)  # valid transactions
+    sources: list[Any] = field(default_factory=list)  # their Kafka messages
+    labels: list[Label] = field(default_factory=list)
+    rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (message, error, reason)
+    tx_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    decision_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)  # decisions/alerts payloads
 
 
 class _Timer:
@@ -136,7 +152,9 @@ class ScoringLoop:
                 "fetch.wait.max.ms": 100,
             }
         )
-        self.consumer.subscribe([k.transactions_topic])
+        # Labels ride in the same group: their rows land in PostgreSQL and their counts in the
+        # online store's merchant risk, committed with the batch like everything else.
+        self.consumer.subscribe([k.transactions_topic, k.labels_topic])
         self.pg = PostgresSink(settings.postgres.dsn.get_secret_value())
         self.kafka_out = KafkaSink(producer_config(settings, **{"linger.ms": 5}))
         self.store = OnlineStore(settings.redis.url.get_secret_value())
@@ -220,64 +238,84 @@ class ScoringLoop:
         self.kafka_out.send(self.settings.kafka.dlq_topic, msg.key(), msg.value(), headers)
         self.stats.dead_lettered += 1
 
+    def _decode(self, msgs: list[Any]) -> _Decoded:
+        """Transactions decoded and validated, labels parsed, the rest marked for the DLQ."""
+        k = self.settings.kafka
+        now_ms = int(time.time() * 1000)
+        out = _Decoded()
+        tx_msgs = [m for m in msgs if m.topic() != k.labels_topic]
+        decoded, failures = self.serde.decode_many([m.value() for m in tx_msgs])
+        out.rejects = [(tx_msgs[f.index], f.error, f.message) for f in failures]
+        for i, rec in decoded:
+            reason = validate(rec, now_ms)
+            if reason is None:
+                out.records.append(rec)
+                out.sources.append(tx_msgs[i])
+            else:
+                out.rejects.append((tx_msgs[i], "ValidationError", reason))
+        for m in msgs:
+            if m.topic() == k.labels_topic:
+                try:
+                    out.labels.append(parse_label(m.value(), now_ms))
+                except LabelError as exc:
+                    out.rejects.append((m, "LabelError", str(exc)))
+        return out
+
+    async def _score(self, batch: _Decoded) -> np.ndarray:
+        """Features (state before each transaction, then the batch applied, idempotent per id)
+        and one Serve call for the batch; fills the batch's rows and decisions; returns the
+        event-to-decision latencies in seconds."""
+        records = batch.records
+        with self.timed("features"):
+            matrix = await asyncio.to_thread(self.store.update_and_compute, records)
+        with self.timed("score"):
+            result = await asyncio.wait_for(self.scorer.score.remote(matrix), SCORE_TIMEOUT_S)
+        scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
+        per_model = result.get("model_scores") or {"if": scores}
+        event_ms = np.fromiter((event_time_ms(r) for r in records), dtype=np.int64, count=len(records))
+        done_ms = time.time() * 1000
+        batch.tx_rows = [
+            (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
+             r["event_time"], r["country"], r["device_id"], r["channel"], r["merchant_category"],
+             r["lat"], r["lon"], r["ip"], m.partition(), m.offset())
+            for r, m in zip(records, batch.sources, strict=True)
+        ]  # fmt: skip
+        for i, r in enumerate(records):
+            model_scores = {name: float(v[i]) for name, v in per_model.items()}
+            payload = {"transaction_id": r["transaction_id"], "user_id": r["user_id"],
+                       "score": float(scores[i]), "is_fraud": bool(flags[i]), "model_version": version,
+                       "scores": model_scores}  # fmt: skip
+            batch.decisions.append(payload)
+            batch.decision_rows.append(
+                (r["transaction_id"], r["user_id"], json.dumps(model_scores), float(scores[i]),
+                 bool(flags[i]), version, done_ms - int(event_ms[i]))
+            )  # fmt: skip
+        return np.asarray((done_ms - event_ms) / 1000.0)
+
     async def _process(self, msgs: list[Any], *, commit: bool = True) -> None:
         """Run one batch through every stage; commit only when all sinks succeeded."""
         k = self.settings.kafka
         stage_before = dict(self.stats.stage_s)
-        latencies_s: np.ndarray = np.empty(0)
         with self.timed("decode"):
-            decoded, failures = self.serde.decode_many([m.value() for m in msgs])
-            now_ms = int(time.time() * 1000)
-            records: list[dict[str, Any]] = []
-            sources: list[Any] = []
-            rejects: list[tuple[Any, str, str]] = [(msgs[f.index], f.error, f.message) for f in failures]
-            for i, rec in decoded:
-                reason = validate(rec, now_ms)
-                if reason is None:
-                    records.append(rec)
-                    sources.append(msgs[i])
-                else:
-                    rejects.append((msgs[i], "ValidationError", reason))
-
-        scored = new = alerts = 0
-        if records:
-            with self.timed("features"):
-                event_ms = np.fromiter(
-                    (event_time_ms(r) for r in records), dtype=np.int64, count=len(records)
-                )
-                matrix = records_features(records, event_ms)
-                self.store.write_latest(
-                    [r["user_id"] for r in records], [r["transaction_id"] for r in records], event_ms, matrix
-                )
-            with self.timed("score"):
-                result = await asyncio.wait_for(self.scorer.score.remote(matrix), SCORE_TIMEOUT_S)
-            scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
-            done_ms = time.time() * 1000
-            latencies_s = (done_ms - event_ms) / 1000.0
+            batch = self._decode(msgs)
+        latencies_s = await self._score(batch) if batch.records else np.empty(0)
+        new = alerts = 0
+        if batch.tx_rows or batch.labels:
             with self.timed("sink_pg"):
-                tx_rows = [
-                    (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
-                     r["event_time"], r["country"], r["device_id"], r["channel"], r["merchant_category"],
-                     r["lat"], r["lon"], r["ip"], m.partition(), m.offset())
-                    for r, m in zip(records, sources, strict=True)
-                ]  # fmt: skip
-                decision_rows = [
-                    (r["transaction_id"], r["user_id"], f'{{"if": {float(s)!r}}}', float(s), bool(f),
-                     version, done_ms - t)
-                    for r, s, f, t in zip(records, scores, flags, event_ms, strict=True)
-                ]  # fmt: skip
-                new = await asyncio.to_thread(self.pg.write, tx_rows, decision_rows)
-            with self.timed("sink_kafka"):
-                for r, s, f in zip(records, scores, flags, strict=True):
-                    payload = {"transaction_id": r["transaction_id"], "user_id": r["user_id"],
-                               "score": float(s), "is_fraud": bool(f), "model_version": version}  # fmt: skip
-                    self.kafka_out.send_json(k.decisions_topic, r["user_id"], payload)
-                    if f:
-                        self.kafka_out.send_json(k.alerts_topic, r["user_id"], payload)
-                        alerts += 1
-            scored = len(records)
+                label_rows = [(x.transaction_id, x.is_fraud, x.scenario, iso_ms(x.labelled_at_ms))
+                              for x in batch.labels]  # fmt: skip
+                new = await asyncio.to_thread(self.pg.write, batch.tx_rows, batch.decision_rows, label_rows)
+        if batch.labels:
+            with self.timed("features"):
+                # After this batch's transactions, so a label of one of them counts online.
+                await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
         with self.timed("sink_kafka"):
-            for msg, error, reason in rejects:
+            for payload in batch.decisions:
+                self.kafka_out.send_json(k.decisions_topic, payload["user_id"], payload)
+                if payload["is_fraud"]:
+                    self.kafka_out.send_json(k.alerts_topic, payload["user_id"], payload)
+                    alerts += 1
+            for msg, error, reason in batch.rejects:
                 self._dead_letter(msg, error, reason)
             await asyncio.to_thread(self.kafka_out.flush)
         if commit:
@@ -286,10 +324,11 @@ class ScoringLoop:
         if self.metrics is not None:
             self.metrics.observe_batch(
                 stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in STAGES},
-                size=len(msgs), scored=scored, fraud=alerts,
-                dead_letters=[error for _m, error, _r in rejects], latencies_s=latencies_s,
+                size=len(msgs), scored=len(batch.records), fraud=alerts,
+                dead_letters=[error for _m, error, _r in batch.rejects], latencies_s=latencies_s,
             )  # fmt: skip
-        self.stats.scored += scored
+        self.stats.scored += len(batch.records)
+        self.stats.labels += len(batch.labels)
         self.stats.new_decisions += new
         self.stats.alerts += alerts
         self.stats.batches += 1
@@ -322,7 +361,10 @@ class ScoringLoop:
             return
         self._lag_checked = now
         lag: dict[int, int] = {}
-        for tp in self.consumer.position(self.consumer.assignment()):
+        owned = [
+            tp for tp in self.consumer.assignment() if tp.topic == self.settings.kafka.transactions_topic
+        ]
+        for tp in self.consumer.position(owned):
             _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
             lag[tp.partition] = max(0, high - tp.offset) if tp.offset >= 0 else high
         self.stats.lag = lag
@@ -373,8 +415,9 @@ class ConsumerActor:
         self._stop = True
 
     def assigned(self) -> list[int]:
-        """Partitions this member owns right now."""
-        return sorted(tp.partition for tp in self.loop.consumer.assignment())
+        """Partitions of the transactions topic this member owns right now."""
+        topic = self.loop.settings.kafka.transactions_topic
+        return sorted(tp.partition for tp in self.loop.consumer.assignment() if tp.topic == topic)
 
     def stats(self) -> dict[str, Any]:
         return asdict(self.loop.stats)
@@ -420,7 +463,7 @@ class ConsumerPool:
     def drain(self, timeout: float = 600.0, poll_s: float = 0.5) -> list[dict[str, Any]]:
         """Wait until the group has committed every partition up to its high watermark, then stop."""
         deadline = time.monotonic() + timeout
-        lag: dict[int, int] | str = "unknown"
+        lag: dict[tuple[str, int], int] | str = "unknown"
         while True:
             try:
                 lag = group_lag(self.settings, self.group_id)
@@ -439,19 +482,22 @@ class ConsumerPool:
         return final
 
 
-def group_lag(settings: Settings, group_id: str | None = None) -> dict[int, int]:
-    """Records not yet committed by ``group_id`` per partition of the transactions topic."""
+def group_lag(settings: Settings, group_id: str | None = None) -> dict[tuple[str, int], int]:
+    """Records not yet committed by ``group_id`` per (topic, partition) of the topics the
+    group consumes: transactions and labels."""
     from confluent_kafka import Consumer
 
     k = settings.kafka
     probe = Consumer({"bootstrap.servers": k.bootstrap, "group.id": group_id or k.consumer_group})
     try:
-        meta = probe.list_topics(k.transactions_topic, timeout=10).topics[k.transactions_topic]
-        tps = [TopicPartition(k.transactions_topic, p) for p in meta.partitions]
+        tps = []
+        for topic in (k.transactions_topic, k.labels_topic):
+            meta = probe.list_topics(topic, timeout=10).topics[topic]
+            tps += [TopicPartition(topic, p) for p in meta.partitions]
         lag = {}
         for tp in probe.committed(tps, timeout=10):
             low, high = probe.get_watermark_offsets(tp, timeout=10)
-            lag[tp.partition] = high - (tp.offset if tp.offset >= 0 else low)
+            lag[(tp.topic, tp.partition)] = high - (tp.offset if tp.offset >= 0 else low)
         return lag
     finally:
         probe.close()

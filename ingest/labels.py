@@ -43,6 +43,14 @@ class Label:
     scenario: str | None
     labelled_at_ms: int
 
+    def as_dict(self) -> dict[str, Any]:
+        """The shape :meth:`features.online.OnlineStore.apply_labels` takes."""
+        return {
+            "transaction_id": self.transaction_id,
+            "is_fraud": self.is_fraud,
+            "labelled_at": self.labelled_at_ms,
+        }
+
     def to_json(self) -> bytes:
         return json.dumps(
             {
@@ -61,6 +69,46 @@ class Label:
         return cls(
             raw["transaction_id"], bool(raw["is_fraud"]), raw["scenario"], round(at.timestamp() * 1000)
         )
+
+
+MAX_ID_LEN = 128
+_MIN_MS = 946_684_800_000  # 2000-01-01
+_DAY_MS = 86_400_000
+
+
+class LabelError(ValueError):
+    """A record on the labels topic that is not a label (the reason goes to the DLQ)."""
+
+
+def parse_label(value: bytes | None, now_ms: int) -> Label:
+    """A label from the topic, strictly: every field present and of its type, an id without
+    control characters, ``labelled_at`` an ISO-8601 instant with a zone in [2000, now + 1 day]."""
+    try:
+        raw = json.loads(value or b"")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LabelError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise LabelError(f"expected a JSON object, got {type(raw).__name__}")
+    missing = {"transaction_id", "is_fraud", "labelled_at"} - raw.keys()
+    if missing:
+        raise LabelError(f"missing field(s): {', '.join(sorted(missing))}")
+    tx, fraud, scenario, at = raw["transaction_id"], raw["is_fraud"], raw.get("scenario"), raw["labelled_at"]
+    if not isinstance(tx, str) or not 0 < len(tx) <= MAX_ID_LEN or any(ord(c) < 32 for c in tx):
+        raise LabelError(f"transaction_id must be a string of 1..{MAX_ID_LEN} printable characters")
+    if not isinstance(fraud, bool):
+        raise LabelError(f"is_fraud must be true or false, got {fraud!r}")
+    if scenario is not None and (not isinstance(scenario, str) or len(scenario) > MAX_ID_LEN):
+        raise LabelError("scenario must be null or a short string")
+    try:
+        when = datetime.fromisoformat(str(at).replace("Z", "+00:00"))
+    except ValueError:
+        raise LabelError(f"labelled_at {at!r} is not an ISO-8601 instant") from None
+    if when.tzinfo is None:
+        raise LabelError(f"labelled_at {at!r} has no time zone")
+    ms = round(when.timestamp() * 1000)
+    if not _MIN_MS <= ms <= now_ms + _DAY_MS:
+        raise LabelError(f"labelled_at {at!r} is outside [2000-01-01, now + 1 day]")
+    return Label(tx, fraud, scenario, ms)
 
 
 _ascii = json.encoder.encode_basestring_ascii  # what json.dumps uses

@@ -20,6 +20,7 @@ TX_COLUMNS = (
 DECISION_COLUMNS = (
     "transaction_id", "user_id", "scores", "ensemble_score", "is_fraud", "model_version", "latency_ms",
 )  # fmt: skip
+LABEL_COLUMNS = ("transaction_id", "is_fraud", "scenario", "labelled_at")
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -57,19 +58,26 @@ class PostgresSink:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(self._dsn, connect_timeout=5)
             with self._conn, self._conn.cursor() as cur:
-                for table in ("transactions", "decisions"):
+                for table in ("transactions", "decisions", "labels"):
                     cur.execute(
                         f"CREATE TEMP TABLE IF NOT EXISTS stage_{table} "
                         f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                     )
         return self._conn
 
-    def write(self, transactions: Sequence[Sequence[Any]], decisions: Sequence[Sequence[Any]]) -> int:
-        """Insert both batches; returns how many decisions were new (0 for a pure redelivery)."""
+    def write(
+        self,
+        transactions: Sequence[Sequence[Any]],
+        decisions: Sequence[Sequence[Any]],
+        labels: Sequence[Sequence[Any]] = (),
+    ) -> int:
+        """Insert the batch's rows in one database transaction; returns how many decisions
+        were new (0 for a pure redelivery). The first label of a transaction wins."""
         try:
             conn = self._connection()
             with conn, conn.cursor() as cur:
                 self._merge(cur, "transactions", TX_COLUMNS, transactions)
+                self._merge(cur, "labels", LABEL_COLUMNS, labels)
                 return self._merge(cur, "decisions", DECISION_COLUMNS, decisions)
         except psycopg2.Error:
             self.close()  # reconnect on the next batch

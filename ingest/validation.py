@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ MAX_AMOUNT = 1e9
 # Below this an amount is noise, and a denormal one (5e-324) made amount/mean overflow to inf.
 MIN_AMOUNT = 1e-4
 MAX_ID_LEN = 128
+# The online feature store packs a batch into one string with these separators (0x01,
+# 0x1c-0x1f). Other bytes PostgreSQL refuses (NUL) fail the sink deterministically instead,
+# and the consumer splits the batch down to that one record and dead-letters it.
+_TEXT_FIELDS = ("transaction_id", "user_id", "merchant_id", "device_id", "channel", "merchant_category")
+_RESERVED = re.compile(r"[\x01\x1c-\x1f]")
 
 
 def validate(record: dict[str, Any], now_ms: int) -> str | None:
@@ -31,6 +37,10 @@ def validate(record: dict[str, Any], now_ms: int) -> str | None:
         value = record[key]
         if not value or len(value) > MAX_ID_LEN:
             return f"{key} must have 1..{MAX_ID_LEN} characters, got {len(value)}"
+    for key in _TEXT_FIELDS:
+        value = record.get(key)
+        if value is not None and _RESERVED.search(value):
+            return f"{key} contains a reserved control character (0x01, 0x1c-0x1f)"
     amount = record["amount"]
     if not math.isfinite(amount) or amount <= 0 or amount > MAX_AMOUNT:
         return f"amount must be finite and in (0, {MAX_AMOUNT:g}], got {amount!r}"

@@ -1,62 +1,95 @@
-"""A quick Isolation Forest for the first start: fit on synthetic genuine traffic so the
-pipeline can score before any real training run (`fraudray train` replaces it)."""
+"""Quick models for the first start: the three families and their ensemble, trained on a
+small simulated, labelled world through the offline feature engine (the same catalogue the
+online store serves), so the pipeline scores with real features before any `fraudray train`
+on collected traffic replaces them."""
 
 from __future__ import annotations
 
+import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import pandas as pd
 
 from cluster.errors import ModelNotReady
 from cluster.settings import Settings
-from features.online import FEATURE_NAMES, transaction_features
-from training.isolation_forest import IsolationForestModel
+from features.catalogue import FEATURE_NAMES
+from features.offline import frame_from_records
+from ingest.simulator import SimConfig, Simulator
+from training.data import temporal_split
+from training.ensemble import MEMBERS
+from training.pipeline import train_all
 from training.registry import ModelVersion, Registry
 
-MODEL_NAME = "if"
+log = logging.getLogger(__name__)
+
+FAMILIES = (*MEMBERS, "ensemble")
+SOURCE = "quick:simulated"
 
 
-def genuine_sample(n: int, seed: int) -> np.ndarray:
-    """Feature rows of ordinary card traffic: log-normal amounts, daytime-heavy hours."""
-    rng = np.random.default_rng(seed)
-    amounts = rng.lognormal(mean=3.5, sigma=0.8, size=n)
-    hour_weights = np.array([1, 1, 1, 1, 1, 2, 4, 6, 8, 9, 9, 10, 10, 10, 9, 9, 9, 10, 10, 9, 7, 5, 3, 2.0])
-    hours = rng.choice(24, size=n, p=hour_weights / hour_weights.sum())
-    event_ms = hours.astype(np.int64) * 3_600_000 + rng.integers(0, 3_600_000, size=n)
-    channels = rng.choice(["card_present", "online"], size=n, p=[0.6, 0.4]).tolist()
-    return transaction_features(amounts, event_ms, channels)
-
-
-def train_quick_model(
-    settings: Settings, n: int = 20_000, seed: int = 7, promote: bool = True
-) -> ModelVersion:
-    X = genuine_sample(n, seed)
-    model = IsolationForestModel(list(FEATURE_NAMES), n_estimators=100, max_samples=256, seed=seed)
-    model.fit(X, np.zeros(len(X), dtype=np.int8))
-    scores = model.score(X)
-    # Flag about 0.5 % of genuine-looking traffic: the threshold is a quantile of training scores.
-    model.threshold = float(np.quantile(scores, 0.995))
-    registry = Registry(settings)
-    version, path = registry.new_version_dir(MODEL_NAME)
-    model.save(path)
-    return registry.register(
-        MODEL_NAME, version, path,
-        metrics={"train_rows": n, "train_flag_rate": float((scores > model.threshold).mean())},
-        params=dict(model.params(), source="synthetic-genuine"),
-        feature_names=list(FEATURE_NAMES), promote=promote,
+def simulated_frame(
+    users: int = 3_000, days: float = 6.0, fraud_rate: float = 0.01, seed: int = 7
+) -> pd.DataFrame:
+    """Point-in-time feature rows of ``days`` of a simulated world, labelled as chargebacks
+    arrive (a label counts for merchant risk only after its ``labelled_at``)."""
+    start = datetime(2026, 1, 5, tzinfo=UTC)  # fixed: the same frame on every machine
+    config = SimConfig(
+        seed=seed, users=users, merchants=max(1_000, users // 10), fraud_rate=fraud_rate,
+        label_delay_s=86_400.0, start=start,
     )  # fmt: skip
+    end_ms = int(start.timestamp() * 1000 + days * 86_400_000)
+    records: list[dict[str, Any]] = []
+    labels: list[dict[str, Any]] = []
+    for chunk in Simulator(config).chunks():
+        keep = chunk.event_ms < end_ms
+        n = int(keep.sum())
+        if n == 0:
+            break
+        part = chunk.take(slice(0, n))
+        rows = part.records()
+        labelled_ms, fraud, scenarios = part.labels()
+        records += rows
+        labels += [
+            {"transaction_id": r["transaction_id"], "is_fraud": bool(f), "scenario": s, "labelled_at": int(t)}
+            for r, f, s, t in zip(rows, fraud, scenarios, labelled_ms, strict=True)
+        ]
+        if n < len(chunk):
+            break
+    return frame_from_records(records, labels)
+
+
+def train_quick_models(settings: Settings, seed: int = 7, promote: bool = True) -> dict[str, ModelVersion]:
+    """Train and register IF, XGBoost, the autoencoder and the ensemble; returns the versions."""
+    t0 = time.perf_counter()
+    frame = simulated_frame(seed=seed)
+    split = temporal_split(frame, list(FEATURE_NAMES))
+    result = train_all(split, settings, target_fpr=0.01, source=SOURCE, promote=promote)
+    log.info(
+        "quick models on %d simulated transactions (%d fraud) in %.0f s: %s",
+        len(frame), int(frame["is_fraud"].sum()), time.perf_counter() - t0,
+        {f: round(float(m.get("aucpr", float("nan"))), 3) for f, m in result.metrics.items()},
+    )  # fmt: skip
+    return result.versions
+
+
+def ensure_models(settings: Settings) -> dict[str, ModelVersion]:
+    """The production version of every family, training the quick ones first when any is
+    missing, unreadable, or was trained on another feature set."""
+    registry = Registry(settings)
+    versions: dict[str, ModelVersion] = {}
+    for family in FAMILIES:
+        try:
+            mv = registry.production(family)
+        except ModelNotReady:
+            return train_quick_models(settings)
+        if mv.feature_names != list(FEATURE_NAMES) or not Path(mv.uri).exists():
+            return train_quick_models(settings)
+        versions[family] = mv
+    return versions
 
 
 def ensure_model(settings: Settings) -> ModelVersion:
-    """The production IF, training the quick one first when the registry has none usable."""
-    try:
-        mv = Registry(settings).production(MODEL_NAME)
-    except ModelNotReady:
-        return train_quick_model(settings)
-    try:
-        threshold = IsolationForestModel.load(Path(mv.uri)).threshold
-    except (OSError, KeyError, ValueError):
-        threshold = None  # artefact missing or of an older format
-    if mv.feature_names != list(FEATURE_NAMES) or threshold is None:
-        return train_quick_model(settings)  # trained on another feature set, or unusable
-    return mv
+    """The production Isolation Forest (the single-model scorer's), via :func:`ensure_models`."""
+    return ensure_models(settings)["if"]

@@ -13,7 +13,7 @@ import pytest
 from cluster import serving
 from cluster.settings import Settings
 from tests.helpers import API_KEY
-from training.quick import train_quick_model
+from training.quick import train_quick_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -96,7 +96,7 @@ def test_hot_swap_under_load_drops_nothing(serve_app: str, local_stack: Settings
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for t in threads:
         t.start()
-    new = train_quick_model(s, n=5000, seed=99)  # promoted to production
+    new = train_quick_models(s, seed=99)["if"]  # promoted to production
     serving.deploy(s, api_keys=[API_KEY])  # same app, new user_config => reconfigure
     after = httpx.post(f"{serve_app}/score", json=tx(), headers=HEADERS, timeout=30).json()[0][
         "model_version"

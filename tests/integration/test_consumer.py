@@ -15,13 +15,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import fastavro
+import psycopg2
 import pytest
 import ray
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
 from cluster import stack
 from cluster.settings import REPO_ROOT, PostgresSettings, Settings, StackSettings
+from features.catalogue import FEATURE_NAMES
+from features.online import OnlineStore
 from ingest.consumer import ConsumerPool
+from ingest.labels import Label, LabelProducer
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
 from tests.helpers import count_rows, produce, with_topics
@@ -45,6 +49,7 @@ def topic_settings(local_stack: Settings, new_topic: Callable[..., str]) -> Sett
     return with_topics(
         local_stack,
         transactions_topic=new_topic("tx", partitions=6),
+        labels_topic=new_topic("labels", partitions=2),
         dlq_topic=new_topic("dlq", partitions=1),
     )
 
@@ -209,3 +214,44 @@ def test_members_joining_and_leaving_lose_nothing(
     pool.remove()
     pool.drain(timeout=600)
     assert count_rows(s.postgres.dsn.get_secret_value(), "decisions", ids) == 40_000
+
+
+def test_labels_land_in_postgres_and_the_online_store(
+    serve_app: str, topic_settings: Settings, group_id: str
+) -> None:
+    """The group reads the labels topic too: valid labels become `labels` rows (first label
+    wins) and merchant-risk counts; a malformed one goes to the DLQ with its reason; the
+    transactions' features came from the store's state (history counted, /predict's source)."""
+    s = topic_settings
+    records = produce(s, 2000, users=50)
+    at = int(time.time() * 1000)
+    labels = [Label(r["transaction_id"], i % 10 == 0, "card_testing" if i % 10 == 0 else None, at)
+              for i, r in enumerate(records[:300])]  # fmt: skip
+    sink = LabelProducer(s)
+    sink.send_many(labels)
+    sink.send_many([Label(labels[0].transaction_id, not labels[0].is_fraud, None, at + 1)])  # ignored
+    sink.flush()
+    raw = Producer({"bootstrap.servers": s.kafka.bootstrap})
+    raw.produce(s.kafka.labels_topic, key=b"x", value=b'{"transaction_id": "t1", "is_fraud": "yes"}')
+    raw.flush(10)
+
+    stats = ConsumerPool(s, 1, group_id).drain(timeout=300)
+    assert sum(x["scored"] for x in stats) == 2000
+    assert sum(x["labels"] for x in stats) == 301
+    with psycopg2.connect(s.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*), count(*) FILTER (WHERE is_fraud) FROM labels WHERE transaction_id = ANY(%s)",
+            ([lab.transaction_id for lab in labels],),
+        )
+        assert cur.fetchone() == (300, 30)
+        cur.execute("SELECT is_fraud FROM labels WHERE transaction_id = %s", (labels[0].transaction_id,))
+        assert cur.fetchone() == (labels[0].is_fraud,)
+    conn.close()
+    dlq = _dlq_messages(s, 1)
+    assert len(dlq) == 1 and dict(dlq[0].headers())["error.class"] == b"LabelError"
+    assert b"is_fraud must be true or false" in dict(dlq[0].headers())["error.message"]
+    # 2,000 transactions of 50 users: the last one of a user saw that user's history.
+    store = OnlineStore(s.redis.url.get_secret_value())
+    latest = store.read_latest(records[-1]["user_id"])
+    assert latest is not None
+    assert latest[FEATURE_NAMES.index("user_tx_count_lifetime")] > 0

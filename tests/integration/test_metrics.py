@@ -36,7 +36,7 @@ def _query(settings: Settings, promql: str) -> list[dict[str, Any]]:
 def test_pipeline_metrics_reach_prometheus(
     serve_app: str, local_stack: Settings, new_topic: Callable[..., str], group_id: str
 ) -> None:
-    s = with_topics(local_stack, transactions_topic=new_topic("metrics"))
+    s = with_topics(local_stack, transactions_topic=new_topic("metrics"), labels_topic=new_topic("labels", 1))
     produce(s, 3000)
     # A few wildly unusual ones (huge amounts at 3 a.m.) so that fraud counters move too.
     night = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0)

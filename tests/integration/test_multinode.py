@@ -209,7 +209,11 @@ def test_two_nodes_share_the_stream(
     assert "AuthenticationError" in wrong.stdout + wrong.stderr, wrong.stderr[-2000:]
 
     http_port = free_port()
-    s = with_topics(local_stack, transactions_topic=new_topic("multinode", partitions=6))
+    s = with_topics(
+        local_stack,
+        transactions_topic=new_topic("multinode", partitions=6),
+        labels_topic=new_topic("labels", 1),
+    )
     s = s.model_copy(update={"serve": s.serve.model_copy(update={"http_port": http_port})})
     ray.init(address=two_nodes.address, namespace=s.ray.namespace, log_to_driver=False)
     node_of = {res: n["NodeID"] for n in ray.nodes() if n["Alive"] for res in NODES if res in n["Resources"]}

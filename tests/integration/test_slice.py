@@ -24,8 +24,15 @@ def slice_settings(local_stack: Settings) -> Settings:
     return local_stack.model_copy(update={"consumer": ConsumerSettings(batch_size=200, poll_timeout_s=0.2)})
 
 
-def _with_topic(settings: Settings, topic: str) -> Settings:
-    return with_topics(settings, transactions_topic=topic)
+def _with_topic(
+    settings: Settings, new_topic: Callable[..., str], prefix: str, partitions: int = 3
+) -> Settings:
+    """Fresh transactions and labels topics (the consumer group reads both)."""
+    return with_topics(
+        settings,
+        transactions_topic=new_topic(prefix, partitions=partitions),
+        labels_topic=new_topic("labels", 1),
+    )
 
 
 def topic_suffix(settings: Settings) -> str:
@@ -43,7 +50,7 @@ def _decisions_for(settings: Settings, tx_ids: list[str]) -> int:
 def test_n_produced_means_n_decisions(
     serve_app: str, slice_settings: Settings, new_topic: Callable[..., str], group_id: str
 ) -> None:
-    s = _with_topic(slice_settings, new_topic("slice", partitions=6))
+    s = _with_topic(slice_settings, new_topic, "slice", partitions=6)
     records = _produce(s, 3000)
     t0 = time.monotonic()
     stats = ConsumerPool(s, 1, group_id).drain(timeout=300)
@@ -57,7 +64,7 @@ def test_n_produced_means_n_decisions(
 def test_redelivery_before_commit_adds_no_rows(
     serve_app: str, slice_settings: Settings, new_topic: Callable[..., str], group_id: str
 ) -> None:
-    s = _with_topic(slice_settings, new_topic("redeliver", partitions=3))
+    s = _with_topic(slice_settings, new_topic, "redeliver")
     records = _produce(s, 1000)
     ids = [r["transaction_id"] for r in records]
 
@@ -77,7 +84,7 @@ def test_redelivery_before_commit_adds_no_rows(
 
 
 def test_predict_over_http(serve_app: str, slice_settings: Settings, new_topic: Callable[..., str]) -> None:
-    s = _with_topic(slice_settings, new_topic("predict"))
+    s = _with_topic(slice_settings, new_topic, "predict")
     records = _produce(s, 200)
     ConsumerPool(s, 1, f"predict-{topic_suffix(s)}").drain(timeout=300)
     user = records[-1]["user_id"]

@@ -12,7 +12,6 @@ from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES, FEATURES
 from features.kernel import KERNELS, RAW_KEYS, TxBatch, assemble, empty_raw, haversine_km, to_ms
 from features.offline import frame_from_records
-from features.online import records_features, transaction_features
 
 T0 = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)  # a Wednesday
 
@@ -202,11 +201,3 @@ def test_duplicate_transaction_ids_count_once() -> None:
     f = frame_from_records([tx(1, 0), tx(1, 0), tx(2, 1)])
     assert len(f) == 2
     assert col(f, "user_tx_count_1h") == [0, 1]
-
-
-def test_legacy_helpers_keep_the_width() -> None:
-    # LEGACY: used by the consumer and training/quick.py until they switch to the store
-    m = transaction_features(np.array([10.0, 20.0]), np.array([0, 3_600_000]), ["online", None])
-    assert m.shape == (2, len(FEATURE_NAMES)) and m.dtype == np.float32
-    r = records_features([tx(1, 0)], np.array([0]))
-    assert r.shape == (1, len(FEATURE_NAMES))
