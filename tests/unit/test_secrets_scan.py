@@ -5,11 +5,16 @@ defaults of the local stack and the test suite, listed in ``ALLOWED`` with the r
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from cluster.settings import REPO_ROOT
+import pytest
+from pydantic import SecretStr
+
+from cluster.settings import REPO_ROOT, Settings
 
 # Provider formats: a match is a secret whatever the context.
 TOKEN_PATTERNS = {
@@ -135,3 +140,35 @@ def test_the_scanner_finds_planted_secrets() -> None:
         "password=${SMTP_PASSWORD}",
     ):
         assert scan_text("harmless.py", harmless) == [], harmless
+
+
+def test_credentials_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Alertmanager receivers, the LLM key, the API keys and the store DSNs: empty (or the local
+    stack's passwordless loopback defaults) unless the environment sets them; typed as secrets,
+    so that printing the settings never shows them."""
+    for k in list(os.environ):
+        if k.startswith("FRAUDRAY_"):
+            monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)  # no .env
+    s = Settings()
+    secret_fields = {
+        "alertmanager": ("webhook_url", "slack_api_url", "smtp_password"),
+        "llm": ("api_key",),
+        "api": ("keys",),
+    }
+    for section, names in secret_fields.items():
+        for name in names:
+            value = getattr(getattr(s, section), name)
+            assert isinstance(value, SecretStr), f"{section}.{name} must be a SecretStr"
+            assert value.get_secret_value() == "", f"{section}.{name} has a default in the code"
+    assert ":" not in urlsplit(s.postgres.dsn.get_secret_value()).netloc.split("@")[0]  # no password
+    assert "@" not in s.redis.url.get_secret_value()
+
+    planted = "planted-" + "x7" * 8
+    monkeypatch.setenv("FRAUDRAY_ALERTMANAGER_SMTP_PASSWORD", planted)
+    monkeypatch.setenv("FRAUDRAY_ALERTMANAGER_WEBHOOK_URL", f"https://hooks.example/{planted}")
+    monkeypatch.setenv("FRAUDRAY_LLM_API_KEY", planted)
+    s = Settings()
+    assert s.alertmanager.smtp_password.get_secret_value() == planted
+    assert s.llm.api_key.get_secret_value() == planted
+    assert planted not in repr(s) and planted not in str(s.model_dump())
