@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg2
 from rich.console import Console, Group
@@ -20,6 +21,10 @@ from rich.table import Table
 
 from cluster import ray_runtime, serving, stack
 from cluster.settings import Settings
+from dashboards import launch
+
+if TYPE_CHECKING:
+    from ingest.consumer import ConsumerPool
 
 console = Console()
 
@@ -76,10 +81,44 @@ def _urls(settings: Settings, key: str) -> Table:
         f"http://{settings.ray.dashboard_host}:{settings.ray.dashboard_port}   "
         "(token auth: paste the output of `.venv/bin/ray get-auth-token`)",
     )
+    t.add_row("Analyst dashboard", f"{launch.url()}   (Streamlit: fraud by country, risk, trends, models)")
     t.add_row("Prometheus", f"http://127.0.0.1:{settings.prometheus.port}")
     t.add_row("Alertmanager", f"http://127.0.0.1:{settings.alertmanager.port}")
     t.add_row("Logs", f"{settings.var_dir / 'log'}/ and {settings.ray.temp_dir}/session_latest/logs/")
     return t
+
+
+def _live(
+    settings: Settings, key: str, pool: ConsumerPool, producer: PacedProducer, duration: float | None
+) -> None:
+    """Refresh the URLs and the pipeline's counters every second until ``duration`` or Ctrl-C."""
+    t0 = time.monotonic()
+    last_total, last_t = 0, t0
+    tps = 0.0
+    with Live(console=console, refresh_per_second=2) as live:
+        while duration is None or time.monotonic() - t0 < duration:
+            time.sleep(1.0)
+            stats = pool.stats()
+            total, fraud = _decision_counts(settings)
+            now = time.monotonic()
+            tps = (total - last_total) / (now - last_t)
+            last_total, last_t = total, now
+            table = Table("produced", "consumed", "scored", "DLQ", "alerts", "decisions in PG", "tx/s")
+            table.add_row(
+                str(producer.sent),
+                str(sum(s["polled"] for s in stats)),
+                str(sum(s["scored"] for s in stats)),
+                str(sum(s["dead_lettered"] for s in stats)),
+                str(fraud),
+                str(total),
+                f"{tps:,.0f}",
+            )
+            live.update(
+                Group(
+                    Panel(_urls(settings, key), title="fraudray is running — Ctrl-C stops everything"),
+                    table,
+                )
+            )
 
 
 def run(settings: Settings, *, rate: float, actors: int, seed: int | None, duration: float | None) -> None:
@@ -97,41 +136,19 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
         ray_runtime.init(settings, log_to_driver=False)
     producer: PacedProducer | None = None
     pool: ConsumerPool | None = None
+    dashboard = None
     try:
         with console.status("deploying Serve app (training a quick model if the registry is empty)"):
             serving.deploy(settings, api_keys=[key])
         pool = ConsumerPool(settings, actors)
+        with console.status(f"starting the analyst dashboard on {launch.url()}"):
+            dashboard = launch.start(settings, env={"FRAUDRAY_API_KEYS": key})
+            launch.wait_ready(dashboard)
         # Transaction ids derive from the seed: a fixed seed on a second run would replay
         # ids the database already has, and the idempotent sinks would (rightly) ignore them.
         producer = PacedProducer(settings, rate, seed if seed is not None else secrets.randbelow(2**31))
         producer.start()
-        t0 = time.monotonic()
-        last_total, last_t = 0, t0
-        tps = 0.0
-        with Live(console=console, refresh_per_second=2) as live:
-            while duration is None or time.monotonic() - t0 < duration:
-                time.sleep(1.0)
-                stats = pool.stats()
-                total, fraud = _decision_counts(settings)
-                now = time.monotonic()
-                tps = (total - last_total) / (now - last_t)
-                last_total, last_t = total, now
-                table = Table("produced", "consumed", "scored", "DLQ", "alerts", "decisions in PG", "tx/s")
-                table.add_row(
-                    str(producer.sent),
-                    str(sum(s["polled"] for s in stats)),
-                    str(sum(s["scored"] for s in stats)),
-                    str(sum(s["dead_lettered"] for s in stats)),
-                    str(fraud),
-                    str(total),
-                    f"{tps:,.0f}",
-                )
-                live.update(
-                    Group(
-                        Panel(_urls(settings, key), title="fraudray is running — Ctrl-C stops everything"),
-                        table,
-                    )
-                )
+        _live(settings, key, pool, producer, duration)
     except KeyboardInterrupt:
         console.print("stopping …")
     finally:
@@ -140,6 +157,8 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
             producer.join(timeout=30)
         if pool is not None:
             pool.stop()
+        if dashboard is not None:
+            launch.stop(dashboard)
         from ray import serve
 
         serve.shutdown()
@@ -151,4 +170,6 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
         if started:
             stack.down(settings, only=started)
         kept = f" (left running as found: {', '.join(already_up)})" if already_up else ""
-        console.print(f"stopped producer, consumers, Serve, Ray and the stack{kept}; data kept in var/")
+        console.print(
+            f"stopped producer, consumers, dashboard, Serve, Ray and the stack{kept}; data kept in var/"
+        )

@@ -38,10 +38,14 @@ def url(port: int = DEFAULT_PORT, address: str = DEFAULT_ADDRESS) -> str:
 
 
 def start(
-    settings: Settings, port: int = DEFAULT_PORT, log_path: Path | None = None
+    settings: Settings,
+    port: int = DEFAULT_PORT,
+    log_path: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start the server in its own process group; output goes to ``var/log/dashboard.log``
-    (or ``log_path``). Returns at once: see :func:`wait_ready`."""
+    (or ``log_path``); ``env`` adds variables (e.g. ``FRAUDRAY_API_KEYS`` for /explain).
+    Returns at once: see :func:`wait_ready`."""
     log_path = log_path or settings.var_dir / "log" / "dashboard.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -51,7 +55,7 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
 
