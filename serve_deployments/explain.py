@@ -7,8 +7,8 @@ towards fraud):
 - ``xgb``: XGBoost ``pred_contribs`` (exact TreeSHAP values, log-odds; the bias is left out).
 - ``ae``: the autoencoder's squared reconstruction error per feature (standardised units).
 - ``if``: path-based isolation credit: in every tree, each split on the row's path credits its
-  feature with ``1 / path length``; a feature that isolates the row in few splits gets a large
-  share. Averaged over trees (a DIFFI-like local score, cheap enough for one request).
+  feature with ``log(n_parent / n_child)``, the share of the node's training sample it cut away
+  from the row; averaged over trees (a DIFFI-like local score, cheap enough for one request).
 
 The LLM only rewrites the factors we computed: the prompt carries them and nothing else, the call
 has a timeout, and any failure (down, slow, malformed reply) falls back to the deterministic
@@ -36,16 +36,23 @@ RationaleSource = Literal["llm", "template"]
 
 
 def isolation_forest_credit(forest: Any, row: np.ndarray) -> np.ndarray:
-    """Per-feature isolation credit of one row for a fitted sklearn ``IsolationForest``."""
+    """Per-feature isolation credit of one row for a fitted sklearn ``IsolationForest``.
+
+    Every split on the row's path credits its feature with ``log(n_parent / n_child)``: how much
+    of the node's training sample that split cut away from the row. A feature on which the row
+    is extreme sends it to a near-empty child at once and collects most of the credit. Averaged
+    over trees.
+    """
     x = np.asarray(row, dtype=np.float32).reshape(1, -1)
     credit = np.zeros(x.shape[1], dtype=np.float64)
     for tree, features in zip(forest.estimators_, forest.estimators_features_, strict=True):
         t = tree.tree_
-        nodes = tree.decision_path(x[:, features]).indices
-        split_nodes = nodes[t.feature[nodes] >= 0]  # leaves have feature -2
-        if len(split_nodes) == 0:
+        path = tree.decision_path(x[:, features]).indices  # root first
+        if len(path) < 2:
             continue
-        np.add.at(credit, features[t.feature[split_nodes]], 1.0 / len(split_nodes))
+        parents, children = path[:-1], path[1:]
+        gain = np.log(t.n_node_samples[parents] / np.maximum(t.n_node_samples[children], 1))
+        np.add.at(credit, features[t.feature[parents]], gain)
     return credit / max(1, len(forest.estimators_))
 
 
