@@ -271,7 +271,7 @@ class ScoringLoop:
         with self.timed("score"):
             result = await asyncio.wait_for(self.scorer.score.remote(matrix), SCORE_TIMEOUT_S)
         scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
-        per_model = result.get("model_scores") or {"if": scores}
+        per_model = result["model_scores"]  # each member's raw score, kept in decisions.scores
         event_ms = np.fromiter((event_time_ms(r) for r in records), dtype=np.int64, count=len(records))
         done_ms = time.time() * 1000
         batch.tx_rows = [
