@@ -1,23 +1,38 @@
 """Metrics flow from the consumer actors through Ray's exporter into the real Prometheus,
-under the contract names (fraud_summary_* kept from the original pipeline, fraudray_*)."""
+under the contract names (fraud_summary_* kept from the original pipeline, fraudray_*); a
+fraud wave fires HighFraudRate through Prometheus and Alertmanager to a webhook."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from cluster.settings import Settings
 from ingest.consumer import ConsumerPool
 from ingest.producer import TransactionProducer
-from ingest.simulator import demo_transactions
+from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, demo_transactions
 from monitoring.metrics import describe
 from tests.helpers import produce, with_topics
+from tests.integration.test_monitoring_alertmanager import (  # noqa: F401 - fixtures
+    PROM_BIN,
+    ROOT,
+    Webhook,
+    alertmanager,
+    free_port,
+    render_prometheus_config,
+    start,
+    stop,
+    webhook,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,3 +80,89 @@ def test_pipeline_metrics_reach_prometheus(
     total = sum(float(r["value"][1]) for r in _query(s, "fraud_summary_total_transactions_total"))
     assert total >= 3030
     assert sum(float(r["value"][1]) for r in _query(s, "fraud_summary_is_fraud_total")) >= 1
+
+
+# -- HighFraudRate end to end ---------------------------------------------------------------
+# The simulator's fraud rate turned up → the consumer actors decide more fraud → Ray's exporter
+# → a private Prometheus (free port) evaluating the repo's rules on this module's Ray session's
+# service-discovery file (`/tmp/ray/prom_metrics_service_discovery.json` is a symlink to the
+# newest session's, which another cluster on the box may have taken over) → the real
+# Alertmanager → the webhook receiver. Only the rule's `for:` shrinks (5 min would make a slow
+# test); its expression and threshold are the repo's.
+
+STREAM_S = 45.0
+RATE = 150.0  # tx/s offered: the rule also wants more than 1 tx/s
+
+
+def _session_dir() -> Path:
+    import ray._private.worker
+
+    node = ray._private.worker._global_node
+    assert node is not None, "the serve_app fixture starts Ray"
+    return Path(node.get_session_dir_path())
+
+
+def _stream(settings: Settings, fraud_rate: float, stop_at: float) -> None:
+    """Paced simulated traffic with ``fraud_rate`` until ``stop_at`` (monotonic)."""
+    users = 2000
+    config = SimConfig(
+        seed=uuid.uuid4().int % 2**31, users=users, fraud_rate=fraud_rate,
+        tx_per_user_day=SimConfig.tx_per_user_day_for(DEMO_EVENTS_PER_S, users, fraud_rate),
+        start=datetime.now(UTC) - timedelta(minutes=10),
+    )  # fmt: skip
+    producer = TransactionProducer(settings)
+    t0 = time.monotonic()
+    for sent, record in enumerate(Simulator(config).records()):
+        if time.monotonic() > stop_at:
+            break
+        producer.send_many([record])
+        ahead = sent / RATE - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    producer.flush()
+
+
+def test_a_fraud_wave_fires_high_fraud_rate_at_the_webhook(
+    serve_app: str,
+    local_stack: Settings,
+    new_topic: Callable[..., str],
+    group_id: str,
+    alertmanager: str,  # noqa: F811
+    webhook: Webhook,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    if PROM_BIN is None:
+        pytest.skip("prometheus is not installed (make setup)")
+    rules = yaml.safe_load((ROOT / "monitoring" / "prometheus" / "rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == "HighFraudRate":
+                rule["for"] = "0s"
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    (rules_dir / "rules.yml").write_text(yaml.safe_dump(rules))
+    port, am_port = free_port(), int(alertmanager.rsplit(":", 1)[1])
+    config = render_prometheus_config(
+        tmp_path / "prometheus.yml", prometheus_port=port, alertmanager_port=am_port,
+        sd_file=_session_dir() / "prom_metrics_service_discovery.json", rules_dir=rules_dir,
+    )  # fmt: skip
+    prometheus = start(
+        [PROM_BIN, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"],
+        f"http://127.0.0.1:{port}/-/ready", tmp_path / "prometheus.log",
+    )  # fmt: skip
+    s = with_topics(local_stack, transactions_topic=new_topic("wave", 3), labels_topic=new_topic("labels", 1))
+    pool = ConsumerPool(s, 1, group_id)
+    # 40 % of the traffic is fraud (the default is 0.75 %): the models flag far more than 5 %.
+    producer = threading.Thread(target=_stream, args=(s, 0.4, time.monotonic() + STREAM_S), daemon=True)
+    try:
+        producer.start()
+        alert = webhook.wait_for("HighFraudRate", STREAM_S + 90)
+        assert alert["status"] == "firing"
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert "decided as fraud" in alert["annotations"]["summary"]
+        assert alert["generatorURL"].startswith("http")  # sent by Prometheus, not by the test
+    finally:
+        producer.join(STREAM_S + 30)
+        pool.stop()
+        stop(prometheus)
