@@ -9,6 +9,14 @@ committed batch) and the µs/tx of each stage. Needs `fraudray stack up`.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path and benchmarks/features.py would
+# shadow the `features` package: put the repository root there instead.
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import json
 import os

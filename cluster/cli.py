@@ -389,6 +389,48 @@ def demo_cmd(
         raise _fail(exc) from exc
 
 
+@app.command("bench")
+def bench_cmd(
+    quick: Annotated[bool, typer.Option(help="small counts, one offered rate: a smoke run")] = False,
+    count: Annotated[int | None, typer.Option(help="transactions per backlog-drain run")] = None,
+    actors: Annotated[str | None, typer.Option(help="consumer actor counts, e.g. 1,2,4")] = None,
+    report: Annotated[Path, typer.Option(help="the JSON report")] = Path("var/bench/e2e.json"),
+    docs: Annotated[
+        Path | None, typer.Option(help="markdown whose generated section is rewritten (chart under img/)")
+    ] = Path("docs/benchmarks.md"),
+    from_report: Annotated[
+        bool, typer.Option(help="only regenerate the docs and chart from an existing --report")
+    ] = False,
+) -> None:
+    """End-to-end benchmark: backlog drain with 1/2/4 actors, latency at fixed offered load,
+    the per-message baseline and each stage alone; JSON report, docs table and chart."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not installed
+    from benchmarks import e2e
+    from benchmarks.report import write_docs
+
+    if from_report:
+        result = json.loads(report.read_text())
+    else:
+        overrides: dict[str, Any] = {"command": "fraudray bench" + (" --quick" if quick else "")}
+        if count:
+            overrides["count"] = count
+        if actors:
+            overrides["actors"] = tuple(int(a) for a in actors.split(","))
+        config = e2e.BenchConfig.quick_config(**overrides) if quick else e2e.BenchConfig(**overrides)
+        try:
+            result = e2e.run(get_settings(), config, log=console.print)
+        except FraudrayError as exc:
+            raise _fail(exc) from exc
+        e2e.save(result, report)
+        console.print(f"report written to {report} ({result['seconds']} s)")
+    if docs is not None:
+        write_docs(result, docs, docs.parent / "img" / "benchmarks-scaling.png")
+        console.print(f"{docs} and its chart regenerated")
+
+
 @app.command("backup")
 def backup_cmd(
     keep: Annotated[int, typer.Option(help="dumps to keep (older ones are deleted)")] = 7,

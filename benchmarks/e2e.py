@@ -1,0 +1,459 @@
+"""End-to-end benchmark (``fraudray bench``): the consumer pool + Serve + sinks on the local
+stack, next to a per-message baseline and the stages' limits, on one seeded workload.
+
+Every run writes into fresh topics (transactions per run, labels, decisions, alerts, DLQ;
+deleted at the end) with ids and users tagged per run, so nothing collides with earlier runs
+or other users of the stack; its PostgreSQL rows are checked (each transaction decided exactly
+once) and then deleted. Steps:
+
+1. backlog drain with 1, 2, 4 consumer actors (a fresh copy of the workload each): sustained
+   tx/s from first polled record to last committed batch, µs/tx per stage, CPU/RSS per process;
+2. fixed offered load (paced producer, event time = send time): event→decision latency
+   p50/p95/p99 from ``decisions.latency_ms``;
+3. the per-message baseline (benchmarks/baseline.py) on the first records of the workload;
+4. every stage alone (benchmarks/stages.py) and their sum, the box's estimated limit.
+
+    .venv/bin/python -m benchmarks.e2e --quick --report var/bench/e2e-quick.json
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+import argparse
+import json
+import platform
+import secrets
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from benchmarks import baseline, procstat, stages
+from cluster.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class BenchConfig:
+    count: int = 100_000  # transactions per drain run
+    actors: tuple[int, ...] = (1, 2, 4)
+    rates: tuple[int, ...] = (1000, 5000)  # offered tx/s for the latency runs
+    paced_seconds: float = 10.0
+    baseline_count: int = 1000
+    stage_count: int = 20_000
+    http_rps: tuple[int, ...] = (100, 300, 1000)  # /predict, open loop (benchmarks/http_load.py)
+    http_seconds: float = 10.0
+    users: int = 20_000
+    seed: int = 42
+    quick: bool = False
+    http_port: int = 18050
+    command: str = "fraudray bench"
+    steps: tuple[str, ...] = ("drain", "paced", "baseline", "stages", "http")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def quick_config(cls, **overrides: Any) -> BenchConfig:
+        base: dict[str, Any] = {
+            "count": 5000,
+            "rates": (1000,),
+            "paced_seconds": 5.0,
+            "baseline_count": 100,
+            "stage_count": 2000,
+            "http_rps": (100,),
+            "http_seconds": 3.0,
+            "users": 2000,
+            "quick": True,
+            "command": "fraudray bench --quick",
+        }
+        return cls(**(base | overrides))
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    mem = next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal"))
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(int(mem.split()[1]) / 2**20, 1),
+        "python": platform.python_version(),
+        "commit": commit or "unknown",
+        "load1_start": load1(),
+    }
+
+
+class Workload:
+    """The seeded workload, re-tagged per run: same amounts, times, merchants and user
+    behaviour; ids and users unique to the run so the online store and PostgreSQL see them fresh."""
+
+    def __init__(self, count: int, seed: int, users: int) -> None:
+        from ingest.simulator import demo_transactions
+
+        self.base = list(demo_transactions(count, seed=seed, users=users))
+
+    def tagged(self, tag: str, n: int | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            | {
+                "transaction_id": f"{tag}-{r['transaction_id']}",
+                "user_id": f"{tag}-{r['user_id']}",
+                "merchant_id": f"{tag}-{r['merchant_id']}",
+            }
+            for r in self.base[:n]
+        ]
+
+
+class Topics:
+    """Fresh topics for a benchmark, all deleted by ``close``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+        self.partitions = settings.kafka.partitions
+        self.created: list[str] = []
+
+    def new(self, prefix: str) -> str:
+        name = f"bench-{prefix}-{uuid.uuid4().hex[:8]}"
+        self.admin.create_topics([NewTopic(name, num_partitions=self.partitions, replication_factor=1)])[
+            name
+        ].result()
+        self.created.append(name)
+        return name
+
+    def close(self) -> None:
+        if self.created:
+            for fut in self.admin.delete_topics(self.created, operation_timeout=30).values():
+                fut.result()
+
+
+def with_kafka(settings: Settings, **update: str) -> Settings:
+    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update=update)})
+
+
+def produce(settings: Settings, records: list[dict[str, Any]]) -> float:
+    from ingest.producer import FastTransactionProducer
+
+    t0 = time.perf_counter()
+    producer = FastTransactionProducer(settings)
+    producer.send_many(records)
+    producer.flush()
+    return time.perf_counter() - t0
+
+
+def check(settings: Settings, ids: list[str]) -> dict[str, Any]:
+    """Exactly-once in PostgreSQL: one transaction row and one decision per workload id."""
+    with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*), count(DISTINCT transaction_id) FROM decisions WHERE transaction_id = ANY(%s)",
+            (ids,),
+        )
+        decisions, distinct = cur.fetchone()
+        cur.execute("SELECT count(*) FROM transactions WHERE transaction_id = ANY(%s)", (ids,))
+        (transactions,) = cur.fetchone()
+        cur.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY latency_ms), "
+            "max(latency_ms) FROM decisions WHERE transaction_id = ANY(%s)",
+            (ids,),
+        )
+        pct, worst = cur.fetchone()
+    conn.close()
+    return {
+        "workload": len(ids),
+        "decisions": int(decisions),
+        "transactions": int(transactions),
+        "duplicates": int(decisions - distinct),
+        "exactly_once": int(decisions) == int(distinct) == int(transactions) == len(ids),
+        "latency_ms": dict(
+            zip(("p50", "p95", "p99"), (round(float(p), 1) for p in pct or (0, 0, 0)), strict=True)
+        )
+        | {"max": round(float(worst or 0), 1)},
+    }
+
+
+def services(settings: Settings) -> dict[str, int]:
+    from cluster import stack
+
+    return {str(r["service"]): int(str(r["pid"])) for r in stack.status(settings) if r["pid"]}
+
+
+def drain_run(
+    settings: Settings, topics: Topics, records: list[dict[str, Any]], actors: int
+) -> dict[str, Any]:
+    """Produce ``records`` into a fresh topic, then drain it with ``actors`` consumers."""
+    from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
+
+    s = with_kafka(settings, transactions_topic=topics.new("tx"))
+    produce_s = produce(s, records)
+    procs = services(settings)
+    before, t0 = procstat.snapshot(procs), time.time()
+    pool = ConsumerPool(s, actors, f"bench-{uuid.uuid4().hex[:8]}")
+    stats = pool.drain(timeout=900)
+    wall = time.time() - t0
+    start = min((x["first_record_at"] for x in stats if x["first_record_at"]), default=t0)
+    usage = procstat.usage(before, procstat.snapshot(procs), wall)
+    ids = [r["transaction_id"] for r in records]
+    checked = check(s, ids)
+    del checked["latency_ms"]  # the backlog's event times are simulated: not a latency
+    new = sum(x["new_decisions"] for x in stats)
+    checked["new_decisions"] = new
+    checked["exactly_once"] = checked["exactly_once"] and new == len(ids)
+    return {
+        "actors": actors,
+        "count": len(records),
+        "tx_per_s": round(throughput(stats)),
+        "wall_s": round(wall, 2),
+        "startup_s": round(start - t0, 2),
+        "produce_s": round(produce_s, 2),
+        "scored": sum(x["scored"] for x in stats),
+        "batches": sum(x["batches"] for x in stats),
+        "retries": sum(x["retries"] for x in stats),
+        "us_per_tx": {k: round(v) for k, v in stage_us_per_tx(stats).items()},
+        "check": checked,
+        "processes": usage,
+        "load1": load1(),
+    }
+
+
+def paced_run(
+    settings: Settings, topics: Topics, records: list[dict[str, Any]], rate: int, actors: int
+) -> dict[str, Any]:
+    """Offer ``records`` at ``rate`` tx/s (event time = send time) to a running pool."""
+    from ingest.consumer import ConsumerPool
+    from ingest.producer import FastTransactionProducer, send_paced
+
+    s = with_kafka(settings, transactions_topic=topics.new("paced"))
+    pool = ConsumerPool(s, actors, f"bench-{uuid.uuid4().hex[:8]}")
+    deadline = time.monotonic() + 120
+    while sum(len(a) for a in pool.assignments()) < settings.kafka.partitions:
+        if time.monotonic() > deadline:
+            pool.stop()
+            raise TimeoutError("consumer group never got every partition")
+        time.sleep(0.5)
+    sent, seconds = send_paced(
+        FastTransactionProducer(s), iter(records), rate=rate, count=len(records), restamp=True
+    )
+    stats = pool.drain(timeout=600)
+    checked = check(s, [r["transaction_id"] for r in records[:sent]])
+    checked["exactly_once"] = checked["exactly_once"] and sum(x["new_decisions"] for x in stats) == sent
+    return {
+        "rate": rate,
+        "actors": actors,
+        "sent": sent,
+        "sent_per_s": round(sent / max(seconds, 1e-9), 1),
+        "latency_ms": checked["latency_ms"],
+        "check": checked,
+        "load1": load1(),
+    }
+
+
+def start_ray(settings: Settings) -> None:
+    """A private local Ray without the dashboard: fewer processes competing with the pipeline."""
+    import ray
+
+    for attempt in range(5):  # a raylet that cannot start in 30 s on a loaded box: try again
+        try:
+            ray.init(
+                address="local",
+                num_cpus=settings.ray.num_cpus,
+                namespace=settings.ray.namespace,
+                include_dashboard=False,
+                object_store_memory=settings.ray.object_store_mb * 1024 * 1024,
+                log_to_driver=False,
+            )
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == 4:
+                raise
+
+
+def deploy(settings: Settings, api_key: str, timeout_s: float = 600.0, attempts: int = 3) -> str:
+    """``serving.deploy``, patient with a loaded box: its 60 s wait for the app is not enough
+    when the replicas alone take that long to start (the deploy goes on after the timeout),
+    and Serve's proxy can die starting up (then Serve is shut down and started again)."""
+    from ray import serve
+    from ray.exceptions import RayError
+
+    from cluster import serving
+
+    for attempt in range(attempts):
+        try:
+            return serving.deploy(settings, api_keys=[api_key])
+        except TimeoutError:
+            break
+        except RayError:
+            if attempt == attempts - 1:
+                raise
+            serve.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while (status := serve.status().applications[settings.serve.app_name].status) != "RUNNING":
+        if time.monotonic() > deadline or status == "DEPLOY_FAILED":
+            raise TimeoutError(f"Serve app is {status} after {timeout_s} s")
+        time.sleep(1)
+    return f"http://{settings.serve.http_host}:{settings.serve.http_port}"
+
+
+@dataclass
+class _Ctx:
+    settings: Settings
+    topics: Topics
+    workload: Workload
+    config: BenchConfig
+    run_id: str
+    url: str = ""
+    api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    ids: list[str] = field(default_factory=list)
+
+    def records(self, tag: str, n: int) -> list[dict[str, Any]]:
+        out = self.workload.tagged(f"b{self.run_id}{tag}", n)
+        self.ids += [r["transaction_id"] for r in out]
+        return out
+
+
+def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> None:
+    config, settings = ctx.config, ctx.settings
+    if "drain" in config.steps:
+        report["drain"] = []
+        for n in config.actors:
+            row = drain_run(settings, ctx.topics, ctx.records(f"d{n}", config.count), n)
+            report["drain"].append(row)
+            log(f"drain {n} actor(s): {row['tx_per_s']:,} tx/s, exactly once {row['check']['exactly_once']}")
+            log(f"  µs/tx {row['us_per_tx']} (load {row['load1']})")
+    if "paced" in config.steps:
+        report["paced"] = []
+        for rate in config.rates:
+            records = ctx.records(f"p{rate}", int(rate * config.paced_seconds))
+            row = paced_run(settings, ctx.topics, records, rate, max(config.actors))
+            report["paced"].append(row)
+            log(f"offered {rate:,} tx/s (sent {row['sent_per_s']:,.0f}): latency ms {row['latency_ms']}")
+    if "baseline" in config.steps:
+        records = ctx.records("base", config.baseline_count)
+        s = with_kafka(settings, transactions_topic=ctx.topics.new("base"))
+        produce(s, records)
+        b = baseline.run(s, ctx.url, ctx.api_key, len(records)) | {"load1": load1()}
+        b["check"] = check(s, [r["transaction_id"] for r in records])
+        report["baseline"] = b
+        log(f"baseline: {b['tx_per_s']:,} tx/s, µs/tx {b['us_per_tx']} (load {b['load1']})")
+    if "stages" in config.steps:
+        records = ctx.workload.tagged(f"b{ctx.run_id}st", config.stage_count)
+        st = stages.measure(settings, records, f"bench{ctx.run_id}", quick=config.quick)
+        report["stages"] = st | {"load1": load1()}
+        log(f"stages alone µs/tx: {st['us_per_tx']} -> limit {st['limit_tx_per_s']:,} tx/s")
+    if "http" in config.steps:
+        import asyncio
+
+        try:
+            from benchmarks import http_load
+        except ImportError:  # the load generator lives in its own module; a tree without it skips
+            log("benchmarks/http_load.py is missing: HTTP step skipped")
+            return
+        users = http_load.seed_users(200)
+        report["http"] = []
+        for rps in config.http_rps:
+            row = asyncio.run(http_load.open_loop(ctx.url, ctx.api_key, users, rps, config.http_seconds))
+            report["http"].append(row | {"load1": load1()})
+            log(f"GET /predict at {rps} rps: {row}")
+
+
+def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole benchmark on a private local Ray; returns the report (a JSON-able dict)."""
+    import ray
+    from ray import serve
+
+    report: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": asdict(config),
+    }
+    log(f"load average {report['machine']['load1_start']} on {report['machine']['cpus']} cores")
+    t_all = time.monotonic()
+    topics = Topics(base)
+    settings = base.model_copy(
+        update={"serve": base.serve.model_copy(update={"http_port": config.http_port})}
+    )
+    settings = with_kafka(
+        settings,
+        labels_topic=topics.new("labels"),
+        decisions_topic=topics.new("decisions"),
+        alerts_topic=topics.new("alerts"),
+        dlq_topic=topics.new("dlq"),
+    )
+    size = max(config.count, config.baseline_count, config.stage_count)
+    ctx = _Ctx(settings, topics, Workload(size, config.seed, config.users), config, uuid.uuid4().hex[:6])
+    try:
+        t0 = time.monotonic()
+        start_ray(settings)
+        ctx.url = deploy(settings, ctx.api_key)
+        report["startup_s"] = round(time.monotonic() - t0, 1)
+        log(f"Ray + Serve up in {report['startup_s']} s ({ctx.url})")
+        _steps(ctx, report, log)
+    finally:
+        try:
+            if ctx.ids:
+                stages.delete_rows(settings, ctx.ids)
+            topics.close()
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    best = max((r["tx_per_s"] for r in report.get("drain", [])), default=0)
+    if report.get("baseline", {}).get("tx_per_s"):
+        report["ratio_vs_baseline"] = round(best / report["baseline"]["tx_per_s"], 1)
+    if report.get("stages"):
+        report["fraction_of_limit"] = round(best / report["stages"]["limit_tx_per_s"], 3)
+    report["machine"]["load1_end"] = load1()
+    report["seconds"] = round(time.monotonic() - t_all, 1)
+    return report
+
+
+def save(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, default=str))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--count", type=int)
+    ap.add_argument("--actors", type=int, nargs="+")
+    ap.add_argument("--report", type=Path, default=ROOT / "var/bench/e2e.json")
+    ap.add_argument("--docs", type=Path, default=ROOT / "docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    overrides: dict[str, Any] = {"command": "python -m benchmarks.e2e" + (" --quick" if args.quick else "")}
+    if args.count:
+        overrides["count"] = args.count
+    if args.actors:
+        overrides["actors"] = tuple(args.actors)
+    config = BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
+    report = run(get_settings(), config)
+    save(report, args.report)
+    from benchmarks.report import write_docs
+
+    write_docs(report, args.docs, args.docs.parent / "img" / "benchmarks-scaling.png")
+    print(f"report {args.report}, docs {args.docs} ({report['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Smoke test of `fraudray bench --quick` with a tiny workload: the report has every section
+and the benchmark's exactly-once checks hold (one transaction row and one decision per record)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import e2e
+from benchmarks.report import BEGIN, END, write_docs
+from cluster.settings import Settings
+
+
+# About 60 s on an idle box, most of it Ray and Serve starting; several times that when the
+# shared box is loaded, hence the generous timeout.
+@pytest.mark.timeout(900)
+def test_bench_quick_report(local_stack: Settings, tmp_path: Path) -> None:
+    config = e2e.BenchConfig.quick_config(
+        count=300,
+        actors=(1, 2),
+        rates=(200,),
+        paced_seconds=1.0,
+        baseline_count=20,
+        stage_count=300,
+        users=100,
+        http_rps=(20,),
+        http_seconds=1.0,
+        http_port=18052,
+    )
+    report = e2e.run(local_stack, config, log=lambda _msg: None)
+
+    path = tmp_path / "bench.json"
+    e2e.save(report, path)
+    report = json.loads(path.read_text())
+    assert report["machine"]["cpus"] >= 1 and "load1_start" in report["machine"]
+    assert [r["actors"] for r in report["drain"]] == [1, 2]
+    for row in [*report["drain"], *report["paced"]]:
+        checked = row["check"]
+        assert checked["exactly_once"], checked
+        assert checked["duplicates"] == 0
+        assert checked["decisions"] == checked["transactions"] == checked["workload"]
+        assert isinstance(row["load1"], float)
+    for row in report["drain"]:
+        assert row["count"] == 300 and row["scored"] >= 300 and row["tx_per_s"] > 0
+        assert {"decode", "features", "score", "sink_pg", "commit"} <= set(row["us_per_tx"])
+        assert "consumer actors" in row["processes"] and "postgres" in row["processes"]
+    paced = report["paced"][0]
+    assert paced["sent"] == 200
+    assert 0 <= paced["latency_ms"]["p50"] <= paced["latency_ms"]["p95"] <= paced["latency_ms"]["p99"]
+    base = report["baseline"]
+    assert base["complete"] and base["count"] == 20 and base["tx_per_s"] > 0
+    assert base["check"]["exactly_once"]
+    assert report["ratio_vs_baseline"] > 0
+    st = report["stages"]
+    assert set(st["us_per_tx"]) == {"decode", "features", "score", "sink_pg", "sink_kafka"}
+    assert all(set(v) == {"1", "100", "1000"} for v in st["models_us_per_tx"].values())
+    assert st["limit_tx_per_s"] > 0 and report["fraction_of_limit"] > 0
+
+    if importlib.util.find_spec("benchmarks.http_load") is not None:
+        (http,) = report["http"]
+        assert http["requests"] == 20 and http["errors"] == 0 and http["p99_ms"] >= http["p50_ms"] > 0
+
+    md = tmp_path / "docs" / "benchmarks.md"
+    md.parent.mkdir()
+    md.write_text(f"# Benchmarks\n\nhand-written intro\n\n{BEGIN}\nold\n{END}\n\nhand-written notes\n")
+    write_docs(report, md, md.parent / "img" / "scaling.png")
+    text = md.read_text()
+    assert "hand-written intro" in text and "hand-written notes" in text and "\nold\n" not in text
+    assert "img/scaling.png" in text and (md.parent / "img" / "scaling.png").stat().st_size > 0
