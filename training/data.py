@@ -1,22 +1,32 @@
-"""Training data: temporal splits of a labelled frame, and any labelled CSV as a frame.
+"""Training data: point-in-time frames from the feature store (PostgreSQL), any labelled CSV
+as a frame, and temporal splits of either.
 
 Splits are by event time, never random across time: train on the earliest window,
-validate (early stopping, ensemble stacking, threshold) on the next, test on the last.
+validate (early stopping, ensemble stacking, threshold) on the next, test on the last. When
+the data spans at least three days the cuts fall on day boundaries (UTC midnight), so
+training covers whole earlier days and validation/test whole later ones.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from cluster.errors import FraudrayError
+from cluster.settings import Settings
 
 LABEL = "is_fraud"
 TIME = "event_time"
-NON_FEATURES = frozenset({LABEL, TIME, "transaction_id", "scenario", "user_id", "merchant_id"})
+SCENARIO = "scenario"
+NON_FEATURES = frozenset({LABEL, TIME, "transaction_id", SCENARIO, "user_id", "merchant_id"})
+# Below these a split cannot train XGBoost, stack the ensemble or measure recall.
+MIN_ROWS = 1000
+MIN_FRAUD_PER_PART = 5
 
 
 class DataError(FraudrayError):
@@ -33,9 +43,33 @@ class Split:
     X_test: np.ndarray
     y_test: np.ndarray
     boundaries: tuple[str, str]  # first val time, first test time
+    span: tuple[str, str] = ("", "")  # first and last event time of the whole frame
+    scenario_test: np.ndarray | None = None  # fraud scenario per test row (simulated data)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+    def window(self) -> dict[str, Any]:
+        """The training window and the later validation/test windows (half-open, ISO times)."""
+        first, last = self.span
+        val_from, test_from = self.boundaries
+        return {
+            "train": [first, val_from], "val": [val_from, test_from], "test": [test_from, last],
+            "rows": self.sizes(),
+            "fraud": {"train": int(self.y_train.sum()), "val": int(self.y_val.sum()),
+                      "test": int(self.y_test.sum())},
+        }  # fmt: skip
+
+    def require_fraud(self, minimum: int = MIN_FRAUD_PER_PART) -> None:
+        """Raise a :class:`DataError` unless every part holds at least ``minimum`` frauds."""
+        counts = self.window()["fraud"]
+        short = {part: n for part, n in counts.items() if n < minimum}
+        if short:
+            raise DataError(
+                f"too little labelled fraud to train and evaluate: {counts} fraud rows per "
+                f"train/val/test window (at least {minimum} each needed); produce more labelled "
+                "traffic (`fraudray produce` + `fraudray consume`), widen --start/--end, or pass --csv"
+            )
 
 
 def temporal_split(
@@ -47,7 +81,7 @@ def temporal_split(
     names = feature_names or [c for c in frame.columns if c not in NON_FEATURES]
     frame = frame.sort_values(TIME, kind="stable")
     t = frame[TIME]
-    t_val, t_test = t.quantile(1 - val - test), t.quantile(1 - test)
+    t_val, t_test = _cuts(t, val, test)
     parts = (frame[t < t_val], frame[(t >= t_val) & (t < t_test)], frame[t >= t_test])
     if any(len(p) == 0 for p in parts):
         raise DataError(f"too few distinct event times to split {len(frame)} rows into train/val/test")
@@ -56,7 +90,95 @@ def temporal_split(
         return p[names].to_numpy(dtype=np.float32), p[LABEL].to_numpy(dtype=np.int8)
 
     (a, b), (c, d), (e, f) = (xy(p) for p in parts)
-    return Split(names, a, b, c, d, e, f, (str(t_val), str(t_test)))
+    scen = parts[2][SCENARIO].to_numpy(dtype=object) if SCENARIO in frame else None
+    span = (str(t.iloc[0]), str(t.iloc[-1]))
+    return Split(names, a, b, c, d, e, f, (str(t_val), str(t_test)), span, scen)
+
+
+def _cuts(t: pd.Series, val: float, test: float) -> tuple[Any, Any]:
+    """Time-quantile cut points, moved to the nearest UTC midnight when the data spans
+    three days or more (and the day cuts still leave every part non-empty)."""
+    t_val, t_test = t.quantile(1 - val - test), t.quantile(1 - test)
+    if not pd.api.types.is_datetime64_any_dtype(t) or t.iloc[-1] - t.iloc[0] < pd.Timedelta(days=3):
+        return t_val, t_test
+    d_val, d_test = t_val.round("D"), t_test.round("D")
+    if t.iloc[0] < d_val < d_test <= t.iloc[-1]:
+        return d_val, d_test
+    return t_val, t_test
+
+
+_LABELLED_SQL = """
+SELECT l.transaction_id, l.is_fraud FROM labels l JOIN transactions t USING (transaction_id)
+WHERE (%(start)s::timestamptz IS NULL OR t.event_time >= %(start)s)
+  AND (%(end)s::timestamptz IS NULL OR t.event_time < %(end)s)
+"""
+
+
+def frame_from_store(
+    settings: Settings,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    id_prefix: str | None = None,
+    min_rows: int = MIN_ROWS,
+) -> pd.DataFrame:
+    """Point-in-time training frame of the transactions in PostgreSQL with
+    ``start <= event_time < end`` (``features.offline.build_frame``), labelled rows only.
+
+    Labels arrive late (a chargeback days after the payment): a transaction without a label
+    yet is not known to be genuine, so it is left out when genuine transactions get labels
+    too (the simulator's ``all`` mode). When only frauds are labelled (``fraud`` mode) an
+    unlabelled row counts as genuine, except in the last stretch of the data where labels
+    may still be on their way (newer than the latest label minus the 95th-percentile delay).
+    ``id_prefix`` keeps only transaction ids with that prefix (tests share the database).
+    """
+    import psycopg2
+
+    from features.offline import build_frame
+
+    # Naive times (say from the command line) are UTC, like every time in the database.
+    start, end = (t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t for t in (start, end))
+    dsn = settings.postgres.dsn.get_secret_value()
+    try:
+        frame = build_frame(dsn, start, end)
+        conn = psycopg2.connect(dsn, connect_timeout=10)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(_LABELLED_SQL, {"start": start, "end": end})
+                rows = cur.fetchall()
+                labelled = {row[0] for row in rows}
+                genuine_labels = any(not row[1] for row in rows)
+                cur.execute(
+                    "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY l.labelled_at - t.event_time),"
+                    " max(l.labelled_at) FROM labels l JOIN transactions t USING (transaction_id)"
+                    " WHERE l.is_fraud"
+                )
+                p95_delay, last_label = cur.fetchone()
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        raise DataError(f"cannot read training data from PostgreSQL: {exc}".strip()) from exc
+    if id_prefix is not None:
+        frame = frame[frame["transaction_id"].str.startswith(id_prefix)]
+    where = f" between {start or 'the beginning'} and {end or 'now'}"
+    if frame.empty:
+        raise DataError(
+            f"no transactions in PostgreSQL{where}: produce and consume traffic first "
+            "(`fraudray produce` + `fraudray consume`, or `make run`), or pass --csv"
+        )
+    if genuine_labels:
+        frame = frame[frame["transaction_id"].isin(labelled)]
+    elif p95_delay is not None and last_label is not None:
+        frame = frame[frame[TIME] < pd.Timestamp(last_label) - pd.Timedelta(p95_delay)]
+    n_fraud = int(frame[LABEL].sum()) if len(frame) else 0
+    if len(frame) < min_rows or n_fraud < 3 * MIN_FRAUD_PER_PART:
+        raise DataError(
+            f"too little labelled data{where}: {len(frame)} labelled transactions, {n_fraud} of them "
+            f"fraud (need at least {min_rows} rows and {3 * MIN_FRAUD_PER_PART} frauds); labels "
+            "arrive days after the payment, so let the stream run longer, widen --start/--end, "
+            "or pass --csv"
+        )
+    return frame.reset_index(drop=True)
 
 
 def frame_from_csv(path: Path, label: str, time: str | None = None) -> pd.DataFrame:

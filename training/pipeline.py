@@ -1,9 +1,17 @@
 """Train the three model families on a temporal split, stack them into the ensemble,
-evaluate everything on the held-out test window, and register each version."""
+evaluate everything on the held-out test window, and register each version.
+
+Every family's fit is one ``training_runs`` row; every registered version carries its test
+metrics, its hyperparameters, the training window and the drift reference of the training
+rows (see :mod:`training.registry`). With ``ae_workers`` > 0 the autoencoder trains as a
+Ray Train ``TorchTrainer`` run (Ray must be initialised); otherwise in this process.
+"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,9 +21,9 @@ from training.autoencoder import AutoencoderModel
 from training.base import FraudModel
 from training.data import Split
 from training.ensemble import MEMBERS, Ensemble
-from training.evaluate import evaluate, threshold_for_fpr
+from training.evaluate import evaluate, save_curves_svg, threshold_for_fpr
 from training.isolation_forest import IsolationForestModel
-from training.registry import ModelVersion, Registry
+from training.registry import ModelVersion, Registry, drift_reference
 from training.xgboost_model import XGBoostModel
 
 FAMILIES: dict[str, type[Any]] = {"if": IsolationForestModel, "xgb": XGBoostModel, "ae": AutoencoderModel}
@@ -25,11 +33,25 @@ FAMILIES: dict[str, type[Any]] = {"if": IsolationForestModel, "xgb": XGBoostMode
 class TrainResult:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> test metrics
     versions: dict[str, ModelVersion] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # family -> fit time
 
 
 def build(family: str, feature_names: list[str], params: dict[str, Any] | None = None) -> FraudModel:
     model: FraudModel = FAMILIES[family](feature_names, **(params or {}))
     return model
+
+
+def _fit(model: FraudModel, split: Split, settings: Settings, ae_workers: int, cpus: float) -> None:
+    if isinstance(model, AutoencoderModel) and ae_workers > 0:
+        from training.train_ray import fit_autoencoder
+
+        fit_autoencoder(
+            model, split.X_train, split.y_train, split.X_val, split.y_val,
+            storage=settings.var_dir / "train", name=f"ae-{time.strftime('%Y%m%dT%H%M%S')}",
+            workers=ae_workers, cpus_per_worker=cpus,
+        )  # fmt: skip
+    else:
+        model.fit(split.X_train, split.y_train, split.X_val, split.y_val)
 
 
 def train_all(
@@ -42,39 +64,99 @@ def train_all(
     source: str = "",
     register: bool = True,
     promote: bool = True,
+    ae_workers: int = 0,
+    cpus_per_worker: float = 0.5,
 ) -> TrainResult:
     """Fit ``families`` (and the ensemble when all three are there) and register them."""
     params = params or {}
     result = TrainResult()
     registry = Registry(settings) if register else None
+    window = split.window()
+    reference = drift_reference(split.X_train, split.feature_names) if register else None
     val_scores: dict[str, np.ndarray] = {}
     test_scores: dict[str, np.ndarray] = {}
+
+    def save(name: str, model: Any, metrics: dict[str, Any], model_params: dict[str, Any]) -> None:
+        if registry is None:
+            return
+        version, path = registry.new_version_dir(name)
+        model.save(path)
+        save_curves_svg(metrics, path / "curves.svg", name)
+        result.versions[name] = registry.register(
+            name, version, path, metrics=metrics, params=dict(model_params, source=source),
+            feature_names=split.feature_names, promote=promote, window=window, reference=reference,
+        )  # fmt: skip
+
     for fam in families:
         model = build(fam, split.feature_names, params.get(fam))
-        model.fit(split.X_train, split.y_train, split.X_val, split.y_val)
-        val_scores[fam], test_scores[fam] = model.score(split.X_val), model.score(split.X_test)
-        threshold = threshold_for_fpr(val_scores[fam], split.y_val, target_fpr)
-        if isinstance(model, IsolationForestModel):
-            model.threshold = threshold
-        metrics = evaluate(test_scores[fam], split.y_test, threshold) | {"sizes": split.sizes()}
-        result.metrics[fam] = metrics
-        if registry is not None:
-            version, path = registry.new_version_dir(fam)
-            model.save(path)
-            result.versions[fam] = registry.register(
-                fam, version, path, metrics=metrics, params=dict(model.params(), source=source),
-                feature_names=split.feature_names, promote=promote,
-            )  # fmt: skip
+        config = {"source": source, "params": model.params(), "window": window, "ae_workers": ae_workers}
+        with _run(registry, fam, config) as run_metrics:
+            t0 = time.perf_counter()
+            _fit(model, split, settings, ae_workers if fam == "ae" else 0, cpus_per_worker)
+            result.seconds[fam] = time.perf_counter() - t0
+            val_scores[fam], test_scores[fam] = model.score(split.X_val), model.score(split.X_test)
+            threshold = threshold_for_fpr(val_scores[fam], split.y_val, target_fpr)
+            if isinstance(model, IsolationForestModel):
+                model.threshold = threshold
+            metrics = evaluate(test_scores[fam], split.y_test, threshold, split.scenario_test) | {
+                "sizes": split.sizes(), "train_seconds": round(result.seconds[fam], 2),
+                "target_fpr": target_fpr,
+            }  # fmt: skip
+            result.metrics[fam] = metrics
+            save(fam, model, metrics, model.params())
+            run_metrics.update(_headline(metrics), version=_version(result, fam))
     if set(MEMBERS) <= set(families) and split.y_val.sum() > 0:
         members = {f: result.versions[f].version for f in MEMBERS} if result.versions else {}
-        ens = Ensemble(members, target_fpr).fit(val_scores, split.y_val)
-        metrics = evaluate(ens.predict(test_scores), split.y_test, ens.threshold) | {"weights": ens.weights()}
-        result.metrics["ensemble"] = metrics
-        if registry is not None:
-            version, path = registry.new_version_dir("ensemble")
-            ens.save(path)
-            result.versions["ensemble"] = registry.register(
-                "ensemble", version, path, metrics=metrics, params=dict(ens.params(), source=source),
-                feature_names=split.feature_names, promote=promote,
-            )  # fmt: skip
+        with _run(registry, "ensemble", {"source": source, "members": members}) as run_metrics:
+            ens = Ensemble(members, target_fpr).fit(val_scores, split.y_val)
+            metrics = evaluate(ens.predict(test_scores), split.y_test, ens.threshold, split.scenario_test) | {
+                "weights": ens.weights(), "sizes": split.sizes(), "target_fpr": target_fpr,
+            }  # fmt: skip
+            result.metrics["ensemble"] = metrics
+            save("ensemble", ens, metrics, ens.params())
+            run_metrics.update(_headline(metrics), version=_version(result, "ensemble"))
     return result
+
+
+HEADLINE = ("aucpr", "roc_auc", "recall_at_0.1pct_fpr", "recall_at_1pct_fpr", "precision", "recall", "fpr")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in (*HEADLINE, "train_seconds") if k in metrics}
+
+
+def _version(result: TrainResult, name: str) -> str | None:
+    mv = result.versions.get(name)
+    return mv.version if mv else None
+
+
+class _NoRun:
+    def __enter__(self) -> dict[str, Any]:
+        return {}
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _run(registry: Registry | None, name: str, config: dict[str, Any]) -> Any:
+    """The registry's ``training_runs`` row around a fit, or nothing without a registry."""
+    return registry.run(name, config) if registry is not None else _NoRun()
+
+
+def report_json(result: TrainResult, path: Path, extra: dict[str, Any] | None = None) -> None:
+    """``--report``: the test metrics (curves left out), versions and fit times as JSON."""
+    import json
+
+    out = {
+        "models": {
+            fam: {
+                "version": _version(result, fam),
+                "train_seconds": result.seconds.get(fam),
+                "metrics": {k: v for k, v in m.items() if not k.endswith("_curve")},
+            }
+            for fam, m in result.metrics.items()
+        },
+        **(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=float))

@@ -8,7 +8,10 @@ Search spaces (documented in docs/training.md):
 - ``if``: n_estimators {100, 200, 400}, max_samples {128, 256, 512}, max_features 0.5–1;
   one report per trial (nothing to stop early), random search.
 Every trial reports ``val_aucpr`` on the validation window; the best config of each
-family is then refitted by ``training.pipeline.train_all`` and registered.
+family is then refitted by ``training.pipeline.train_all`` and registered. With
+``ae_workers`` > 0 every autoencoder trial is itself a Ray Train ``TorchTrainer`` run whose
+per-epoch reports reach ASHA (``TuneReportCallback``); the default (0) trains each trial in
+its own process, which on a small machine is faster: the trials already run in parallel.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def _spaces() -> dict[str, dict[str, Any]]:
     }
 
 
-def _trainable(config: dict[str, Any], family: str, split: Split, max_t: int) -> None:
+def _trainable(
+    config: dict[str, Any], *, family: str, split: Split, max_t: int, ae_workers: int = 0, storage: str = ""
+) -> None:
     from ray import tune
 
     if family == "xgb":
@@ -63,6 +68,16 @@ def _trainable(config: dict[str, Any], family: str, split: Split, max_t: int) ->
         XGBoostModel(split.feature_names, n_estimators=max_t, nthread=1, **config).fit(
             split.X_train, split.y_train, split.X_val, split.y_val, callbacks=[Report()]
         )
+    elif family == "ae" and ae_workers > 0:
+        from training.autoencoder import AutoencoderModel
+        from training.train_ray import fit_autoencoder
+
+        trial = tune.get_context().get_trial_id()
+        fit_autoencoder(
+            AutoencoderModel(split.feature_names, epochs=max_t, **config),
+            split.X_train, split.y_train, split.X_val, split.y_val,
+            storage=Path(storage), name=f"ae-trial-{trial}", workers=ae_workers, in_tune=True,
+        )  # fmt: skip
     elif family == "ae":
         from training.autoencoder import AutoencoderModel
 
@@ -89,8 +104,12 @@ def search(
     max_concurrent: int = 2,
     max_t: int | None = None,
     storage: Path,
+    ae_workers: int = 0,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Run one family's search; returns the refit params of its best trial and the ResultGrid frame."""
+    """Run one family's search; returns the refit params of its best trial and the ResultGrid frame.
+
+    Ray must be initialised (a private local instance or the cluster at FRAUDRAY_RAY_ADDRESS);
+    ``storage`` must be reachable from every node (one machine, or shared storage)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -102,10 +121,14 @@ def search(
         if family in ("xgb", "ae")
         else None
     )
+    trainable = tune.with_parameters(
+        _trainable, family=family, split=split, max_t=max_t, ae_workers=ae_workers,
+        storage=str((storage / "train").resolve()),
+    )  # fmt: skip
+    # A trial that drives a TorchTrainer only waits for its workers, which hold the CPUs.
+    resources = {"cpu": 0.0} if family == "ae" and ae_workers > 0 else {"cpu": 0.5}
     tuner = tune.Tuner(
-        tune.with_resources(
-            tune.with_parameters(_trainable, family=family, split=split, max_t=max_t), {"cpu": 0.5}
-        ),
+        tune.with_resources(trainable, resources),
         param_space=_spaces()[family],
         tune_config=tune.TuneConfig(
             metric="val_aucpr",

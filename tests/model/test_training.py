@@ -40,9 +40,16 @@ def split() -> Split:
 
 
 def test_temporal_split_never_mixes_time(split: Split) -> None:
-    assert split.sizes() == {"train": 3600, "val": 1200, "test": 1200}
+    # 6,000 minutes span 4 days: the cuts move from the 60 %/80 % time quantiles to midnights.
+    assert split.sizes() == {"train": 2880, "val": 1440, "test": 1680}
     first_val, first_test = (pd.Timestamp(b) for b in split.boundaries)
-    assert first_val < first_test
+    assert first_val < first_test and first_val == first_val.normalize()
+
+
+def test_short_data_are_cut_at_time_quantiles() -> None:
+    frame = synthetic_frame(1000)
+    frame["event_time"] = pd.date_range("2026-01-01", periods=1000, freq="s")  # 17 minutes
+    assert temporal_split(frame).sizes() == {"train": 600, "val": 200, "test": 200}
 
 
 @pytest.mark.parametrize("cls", [IsolationForestModel, XGBoostModel, AutoencoderModel])
