@@ -232,7 +232,8 @@ def test_labels_land_in_postgres_and_the_online_store(
     sink.send_many([Label(labels[0].transaction_id, not labels[0].is_fraud, None, at + 1)])  # ignored
     sink.flush()
     raw = Producer({"bootstrap.servers": s.kafka.bootstrap})
-    raw.produce(s.kafka.labels_topic, key=b"x", value=b'{"transaction_id": "t1", "is_fraud": "yes"}')
+    bad = b'{"transaction_id": "t1", "is_fraud": "yes", "labelled_at": "2026-01-01T00:00:00Z"}'
+    raw.produce(s.kafka.labels_topic, key=b"x", value=bad)
     raw.flush(10)
 
     stats = ConsumerPool(s, 1, group_id).drain(timeout=300)
