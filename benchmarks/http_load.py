@@ -1,0 +1,153 @@
+"""HTTP /predict latency under an open-loop load, and DeploymentHandle throughput.
+
+Open loop: requests start on a fixed schedule (``--rps``) whatever the server's latency, so a
+slow server shows up as latency, not as a lower offered rate (closed-loop generators hide it).
+
+    # against a running app (fraudray serve / make run), users from the online store:
+    .venv/bin/python benchmarks/http_load.py http --url http://127.0.0.1:8000 --key KEY \\
+        --rps 100 300 --seconds 20
+    # handle throughput (rows/s) at batch 1, 100, 1000 (the Ensemble, as the consumer calls it):
+    .venv/bin/python benchmarks/http_load.py handle --batch 1 100 1000 --seconds 10
+
+Both connect to the configured Ray cluster (FRAUDRAY_RAY_ADDRESS or the local head); ``http``
+first writes ``--users`` users into the online store so /predict has something to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def seed_users(n: int) -> list[str]:
+    from cluster.settings import get_settings
+    from features.online import OnlineStore
+
+    run = uuid.uuid4().hex[:6]
+    now = datetime.now(UTC)
+    records: list[dict[str, Any]] = [
+        {"transaction_id": f"bench-{run}-{i}", "user_id": f"bench-{run}-u{i}", "merchant_id": f"m{i % 50}",
+         "amount": float(10 + i % 500), "currency": "EUR", "event_time": now - timedelta(seconds=i),
+         "country": "FR", "channel": "online", "device_id": None, "merchant_category": "grocery",
+         "lat": None, "lon": None, "ip": None}
+        for i in range(n)
+    ]  # fmt: skip
+    OnlineStore(get_settings().redis.url.get_secret_value()).update_and_compute(records)
+    return [str(r["user_id"]) for r in records]
+
+
+async def open_loop(url: str, key: str, users: list[str], rps: float, seconds: float) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, timeout=30, limits=limits) as http:
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            try:
+                r = await http.get("/predict", params={"user_id": users[i % len(users)]})
+                ok = r.status_code == 200
+            except Exception:  # noqa: BLE001 - a failed request is a data point
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+        await one(0)  # warm the connection pool
+        tasks = []
+        start = time.perf_counter()
+        n = int(rps * seconds)
+        for i in range(n):
+            delay = start + i / rps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+    lat = np.asarray(latencies) * 1000
+    return {
+        "rps_offered": rps, "rps_done": round(len(lat) / wall, 1), "requests": n, "errors": errors,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+    }  # fmt: skip
+
+
+def handle_throughput(batch: int, seconds: float, concurrency: int) -> dict[str, Any]:
+    from ray import serve
+
+    from cluster.settings import get_settings
+    from features.catalogue import FEATURE_NAMES
+    from serve_deployments.app import SCORER_NAME
+
+    handle = serve.get_deployment_handle(SCORER_NAME, get_settings().serve.app_name)
+    rows = np.random.default_rng(0).normal(size=(batch, len(FEATURE_NAMES))).astype(np.float32)
+    handle.score.remote(rows).result()  # warm
+    done = 0
+    start = time.perf_counter()
+    pending = [handle.score.remote(rows) for _ in range(concurrency)]
+    while time.perf_counter() - start < seconds:
+        pending.pop(0).result()
+        done += batch
+        pending.append(handle.score.remote(rows))
+    for p in pending:
+        p.result()
+        done += batch
+    wall = time.perf_counter() - start
+    return {
+        "batch": batch,
+        "in_flight": concurrency,
+        "rows_per_s": round(done / wall),
+        "calls_per_s": round(done / batch / wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    h = sub.add_parser("http")
+    h.add_argument("--url", default="http://127.0.0.1:8000")
+    h.add_argument("--key", default="")
+    h.add_argument("--rps", type=float, nargs="+", default=[100.0, 300.0])
+    h.add_argument("--seconds", type=float, default=20.0)
+    h.add_argument("--users", type=int, default=1000)
+    d = sub.add_parser("handle")
+    d.add_argument("--batch", type=int, nargs="+", default=[1, 100, 1000])
+    d.add_argument("--seconds", type=float, default=10.0)
+    d.add_argument("--in-flight", type=int, default=8)
+    d.add_argument("--address", default="", help="Ray GCS address (default: the settings' cluster)")
+    args = parser.parse_args()
+    if args.cmd == "http":
+        users = seed_users(args.users)
+        for rps in args.rps:
+            print(asyncio.run(open_loop(args.url, args.key, users, rps, args.seconds)), flush=True)
+    else:
+        from cluster import ray_runtime
+        from cluster.settings import get_settings
+
+        if args.address:
+            import ray
+
+            ray.init(address=args.address, namespace=get_settings().ray.namespace, log_to_driver=False)
+        else:
+            ray_runtime.init(get_settings(), log_to_driver=False)
+        for batch in args.batch:
+            print(handle_throughput(batch, args.seconds, args.in_flight), flush=True)
+
+
+if __name__ == "__main__":
+    main()
