@@ -213,12 +213,8 @@ def train_cmd(
         split.require_fraud()
         console.print(f"data: {split.window()['rows']} rows, fraud {split.window()['fraud']} ({source})")
         load_s = time.monotonic() - t0
-        uses_ray = tune or ("ae" in families and train_workers > 0)
-        if uses_ray:
-            from cluster import ray_runtime
-
-            # A private local Ray unless FRAUDRAY_RAY_ADDRESS names a cluster (e.g. `auto` in a RayJob).
-            ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
+        if tune or ("ae" in families and train_workers > 0):
+            _init_ray(settings)
         tuned = _tune(split, families, num_samples, time_budget, concurrency) if tune else {}
         t1 = time.monotonic()
         # Models of a CSV's columns cannot score the live stream: register, never promote.
@@ -257,6 +253,20 @@ def train_cmd(
         console.print(f"metrics written to {report}")
     if promoted and result.versions:
         _hot_swap(settings)
+
+
+def _init_ray(settings: Any) -> None:
+    """A private local Ray unless FRAUDRAY_RAY_ADDRESS names a cluster (e.g. `auto` in a RayJob)."""
+    from cluster import ray_runtime
+    from cluster.errors import StackError
+
+    try:
+        ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
+    except Exception as exc:  # Ray raises a bare Exception when its node cannot start
+        raise StackError(
+            f"Ray did not start ({exc}); retry on a quieter machine, or train the autoencoder "
+            "in this process with --train-workers 0 (and no --tune)"
+        ) from exc
 
 
 def _tune(
