@@ -117,6 +117,7 @@ def consume_cmd(
     from rich.live import Live
 
     from cluster import ray_runtime
+    from cluster.drift import production_reference
     from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
 
     settings = get_settings()
@@ -124,7 +125,7 @@ def consume_cmd(
     import ray
 
     n = actors or max(1, min(settings.kafka.partitions, int(ray.cluster_resources().get("CPU", 1))))
-    pool = ConsumerPool(settings, n, stop_after_idle_s=idle_exit)
+    pool = ConsumerPool(settings, n, stop_after_idle_s=idle_exit, drift_reference=production_reference)
     last: dict[int, int] = {}
     last_t = time.monotonic()
     try:

@@ -20,6 +20,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cluster import ray_runtime, serving, stack
+from cluster.drift import production_reference
 from cluster.settings import Settings
 from dashboards import launch
 
@@ -140,7 +141,7 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
     try:
         with console.status("deploying Serve app (training a quick model if the registry is empty)"):
             serving.deploy(settings, api_keys=[key])
-        pool = ConsumerPool(settings, actors)
+        pool = ConsumerPool(settings, actors, drift_reference=production_reference)
         with console.status(f"starting the analyst dashboard on {launch.url()}"):
             dashboard = launch.start(settings, env={"FRAUDRAY_API_KEYS": key})
             launch.wait_ready(dashboard)

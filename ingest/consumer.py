@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,12 +31,14 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from cluster.errors import StoreUnavailable
 from cluster.settings import Settings
+from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
 from ingest.labels import Label, LabelError, iso_ms, parse_label
 from ingest.producer import producer_config
 from ingest.serde import TransactionSerde, event_time_ms
 from ingest.sinks import KafkaSink, PostgresSink
 from ingest.validation import validate
+from monitoring.drift import DriftWindow
 from monitoring.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,10 @@ _REBALANCE_CODES = frozenset(
 )
 STAGES = ("poll", "decode", "features", "score", "sink_pg", "sink_kafka", "commit")
 SCORE_TIMEOUT_S = 30.0
+DRIFT_EVERY_S = 10.0
+# Given the settings, the production models' training-window sample per feature (or None):
+# injected by the composition root (cluster/), which may read the registry.
+DriftReference = Callable[[Settings], Mapping[str, np.ndarray] | None]
 MAX_BACKOFF_S = 5.0
 
 
@@ -131,6 +138,7 @@ class ScoringLoop:
         scorer: Any,
         group_id: str | None = None,
         metrics: PipelineMetrics | None = None,
+        drift_reference: DriftReference | None = None,
     ) -> None:
         from confluent_kafka import Consumer
 
@@ -162,6 +170,10 @@ class ScoringLoop:
         self.timed = _Timer(self.stats)
         self._lag_checked = 0.0
         self.metrics = metrics
+        self._drift_reference = drift_reference
+        self._drift: DriftWindow | None = None
+        self._drift_version: str | None = None
+        self._drift_checked = 0.0
 
     # -- polling -------------------------------------------------------------------
     async def poll(self) -> list[Any]:
@@ -271,6 +283,7 @@ class ScoringLoop:
         with self.timed("score"):
             result = await asyncio.wait_for(self.scorer.score.remote(matrix), SCORE_TIMEOUT_S)
         scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
+        self._observe_drift(matrix, version)
         per_model = result["model_scores"]  # each member's raw score, kept in decisions.scores
         event_ms = np.fromiter((event_time_ms(r) for r in records), dtype=np.int64, count=len(records))
         done_ms = time.time() * 1000
@@ -291,6 +304,27 @@ class ScoringLoop:
                  bool(flags[i]), version, done_ms - int(event_ms[i]))
             )  # fmt: skip
         return np.asarray((done_ms - event_ms) / 1000.0)
+
+    def _observe_drift(self, matrix: np.ndarray, model_version: str) -> None:
+        """Feed the live features to a PSI window against the production models' training
+        window (reloaded when the version changes) and export PSI every ``DRIFT_EVERY_S``."""
+        if self._drift_reference is None or self.metrics is None:
+            return
+        if model_version != self._drift_version:
+            self._drift_version = model_version
+            try:
+                reference = self._drift_reference(self.settings)
+            except Exception as exc:  # noqa: BLE001 - drift is an observation, never a reason to stop
+                log.warning("no drift reference for %s: %r", model_version, exc)
+                reference = None
+            self._drift = DriftWindow(reference, FEATURE_NAMES) if reference else None
+        if self._drift is None:
+            return
+        self._drift.add(matrix)
+        now = time.monotonic()
+        # Until the window holds enough rows, psi_by_feature is empty and the next batch retries.
+        if now - self._drift_checked >= DRIFT_EVERY_S and self.metrics.observe_drift_window(self._drift):
+            self._drift_checked = now
 
     async def _process(self, msgs: list[Any], *, commit: bool = True) -> None:
         """Run one batch through every stage; commit only when all sinks succeeded."""
@@ -383,13 +417,18 @@ class ConsumerActor:
     """One member of the scoring consumer group."""
 
     def __init__(
-        self, settings: Settings, app_name: str, scorer_name: str, group_id: str | None = None
+        self,
+        settings: Settings,
+        app_name: str,
+        scorer_name: str,
+        group_id: str | None = None,
+        drift_reference: DriftReference | None = None,
     ) -> None:
         from ray import serve
 
         logging.basicConfig(level=logging.INFO)
         scorer = serve.get_deployment_handle(scorer_name, app_name=app_name)
-        self.loop = ScoringLoop(settings, scorer, group_id, PipelineMetrics())
+        self.loop = ScoringLoop(settings, scorer, group_id, PipelineMetrics(), drift_reference)
         self._stop = False
 
     async def run(
@@ -429,8 +468,17 @@ class ConsumerActor:
 class ConsumerPool:
     """``n`` consumer actors in one group, each running its loop until ``stop``."""
 
-    def __init__(self, settings: Settings, n: int, group_id: str | None = None, **run_kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        n: int,
+        group_id: str | None = None,
+        *,
+        drift_reference: DriftReference | None = None,
+        **run_kwargs: Any,
+    ) -> None:
         self.settings, self.group_id, self.run_kwargs = settings, group_id, run_kwargs
+        self.drift_reference = drift_reference
         self.actors: list[Any] = []
         self.runs: list[Any] = []
         for _ in range(n):
@@ -440,7 +488,9 @@ class ConsumerPool:
         """Start one more member (the group rebalances)."""
         from serve_deployments.app import SCORER_NAME
 
-        actor = ConsumerActor.remote(self.settings, self.settings.serve.app_name, SCORER_NAME, self.group_id)  # type: ignore[attr-defined]
+        actor = ConsumerActor.remote(  # type: ignore[attr-defined]
+            self.settings, self.settings.serve.app_name, SCORER_NAME, self.group_id, self.drift_reference
+        )
         self.actors.append(actor)
         self.runs.append(actor.run.remote(**self.run_kwargs))
         return actor

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from cluster.drift import production_reference
 from cluster.settings import Settings
 from ingest.consumer import ConsumerPool
 from ingest.producer import TransactionProducer
@@ -60,9 +61,10 @@ def test_pipeline_metrics_reach_prometheus(
     producer = TransactionProducer(s)
     producer.send_many(odd)
     producer.flush()
-    ConsumerPool(s, 1, group_id).drain(timeout=300)
-    wanted = [m["name"] for m in describe() if m["name"] not in {"fraudray_batch_retries_total",
-                                                                 "fraudray_dlq_records_total"}]  # fmt: skip
+    # With the registry's drift reference, as `fraudray consume` and `make run` start it.
+    ConsumerPool(s, 1, group_id, drift_reference=production_reference).drain(timeout=300)
+    wanted = [m["name"] for m in describe() + describe("drift")
+              if m["name"] not in {"fraudray_batch_retries_total", "fraudray_dlq_records_total"}]  # fmt: skip
     deadline = time.monotonic() + 120  # Ray flushes every ~10 s, Prometheus scrapes every 5 s
     missing = wanted
     while missing and time.monotonic() < deadline:

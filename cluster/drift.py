@@ -1,0 +1,27 @@
+"""The drift reference the consumer actors compare live features with: the training-window
+sample of the production models (all families of one training run share the window)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from cluster.errors import ModelNotReady
+from cluster.settings import Settings
+
+FAMILIES = ("xgb", "if", "ae")
+
+
+def production_reference(settings: Settings) -> Mapping[str, np.ndarray] | None:
+    """Per feature, a sample of the production version's training window (first family that
+    has one), or None when no production model carries a reference."""
+    from training.registry import Registry
+
+    registry = Registry(settings)
+    for family in FAMILIES:
+        try:
+            return registry.drift_reference(family)
+        except ModelNotReady:
+            continue
+    return None
