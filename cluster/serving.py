@@ -16,6 +16,7 @@ from typing import Any
 from cluster.settings import Settings
 
 IMPORT_PATH = "serve_deployments.app:build_app"
+DEPLOY_TIMEOUT_S = 300.0
 
 
 def _client() -> Any:
@@ -35,15 +36,47 @@ def _deployments(versions: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     return [*out, {"name": SCORER_NAME, "user_config": versions.get("ensemble", {})}]
 
 
-def _apply(settings: Settings, app: dict[str, Any], others: list[dict[str, Any]]) -> None:
+def _apply(
+    settings: Settings, app: dict[str, Any], others: list[dict[str, Any]], *, blocking: bool = True
+) -> None:
     from ray.serve.schema import ServeDeploySchema
 
+    # The running instance's proxy settings win (a config is not the place to move the proxy).
+    details = _client().get_serve_details()
+    http = details.get("http_options") or {}
     config = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": settings.serve.http_host, "port": settings.serve.http_port},
+        "proxy_location": details.get("proxy_location") or "EveryNode",
+        "http_options": {
+            "host": http.get("host", settings.serve.http_host),
+            "port": http.get("port", settings.serve.http_port),
+        },
         "applications": [*others, app],
     }
-    _client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=True)
+    _client().deploy_apps(ServeDeploySchema.model_validate(config), _blocking=False)
+    if blocking:
+        _wait_running(app["name"])
+
+
+def _wait_running(app_name: str, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
+    """Until the app is RUNNING (Serve's own wait gives up after 60 s; on a busy 2-core box the
+    replicas of five deployments can take longer to import torch, XGBoost and sklearn)."""
+    import time
+
+    from ray import serve
+
+    from cluster.errors import ModelNotReady
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(app_name)
+        status = str(getattr(app, "status", ""))
+        if status.endswith("RUNNING"):
+            return
+        if status.endswith("DEPLOY_FAILED"):
+            raise ModelNotReady(f"Serve app {app_name!r} failed to deploy: {app.message if app else ''}")
+        if time.monotonic() > deadline:
+            raise ModelNotReady(f"Serve app {app_name!r} not running after {timeout_s:.0f} s ({status})")
+        time.sleep(0.5)
 
 
 def _live(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -144,3 +177,18 @@ def hot_swap(settings: Settings) -> dict[str, str]:
         overrides[d["name"]] = {**overrides.get(d["name"], {}), **d}
     _apply(settings, ours | {"args": args, "deployments": list(overrides.values())}, others)
     return {family: v["version"] for family, v in versions.items()}
+
+
+def configure(settings: Settings, deployments: dict[str, dict[str, Any]]) -> None:
+    """Merge per-deployment options (``{name: {"autoscaling_config": …}}``) into the running
+    app's config and re-apply it: options only, so Serve updates the live deployments in place."""
+    from cluster.errors import ModelNotReady
+
+    ours, others = _live(settings)
+    if ours is None:
+        raise ModelNotReady(f"Serve app {settings.serve.app_name!r} is not running")
+    merged = {d["name"]: dict(d) for d in ours.get("deployments") or []}
+    for name, options in deployments.items():
+        merged[name] = {**merged.get(name, {"name": name}), **options}
+    # Not blocking: an autoscaling change can leave the app UPSCALING for a while, which is fine.
+    _apply(settings, ours | {"deployments": list(merged.values())}, others, blocking=False)

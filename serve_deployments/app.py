@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 from ray import serve
@@ -144,24 +145,28 @@ class Prediction(BaseModel):
     features: dict[str, float]
 
 
+# Printable text only: the online store reserves control characters as separators.
+TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+
 class TransactionIn(BaseModel):
     """A transaction as on the Kafka topic (same fields as ingest/schemas/transaction.avsc)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    transaction_id: str = Field(min_length=1, max_length=128)
-    user_id: str = Field(min_length=1, max_length=128)
-    merchant_id: str = Field(min_length=1, max_length=128)
+    transaction_id: str = Field(min_length=1, max_length=128, pattern=TEXT)
+    user_id: str = Field(min_length=1, max_length=128, pattern=TEXT)
+    merchant_id: str = Field(min_length=1, max_length=128, pattern=TEXT)
     amount: float = Field(gt=0, le=1e9, allow_inf_nan=False)
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO-4217")
     event_time: AwareDatetime
     country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO-3166 alpha-2")
-    device_id: str | None = Field(None, max_length=128)
+    device_id: str | None = Field(None, max_length=128, pattern=TEXT)
     channel: Literal["card_present", "online"] | None = None
-    merchant_category: str | None = Field(None, max_length=64)
+    merchant_category: str | None = Field(None, max_length=64, pattern=TEXT)
     lat: float | None = Field(None, ge=-90, le=90, allow_inf_nan=False)
     lon: float | None = Field(None, ge=-180, le=180, allow_inf_nan=False)
-    ip: str | None = Field(None, max_length=64)
+    ip: str | None = Field(None, max_length=64, pattern=TEXT)
 
 
 class ScoreOut(BaseModel):
@@ -211,6 +216,12 @@ class Explanation(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+    detail: str
+
+
+class BadBody(BaseModel):
+    """FastAPI's answer to a body that is not JSON at all (before any validation)."""
+
     detail: str
 
 
@@ -280,7 +291,7 @@ class FraudApi:
     @api.post(
         "/score",
         response_model=list[ScoreOut],
-        responses={**_PROTECTED, 413: {"model": ErrorBody}},
+        responses={**_PROTECTED, 400: {"model": BadBody}, 413: {"model": ErrorBody}},
     )
     async def score(
         self, body: TransactionIn | list[TransactionIn], x_api_key: ApiKey = None
@@ -335,7 +346,9 @@ class FraudApi:
     @api.get("/predict", response_model=Prediction, responses={**_PROTECTED, 404: {"model": ErrorBody}})
     async def predict(
         self,
-        user_id: Annotated[str, Query(min_length=1, max_length=128, description="the user to score")],
+        user_id: Annotated[
+            str, Query(min_length=1, max_length=128, pattern=TEXT, description="the user to score")
+        ],
         x_api_key: ApiKey = None,
     ) -> Prediction:
         """Score the user's current features (their latest transaction's vector)."""
@@ -372,12 +385,12 @@ class FraudApi:
     @api.get(
         "/explain",
         response_model=Explanation,
-        responses={**_PROTECTED, 404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        responses={**_PROTECTED, 404: {"model": ErrorBody}},
     )
     async def explain(
         self,
-        transaction_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
-        user_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        transaction_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=TEXT)] = None,
+        user_id: Annotated[str | None, Query(min_length=1, max_length=128, pattern=TEXT)] = None,
         x_api_key: ApiKey = None,
     ) -> Explanation:
         """Why a transaction (from PostgreSQL, its features recomputed against the online store
@@ -386,10 +399,10 @@ class FraudApi:
         template)."""
         self._check_key(x_api_key)
         if (transaction_id is None) == (user_id is None):
-            return JSONResponse(  # type: ignore[return-value]
-                status_code=422,
-                content={"error": "ValidationError", "detail": "give exactly one of transaction_id, user_id"},
-            )
+            raise RequestValidationError([
+                {"loc": ("query", "transaction_id"), "type": "value_error",
+                 "msg": "give exactly one of transaction_id, user_id"}
+            ])  # fmt: skip
         if transaction_id is not None:
             tx = await asyncio.to_thread(self._transaction, transaction_id)
             row = (await asyncio.to_thread(self.store.compute, [tx]))[0]
