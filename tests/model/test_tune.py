@@ -1,5 +1,6 @@
-"""Ray Tune searches on a private local Ray: every family reports val AUCPR, ASHA stops weak
-XGBoost/autoencoder trials early, and the best config is refitted and registered."""
+"""Ray Tune and Ray Train on a private local Ray: every family's search reports val AUCPR,
+ASHA stops weak XGBoost/autoencoder trials early, the best config is refitted and registered;
+the autoencoder trains data-parallel on a TorchTrainer and resumes from its checkpoint."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pytest
 import ray
 
 from cluster.settings import Settings
+from training.autoencoder import AutoencoderModel
 from training.data import Split, temporal_split
+from training.evaluate import evaluate
 from training.pipeline import train_all
 from training.registry import Registry
+from training.train_ray import fit_autoencoder
 from training.tune import search
 
 from .test_training import synthetic_frame
@@ -56,3 +60,17 @@ def test_search_finds_a_useful_config(
         assert mv.stage == "candidate" and mv.metrics["aucpr"] > 3 * split.y_test.mean()
     finally:
         delete_registry_rows(local_stack, str(tmp_path))
+
+
+def test_autoencoder_trains_on_ray_train_and_resumes(local_ray: None, split: Split, tmp_path: Path) -> None:
+    """Two data-parallel TorchTrainer workers; a second run of the same name resumes from the
+    first one's checkpoint instead of starting over."""
+    first = AutoencoderModel(split.feature_names, epochs=2)
+    fit_autoencoder(first, split.X_train, split.y_train, split.X_val, split.y_val,
+                    storage=tmp_path, name="ae-run", workers=2)  # fmt: skip
+    assert len(first.history) == 2
+    assert evaluate(first.score(split.X_test), split.y_test)["aucpr"] > 3 * split.y_test.mean()
+    resumed = AutoencoderModel(split.feature_names, epochs=3)
+    fit_autoencoder(resumed, split.X_train, split.y_train, split.X_val, split.y_val,
+                    storage=tmp_path, name="ae-run", workers=2)  # fmt: skip
+    assert resumed.history[:2] == pytest.approx(first.history) and len(resumed.history) == 3
