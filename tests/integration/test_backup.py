@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -175,15 +176,24 @@ def test_cli_backup_restore_cleanup(
 
 
 def test_topic_retention_from_settings(local_stack: Settings, new_topic: Callable[..., str]) -> None:
-    s = with_topics(local_stack, transactions_topic=new_topic("ret"), dlq_topic=new_topic("retdlq"))
-    s = s.model_copy(
-        update={"kafka": s.kafka.model_copy(update={"retention_hours": 5, "dlq_retention_hours": 9})}
-    )
+    # Every topic replaced by a fresh one: the shared stack's topics keep their retention.
+    fields = ("transactions_topic", "labels_topic", "decisions_topic", "alerts_topic", "dlq_topic")
+    names = {f: new_topic(f.split("_")[0]) for f in fields}
+    s = with_topics(local_stack, **names)
+    kafka = s.kafka.model_copy(update={"retention_hours": 5, "dlq_retention_hours": 9})
+    s = s.model_copy(update={"kafka": kafka})
+    admin = AdminClient({"bootstrap.servers": s.kafka.bootstrap})
+    deadline = time.monotonic() + 30
+    while not set(names.values()) <= set(admin.list_topics(timeout=10).topics):
+        assert time.monotonic() < deadline, "new topics not in the metadata"
+        time.sleep(0.2)
     applied = backup.apply_topic_retention(s)
+    assert set(applied) == set(names.values())
     assert applied[s.kafka.transactions_topic] == 5 * 3_600_000
     assert applied[s.kafka.dlq_topic] == 9 * 3_600_000
-    admin = AdminClient({"bootstrap.servers": s.kafka.bootstrap})
     for topic, hours in ((s.kafka.transactions_topic, 5), (s.kafka.dlq_topic, 9)):
         res = ConfigResource(ConfigResource.Type.TOPIC, topic)
-        config = admin.describe_configs([res])[res].result()
-        assert config["retention.ms"].value == str(hours * 3_600_000)
+        deadline = time.monotonic() + 30  # the broker applies the metadata change asynchronously
+        while admin.describe_configs([res])[res].result()["retention.ms"].value != str(hours * 3_600_000):
+            assert time.monotonic() < deadline, f"retention of {topic} not applied"
+            time.sleep(0.2)
