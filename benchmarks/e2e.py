@@ -419,7 +419,8 @@ def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print)
                 stages.delete_rows(settings, ctx.ids)
             topics.close()
         finally:
-            serve.shutdown()
+            if ray.is_initialized():  # serve.shutdown() would start a Ray of its own otherwise
+                serve.shutdown()
             ray.shutdown()
     best = max((r["tx_per_s"] for r in report.get("drain", [])), default=0)
     if report.get("baseline", {}).get("tx_per_s"):
