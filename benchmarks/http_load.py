@@ -4,10 +4,10 @@ Open loop: requests start on a fixed schedule (``--rps``) whatever the server's 
 slow server shows up as latency, not as a lower offered rate (closed-loop generators hide it).
 
     # against a running app (fraudray serve / make run), users from the online store:
-    .venv/bin/python benchmarks/http_load.py http --url http://127.0.0.1:8000 --key KEY \\
+    .venv/bin/python -m benchmarks.http_load http --url http://127.0.0.1:8000 --key KEY \\
         --rps 100 300 --seconds 20
     # handle throughput (rows/s) at batch 1, 100, 1000 (the Ensemble, as the consumer calls it):
-    .venv/bin/python benchmarks/http_load.py handle --batch 1 100 1000 --seconds 10
+    .venv/bin/python -m benchmarks.http_load handle --batch 1 100 1000 --seconds 10
 
 Both connect to the configured Ray cluster (FRAUDRAY_RAY_ADDRESS or the local head); ``http``
 first writes ``--users`` users into the online store so /predict has something to read.
