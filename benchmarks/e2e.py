@@ -404,7 +404,8 @@ def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print)
         alerts_topic=topics.new("alerts"),
         dlq_topic=topics.new("dlq"),
     )
-    size = max(config.count, config.baseline_count, config.stage_count)
+    paced = max((int(r * config.paced_seconds) for r in config.rates), default=0)
+    size = max(config.count, config.baseline_count, config.stage_count, paced)
     ctx = _Ctx(settings, topics, Workload(size, config.seed, config.users), config, uuid.uuid4().hex[:6])
     try:
         t0 = time.monotonic()
