@@ -1,0 +1,228 @@
+"""Online feature store cost: µs per transaction at batch 500 and Redis memory per user.
+
+Streams simulated traffic (``ingest.simulator``: users paying ~3 times a day, labels arriving
+0.5-1.5 x 2 days later) through ``OnlineStore.update_and_compute`` in batches, the way the
+consumer does, into a private key namespace; measures the per-batch time once the 7-day
+windows are full, then sums ``MEMORY USAGE`` over the namespace's keys. The keys are deleted
+at the end (``--keep`` leaves them).
+
+    .venv/bin/python benchmarks/feature_store.py --users 20000 --days 8
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path: put the repository root there
+# instead so the project's packages import as they do everywhere else.
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import heapq
+import os
+import statistics
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import redis
+
+from cluster.settings import Settings
+from features.kernel import to_ms
+from features.online import OnlineStore
+
+
+def _simulated(users: int, days: float, seed: int) -> tuple[Any, datetime]:
+    from ingest.simulator import SimConfig, Simulator
+
+    start = datetime.now(UTC) - timedelta(days=days)
+    config = SimConfig(seed=seed, users=users, merchants=max(2000, users // 10), start=start)
+    return Simulator(config), start
+
+
+def _batches(
+    sim: Any, size: int, end_ms: int
+) -> Iterator[tuple[list[dict[str, Any]], list[int], list[bool]]]:
+    """Consumer-sized batches of the simulated stream, with each record's label time and verdict."""
+    buf: list[dict[str, Any]] = []
+    lab: list[int] = []
+    fraud: list[bool] = []
+    for chunk in sim.chunks():
+        lab_ms, is_fraud, _ = chunk.labels()
+        for rec, at, f in zip(chunk.records(), lab_ms.tolist(), is_fraud.tolist(), strict=True):
+            if to_ms(rec["event_time"]) >= end_ms:
+                if buf:
+                    yield buf, lab, fraud
+                return
+            buf.append(rec)
+            lab.append(int(at))
+            fraud.append(bool(f))
+            if len(buf) == size:
+                yield buf, lab, fraud
+                buf, lab, fraud = [], [], []
+
+
+def _redis_cpu(r: redis.Redis) -> float:
+    """CPU seconds of Redis's main thread (not inflated by other processes holding the CPU)."""
+    info = r.info("cpu")
+    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+
+def _key_class(key: str, ns: str) -> str:
+    parts = key[len(ns) + 1 :].split(":")
+    if parts[0] == "u":
+        return f"user:{parts[-1]}"
+    if parts[0] == "m":
+        return f"merchant:{parts[-1]}"
+    return parts[0]
+
+
+def memory_by_class(r: redis.Redis, ns: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes and key count per key class of the namespace (MEMORY USAGE ... SAMPLES 0)."""
+    size: dict[str, int] = defaultdict(int)
+    count: dict[str, int] = defaultdict(int)
+    batch: list[str] = []
+
+    def flush() -> None:
+        pipe = r.pipeline(transaction=False)
+        for k in batch:
+            pipe.memory_usage(k, samples=0)
+        for k, b in zip(batch, pipe.execute(), strict=True):
+            c = _key_class(k, ns)
+            size[c] += int(b or 0)
+            count[c] += 1
+        batch.clear()
+
+    for key in r.scan_iter(f"{ns}:*", count=5000):
+        batch.append(key.decode())
+        if len(batch) >= 2000:
+            flush()
+    if batch:
+        flush()
+    return dict(size), dict(count)
+
+
+@dataclass
+class Run:
+    """What one streaming run measured."""
+
+    total: int = 0
+    timed_tx: int = 0
+    wall: list[float] = field(default_factory=list)  # seconds per timed batch
+    client_cpu: float = 0.0
+    redis_cpu: float = 0.0
+    label_s: float = 0.0
+    run_s: float = 0.0
+    last: list[dict[str, Any]] = field(default_factory=list)
+
+
+def stream(
+    store: OnlineStore, r: redis.Redis, sim: Any, batch: int, *, end_ms: int, measure_from: int
+) -> Run:
+    """Labels due by each batch's last event, then the batch, as the consumer would."""
+    run = Run()
+    pending: list[tuple[int, str, bool]] = []  # (labelled_at ms, tx id, is_fraud)
+    t_run = time.perf_counter()
+    for part, lab_ms, lab_fraud in _batches(sim, batch, end_ms):
+        t_last = to_ms(part[-1]["event_time"])
+        due = []
+        while pending and pending[0][0] <= t_last:
+            at, tx, fraud = heapq.heappop(pending)
+            due.append({"transaction_id": tx, "is_fraud": fraud, "labelled_at": at})
+        t0 = time.perf_counter()
+        store.apply_labels(due)
+        run.label_s += time.perf_counter() - t0
+        r0, c0, t0 = _redis_cpu(r), time.process_time(), time.perf_counter()
+        store.update_and_compute(part)
+        elapsed, c1, r1 = time.perf_counter() - t0, time.process_time(), _redis_cpu(r)
+        if t_last >= measure_from and len(part) == batch:
+            run.client_cpu += c1 - c0
+            run.redis_cpu += r1 - r0
+            run.wall.append(elapsed)
+            run.timed_tx += len(part)
+        run.total += len(part)
+        run.last = part
+        for rec, at, fraud in zip(part, lab_ms, lab_fraud, strict=True):
+            heapq.heappush(pending, (at, rec["transaction_id"], fraud))
+    run.run_s = time.perf_counter() - t_run
+    return run
+
+
+def report(run: Run, args: argparse.Namespace, ns: str, size: dict[str, int], count: dict[str, int]) -> None:
+    users = count.get("user:s", 0)
+    per_user = sum(b for c, b in size.items() if c.startswith("user:")) / max(users, 1)
+    other = sum(b for c, b in size.items() if not c.startswith("user:"))
+    per_batch_us = [t / args.batch * 1e6 for t in run.wall]
+    print(
+        f"namespace {ns}: {run.total:,} transactions, {args.users:,} users, {args.days} days, "
+        f"{run.run_s:.0f} s"
+    )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"update_and_compute at batch {args.batch} (last {args.measure_days} d, {run.timed_tx:,} tx): "
+        f"wall median {statistics.median(per_batch_us):.1f} µs/tx, min {min(per_batch_us):.1f}, "
+        f"p95 {np.percentile(per_batch_us, 95):.1f}; CPU: client {run.client_cpu / run.timed_tx * 1e6:.1f} "
+        f"+ Redis {run.redis_cpu / run.timed_tx * 1e6:.1f} µs/tx"
+    )
+    print(f"apply_labels: {run.label_s:.2f} s in total")
+    for c in sorted(size):
+        print(
+            f"  {c:16s} {count[c]:>8,} keys {size[c] / 1e6:10.2f} MB  {size[c] / max(count[c], 1):8.0f} B/key"
+        )
+    print(
+        f"user state: {users:,} users, {per_user:,.0f} B/user, "
+        f"{per_user * 100_000 / 1e6:,.1f} MB per 100k users"
+    )
+    print(
+        f"merchant state + tx->merchant map: {other / 1e6:.1f} MB, "
+        f"{other / max(run.total, 1):.0f} B per tx seen"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--days", type=float, default=8.0, help="event time simulated")
+    ap.add_argument("--measure-days", type=float, default=1.0, help="the last N days are timed")
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--keep", action="store_true", help="leave the keys in Redis")
+    args = ap.parse_args()
+
+    url = Settings().redis.url.get_secret_value()
+    ns = f"frbench{uuid.uuid4().hex[:8]}"
+    store = OnlineStore(url, namespace=ns)
+    r = redis.Redis.from_url(url)
+    sim, start = _simulated(args.users, args.days, args.seed)
+    end_ms = to_ms(start + timedelta(days=args.days))
+    try:
+        run = stream(
+            store,
+            r,
+            sim,
+            args.batch,
+            end_ms=end_ms,
+            measure_from=end_ms - int(args.measure_days * 86_400_000),
+        )
+        t0 = time.perf_counter()
+        store.compute(run.last)  # POST /score: the same batch again, read-only
+        compute_us = (time.perf_counter() - t0) / len(run.last) * 1e6
+        size, count = memory_by_class(r, ns)
+        report(run, args, ns, size, count)
+        print(f"compute (no update) at batch {len(run.last)}: {compute_us:.1f} µs/tx")
+    finally:
+        if not args.keep:
+            keys = list(r.scan_iter(f"{ns}:*", count=5000))
+            for i in range(0, len(keys), 5000):
+                r.delete(*keys[i : i + 5000])
+
+
+if __name__ == "__main__":
+    main()
