@@ -51,8 +51,12 @@ def test_the_config_names_the_real_app_and_deployments() -> None:
     assert callable(getattr(module, attr))
     deployments = {
         obj.name for obj in vars(module).values() if isinstance(obj, serve.Deployment)
-    }  # the deployments the builder binds
-    assert {d["name"] for d in app["deployments"]} == deployments == {module.SCORER_NAME, "FraudApi"}
+    }  # the deployments the builder binds, plus one ModelScorer per family under its own name
+    assert deployments == {module.SCORER_NAME, "FraudApi"}
+    models = importlib.import_module("serve_deployments.models")
+    assert isinstance(models.ModelScorer, serve.Deployment)
+    expected = deployments | set(models.DEPLOYMENT_NAMES.values())
+    assert {d["name"] for d in app["deployments"]} == expected
     one_box = yaml.safe_load((REPO_ROOT / "serve_deployments" / "config.yaml").read_text())
     (local,) = one_box["applications"]
     assert (local["name"], local["import_path"], local["route_prefix"]) == (
