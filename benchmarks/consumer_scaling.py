@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path and benchmarks/features.py would
-# shadow the `features` package: put the repository root there instead.
+# Run as a script, this file's folder comes first on sys.path: put the repository root there
+# instead so the project's packages import as they do everywhere else.
 if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
