@@ -156,6 +156,10 @@ class ScoringLoop:
                 # protocol's cooperative-sticky assignor left retained partitions unfetched
                 # after a commit refused with ILLEGAL_GENERATION (librdkafka #4059).
                 "group.protocol": "consumer",
+                # Range, per topic: each member gets its share of `transactions` AND of
+                # `labels`. The broker's default (uniform) balances the total count only, and
+                # gave one of two actors all six label partitions and the other all the work.
+                "group.remote.assignor": "range",
                 "max.poll.interval.ms": 300_000,
                 "fetch.wait.max.ms": 100,
             }
@@ -447,7 +451,10 @@ class ConsumerActor:
                 idle_since = time.monotonic()  # still joining the group: not idle yet
             elif stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
                 break
-            await asyncio.to_thread(self.loop.refresh_lag)
+            try:
+                await asyncio.to_thread(self.loop.refresh_lag)
+            except KafkaException as exc:  # a watermark query timed out: lag is only a metric
+                log.warning("consumer lag not refreshed: %s", exc)
         return self.stats()
 
     def stop(self) -> None:
