@@ -121,6 +121,7 @@ class LlmSettings(_Section):
     base_url: str = ""
     model: str = ""
     api_key: SecretStr = SecretStr("")
+    timeout_s: float = 5.0  # /explain falls back to its template rationale after this
 
 
 class PrometheusSettings(_Section):
@@ -129,7 +130,6 @@ class PrometheusSettings(_Section):
 
 class AlertmanagerSettings(_Section):
     port: int = 9093
-    timeout_s: float = 5.0  # /explain falls back to its template rationale after this
     # Receivers (monitoring/alertmanager/alertmanager.yml); a channel left empty is left out.
     webhook_url: SecretStr = SecretStr("")  # webhook URLs often carry a token
     slack_api_url: SecretStr = SecretStr("")
