@@ -460,16 +460,11 @@ def production_versions(settings: Settings, *, train_missing: bool = True) -> di
                 found[name] = {"uri": mv.uri, "version": mv.version}
         return found
 
-    found = read()
-    if train_missing and not {*FAMILIES, "ensemble"} <= found.keys():
-        from training import quick
+    if train_missing:  # a few registry reads when the production models are all usable
+        from training.quick import ensure_models
 
-        ensure_models = getattr(quick, "ensure_models", None)
-        if ensure_models is not None:
-            ensure_models(settings)
-        else:  # until training.quick.ensure_models lands: the quick IF only
-            quick.ensure_model(settings)
-        found = read()
+        ensure_models(settings)
+    found = read()
     if "if" not in found:
         raise ModelNotReady("no production Isolation Forest on the current features: run `fraudray train`")
     return found

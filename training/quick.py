@@ -76,7 +76,8 @@ def train_quick_models(settings: Settings, seed: int = 7, promote: bool = True) 
 
 def ensure_models(settings: Settings) -> dict[str, ModelVersion]:
     """The production version of every family, training the quick ones first when any is
-    missing, unreadable, or was trained on another feature set."""
+    missing, unreadable, was trained on another feature set, or carries no usable drift
+    reference."""
     registry = Registry(settings)
     versions: dict[str, ModelVersion] = {}
     for family in FAMILIES:
@@ -87,9 +88,8 @@ def ensure_models(settings: Settings) -> dict[str, ModelVersion]:
         if mv.feature_names != list(FEATURE_NAMES) or not Path(mv.uri).exists():
             return train_quick_models(settings)
         versions[family] = mv
+    try:  # the drift reference the consumers compare live features with (an older format: retrain)
+        registry.drift_reference(MEMBERS[0])
+    except (ModelNotReady, AttributeError, KeyError, TypeError, ValueError):
+        return train_quick_models(settings)
     return versions
-
-
-def ensure_model(settings: Settings) -> ModelVersion:
-    """The production Isolation Forest (the single-model scorer's), via :func:`ensure_models`."""
-    return ensure_models(settings)["if"]

@@ -24,7 +24,7 @@ from cluster import ray_runtime
 from cluster.settings import REPO_ROOT, Settings
 from serve_deployments.app import SCORER_NAME
 from tests.integration.test_multinode import RAY, SERVE, free_port, run_checked, stop_nodes, wait_for
-from training.quick import ensure_model
+from training.quick import ensure_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,7 +41,7 @@ class Head:
 
 @pytest.fixture
 def head(local_stack: Settings) -> Iterator[Head]:
-    ensure_model(local_stack)  # the app takes the registry's production model, as on a cluster
+    ensure_models(local_stack)  # the app takes the registry's production model, as on a cluster
     temp_dir = Path(tempfile.mkdtemp(prefix="frdp-", dir="/tmp"))
     gcs, dashboard = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FRAUDRAY_"))}

@@ -18,7 +18,7 @@ import yaml
 
 from cluster.drift import production_reference
 from cluster.settings import Settings
-from ingest.consumer import ConsumerPool
+from ingest.consumer import ConsumerPool, group_lag
 from ingest.producer import TransactionProducer
 from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, demo_transactions
 from monitoring.metrics import describe
@@ -61,18 +61,27 @@ def test_pipeline_metrics_reach_prometheus(
     producer = TransactionProducer(s)
     producer.send_many(odd)
     producer.flush()
-    # With the registry's drift reference, as `fraudray consume` and `make run` start it.
-    ConsumerPool(s, 1, group_id, drift_reference=production_reference).drain(timeout=300)
+    # With the registry's drift reference, as `fraudray consume` and `make run` start it. The
+    # pool stays up while Prometheus is asked: gauges (lag, drift) set by an actor that exits
+    # before Ray's next export (~10 s) would never leave it.
+    pool = ConsumerPool(s, 1, group_id, drift_reference=production_reference)
     wanted = [m["name"] for m in describe() + describe("drift")
               if m["name"] not in {"fraudray_batch_retries_total", "fraudray_dlq_records_total"}]  # fmt: skip
-    deadline = time.monotonic() + 120  # Ray flushes every ~10 s, Prometheus scrapes every 5 s
-    missing = wanted
-    while missing and time.monotonic() < deadline:
-        missing = [
-            name for name in wanted
-            if not _query(s, f"{name}_count" if name.endswith(("_seconds", "_size")) else name)
-        ]  # fmt: skip
-        time.sleep(3)
+    try:
+        deadline = time.monotonic() + 300
+        while sum(group_lag(s, group_id).values()) > 0:
+            assert time.monotonic() < deadline, "the stream was not consumed in 300 s"
+            time.sleep(0.5)
+        deadline = time.monotonic() + 120  # Ray flushes every ~10 s, Prometheus scrapes every 5 s
+        missing = wanted
+        while missing and time.monotonic() < deadline:
+            missing = [
+                name for name in wanted
+                if not _query(s, f"{name}_count" if name.endswith(("_seconds", "_size")) else name)
+            ]  # fmt: skip
+            time.sleep(3)
+    finally:
+        pool.stop()
     if missing:
         targets = httpx.get(f"http://127.0.0.1:{s.prometheus.port}/api/v1/targets", timeout=10).json()
         health = [(t["scrapeUrl"], t["health"], t.get("lastError")) for t in targets["data"]["activeTargets"]]

@@ -36,8 +36,9 @@ from cluster import ray_runtime
 from cluster.settings import REPO_ROOT, Settings
 from ingest.consumer import ConsumerActor, ConsumerPool
 from serve_deployments.app import SCORER_NAME
+from serve_deployments.models import DEPLOYMENT_NAMES
 from tests.helpers import API_KEY, count_rows, produce, with_topics
-from training.quick import ensure_model
+from training.quick import ensure_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -170,7 +171,7 @@ class PinnedPool(ConsumerPool):
 def _serve_config(settings: Settings, http_port: int) -> dict[str, Any]:
     """deploy/serve_config.yaml, sized for two 1-CPU nodes: exactly one scorer replica per node."""
     cfg: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy" / "serve_config.yaml").read_text())
-    mv = ensure_model(settings)
+    mv = ensure_models(settings)["if"]
     cfg["proxy_location"] = "HeadOnly"  # both nodes share 127.0.0.1: one proxy per port
     cfg["http_options"] = {"host": "127.0.0.1", "port": http_port}
     (app,) = cfg["applications"]
@@ -179,6 +180,13 @@ def _serve_config(settings: Settings, http_port: int) -> dict[str, Any]:
     by_name[SCORER_NAME].update(
         num_replicas=2, max_replicas_per_node=1, autoscaling_config=None, ray_actor_options={"num_cpus": 0.25}
     )
+    for model in DEPLOYMENT_NAMES.values():  # the models too: one small replica on each node
+        by_name[model].update(
+            num_replicas=2,
+            max_replicas_per_node=1,
+            autoscaling_config=None,
+            ray_actor_options={"num_cpus": 0.15},
+        )
     by_name["FraudApi"].update(num_replicas=1, autoscaling_config=None, ray_actor_options={"num_cpus": 0.1})
     return cfg
 
@@ -231,7 +239,7 @@ def test_two_nodes_share_the_stream(
         except httpx.HTTPError:
             return False
 
-    wait_for(healthy, 180, "Serve app fraud healthy")
+    wait_for(healthy, 300, "Serve app fraud healthy")  # five deployments over two nodes, 2 cores
 
     pool = PinnedPool(s, group_id, NODES)
     runs_on = dict(zip(NODES, ray.get([a.__ray_call__.remote(lambda _self: ray.get_runtime_context()

@@ -4,6 +4,7 @@ schema (key = user_id), labels arrive on their own topic, and the CLI commands w
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -101,7 +102,12 @@ def test_cli_produce_sends_count_transactions_and_labels(
         Label.from_json(m.value()) for m in consume_all(local_stack, label_topic, group_id + "-l", 100, 10)
     ]
     assert labels and all(lab.is_fraud for lab in labels)  # --labels fraud: chargebacks only
-    assert 0.03 * 3000 <= len(labels) <= 0.07 * 3000
+    # Exactly one label per fraud transaction sent (the fraud mix table counts them). Fraud
+    # comes in incidents (card-testing bursts, a compromised merchant's run), so the share of a
+    # 3,000-transaction window moves around the configured 5 % with the hour the stream starts.
+    genuine = int(re.search(r"genuine\W+([\d,]+)", result.output).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert len(labels) == 3000 - genuine
+    assert 0.02 * 3000 <= len(labels) <= 0.10 * 3000
 
 
 def test_cli_replay_streams_a_csv_with_labels(
