@@ -22,6 +22,6 @@ def production_reference(settings: Settings) -> Mapping[str, np.ndarray] | None:
     for family in FAMILIES:
         try:
             return registry.drift_reference(family)
-        except ModelNotReady:
-            continue
+        except (ModelNotReady, AttributeError, KeyError, TypeError, ValueError):
+            continue  # none, or stored by an older format
     return None

@@ -89,7 +89,8 @@ def ensure_models(settings: Settings) -> dict[str, ModelVersion]:
             return train_quick_models(settings)
         versions[family] = mv
     try:  # the drift reference the consumers compare live features with (an older format: retrain)
-        registry.drift_reference(MEMBERS[0])
+        for family in MEMBERS:
+            registry.drift_reference(family)
     except (ModelNotReady, AttributeError, KeyError, TypeError, ValueError):
         return train_quick_models(settings)
     return versions
