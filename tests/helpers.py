@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Sequence
+import shutil
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg2
 
-from cluster.settings import Settings
+from cluster import stack
+from cluster.settings import PostgresSettings, Settings, StackSettings
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
 
@@ -37,3 +42,26 @@ def count_rows(dsn: str, table: str, tx_ids: Sequence[str]) -> int:
         (count,) = cur.fetchone()
     conn.close()
     return int(count)
+
+
+@contextlib.contextmanager
+def private_postgres(settings: Settings, var_dir: Path) -> Iterator[Settings]:
+    """``settings`` pointed at a PostgreSQL of its own (free port, data under ``var_dir``),
+    started for the block and stopped and deleted after it: tests may stop and start it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = settings.model_copy(
+        update={
+            "postgres": PostgresSettings(dsn=f"postgresql://fraudray@127.0.0.1:{port}/fraudray"),  # type: ignore[arg-type]
+            "stack": StackSettings(var_dir=var_dir),
+        }
+    )
+    pg = stack.services(s)["postgres"]
+    pg.start()
+    try:
+        yield s
+    finally:
+        pg.stop()
+        shutil.rmtree(var_dir, ignore_errors=True)
+        shutil.rmtree(pg.data_dir, ignore_errors=True)

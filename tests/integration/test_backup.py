@@ -5,7 +5,6 @@ transactions (with their decisions and labels) to Parquet, and Kafka topic reten
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import tempfile
 import time
@@ -20,10 +19,10 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 from typer.testing import CliRunner
 
-from cluster import backup, stack
-from cluster.settings import PostgresSettings, Settings, StackSettings
+from cluster import backup
+from cluster.settings import Settings
 from ingest.sinks import PostgresSink
-from tests.helpers import with_topics
+from tests.helpers import private_postgres, with_topics
 
 pytestmark = [pytest.mark.integration]
 
@@ -38,21 +37,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def private_pg(local_stack: Settings) -> Iterator[Settings]:
-    port = _free_port()
     var = Path(tempfile.mkdtemp(prefix="frbk-", dir="/tmp"))
     var.chmod(0o755)
-    s = local_stack.model_copy(
-        update={
-            "postgres": PostgresSettings(dsn=f"postgresql://fraudray@127.0.0.1:{port}/fraudray"),  # type: ignore[arg-type]
-            "stack": StackSettings(var_dir=var),
-        }
-    )
-    pg = stack.services(s)["postgres"]
-    pg.start()
-    yield s
-    pg.stop()
-    shutil.rmtree(var, ignore_errors=True)
-    shutil.rmtree(pg.data_dir, ignore_errors=True)
+    with private_postgres(local_stack, var) as s:
+        yield s
 
 
 def _fill(settings: Settings, n: int, start: datetime, prefix: str) -> list[str]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import math
-import shutil
-import socket
 import struct
 import time
 import uuid
@@ -21,13 +19,14 @@ import ray
 from confluent_kafka import Consumer, Producer
 
 from cluster import stack
-from cluster.settings import REPO_ROOT, PostgresSettings, Settings, StackSettings
+from cluster.settings import REPO_ROOT, Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
 from ingest.consumer import ConsumerPool
 from ingest.labels import Label, LabelProducer
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
+from tests import helpers
 from tests.helpers import count_rows, produce, with_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -84,22 +83,8 @@ def test_killed_actor_restarts_and_nothing_is_lost(
 @pytest.fixture
 def private_postgres(topic_settings: Settings) -> Iterator[Settings]:
     """A PostgreSQL of our own (free port, own data) that the test may stop and start."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    var = REPO_ROOT / "var" / f"test-pg-{uuid.uuid4().hex[:8]}"
-    s = topic_settings.model_copy(
-        update={
-            "postgres": PostgresSettings(dsn=f"postgresql://fraudray@127.0.0.1:{port}/fraudray"),  # type: ignore[arg-type]
-            "stack": StackSettings(var_dir=var),
-        }
-    )
-    pg = stack.services(s)["postgres"]
-    pg.start()
-    yield s
-    pg.stop()
-    shutil.rmtree(pg.data_dir, ignore_errors=True)
-    shutil.rmtree(var, ignore_errors=True)
+    with helpers.private_postgres(topic_settings, REPO_ROOT / "var" / f"test-pg-{uuid.uuid4().hex[:8]}") as s:
+        yield s
 
 
 def test_postgres_outage_pauses_and_resumes(
