@@ -101,20 +101,32 @@ def _session_file(settings: Settings) -> Path:
     return settings.var_dir / "run" / "ray-head.session"
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) for every process we can read."""
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every live process we can read (zombies are
+    left out: they cannot be signalled, only reaped by their parent)."""
     table: dict[int, tuple[int, str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
-        table[int(entry.name)] = (ppid, cmdline)
+        if state != "Z":
+            table[int(entry.name)] = (int(ppid), cmdline)
     return table
+
+
+def with_descendants(roots: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
+    """``roots`` and every process below them in ``table`` (this process never included)."""
+    found = set(roots) - {os.getpid()}
+    grew = True
+    while grew:
+        children = {pid for pid, (ppid, _cmd) in table.items() if ppid in found} - found - {os.getpid()}
+        found |= children
+        grew = bool(children)
+    return found
 
 
 def stop_head(settings: Settings, grace_s: float = 3.0) -> str:
@@ -129,7 +141,7 @@ def stop_head(settings: Settings, grace_s: float = 3.0) -> str:
     if not marker.exists():
         return "not running"
     session = marker.read_text().strip()
-    table = _process_table()
+    table = process_table()
     # Processes of our session, plus the ones that only name the head's address (client server).
     by_address = re.compile(rf"--(?:gcs[-_])?address=\S+:{settings.ray.head_port}\b")
     roots = {
@@ -137,12 +149,7 @@ def stop_head(settings: Settings, grace_s: float = 3.0) -> str:
         for pid, (_ppid, cmd) in table.items()
         if (session in cmd or by_address.search(cmd)) and pid != os.getpid()
     }
-    doomed = set(roots)
-    grew = True
-    while grew:  # add descendants (workers, dashboard modules, agents)
-        children = {pid for pid, (ppid, _cmd) in table.items() if ppid in doomed} - doomed - {os.getpid()}
-        doomed |= children
-        grew = bool(children)
+    doomed = with_descendants(roots, table)  # workers, dashboard modules, agents
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in doomed:
             with contextlib.suppress(ProcessLookupError):

@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import ray_runtime, stack
+from cluster.ray_runtime import process_table, with_descendants
 from cluster.settings import (
     REPO_ROOT,
     KafkaSettings,
@@ -152,37 +153,12 @@ def fault_stack() -> Iterator[FaultStack]:
 # -- a two-node Ray cluster of our own ----------------------------------------------------------
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    table: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, ppid_text = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if state != "Z":
-            table[int(entry.name)] = (int(ppid_text), cmd)
-    return table
-
-
-def _with_descendants(roots: set[int], table: dict[int, tuple[int, str]]) -> set[int]:
-    found = set(roots)
-    grew = True
-    while grew:
-        children = {pid for pid, (ppid, _c) in table.items() if ppid in found} - found - {os.getpid()}
-        found |= children
-        grew = bool(children)
-    return found
-
-
 def cluster_pids(temp_dir: Path, gcs_port: int) -> set[int]:
     """Every process of our cluster: they name our temp dir or GCS port; plus descendants."""
-    table = _process_table()
+    table = process_table()
     ours = re.compile(rf"{re.escape(str(temp_dir))}(?:/|\s|$)|--(?:gcs[-_])?address=\S+:{gcs_port}\b")
     roots = {pid for pid, (_p, cmd) in table.items() if pid != os.getpid() and ours.search(cmd)}
-    return _with_descendants(roots, table)
+    return with_descendants(roots, table)
 
 
 def kill_pids(pids: set[int], sig: int = signal.SIGKILL) -> None:
@@ -204,10 +180,10 @@ class FaultRay:
 
     def node_b_pids(self) -> set[int]:
         """The second node's raylet (it names its own metrics port) and everything under it."""
-        table = _process_table()
+        table = process_table()
         mark = re.compile(rf"--metrics[-_]export[-_]port[= ]{self.node_b_metrics_port}\b")
         raylets = {pid for pid, (_p, cmd) in table.items() if "raylet" in cmd and mark.search(cmd)}
-        return _with_descendants(raylets, table)
+        return with_descendants(raylets, table)
 
 
 def _run(cmd: list[str], env: dict[str, str], cleanup: Callable[[], None], attempts: int = 3) -> None:
