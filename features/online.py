@@ -45,6 +45,7 @@ from features.kernel import (
 
 __all__ = [
     "FEATURE_NAMES",
+    "RESERVED_CHARACTERS",
     "FeatureStoreError",
     "OnlineStore",
     "records_features",
@@ -56,6 +57,8 @@ _FIELD_SEP = "\x1f"  # between the fields of the stored latest transaction
 _LAST_SEP = "\x1e"  # between that record and its raw aggregates
 _UNIT_SEP, _RECORD_SEP = "\x1c", "\x1d"  # between the fields / records of a batch argument
 _FORBIDDEN = (_SEP, _FIELD_SEP, _LAST_SEP, _UNIT_SEP, _RECORD_SEP)
+# What a text field of a transaction must not hold (validation rejects it before the store).
+RESERVED_CHARACTERS = "".join(sorted(_FORBIDDEN))
 # Redis answers that mean "not now" rather than "never": the caller should retry the batch.
 _TRANSIENT_REPLIES = (
     "OOM",

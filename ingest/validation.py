@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from features.online import RESERVED_CHARACTERS
 from ingest.serde import event_time_ms
 
 _CODES = json.loads((Path(__file__).resolve().parent / "schemas" / "iso_codes.json").read_text())
@@ -28,7 +29,7 @@ MAX_ID_LEN = 128
 # 0x1c-0x1f). Other bytes PostgreSQL refuses (NUL) fail the sink deterministically instead,
 # and the consumer splits the batch down to that one record and dead-letters it.
 _TEXT_FIELDS = ("transaction_id", "user_id", "merchant_id", "device_id", "channel", "merchant_category")
-_RESERVED = re.compile(r"[\x01\x1c-\x1f]")
+_RESERVED = re.compile(f"[{re.escape(RESERVED_CHARACTERS)}]")
 
 
 def validate(record: dict[str, Any], now_ms: int) -> str | None:
