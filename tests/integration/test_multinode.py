@@ -171,11 +171,13 @@ class PinnedPool(ConsumerPool):
 def _serve_config(settings: Settings, http_port: int) -> dict[str, Any]:
     """deploy/serve_config.yaml, sized for two 1-CPU nodes: exactly one scorer replica per node."""
     cfg: dict[str, Any] = yaml.safe_load((REPO_ROOT / "deploy" / "serve_config.yaml").read_text())
-    mv = ensure_models(settings)["if"]
+    versions = ensure_models(settings)
+    models = {family: {"uri": mv.uri, "version": mv.version} for family, mv in versions.items()}
     cfg["proxy_location"] = "HeadOnly"  # both nodes share 127.0.0.1: one proxy per port
     cfg["http_options"] = {"host": "127.0.0.1", "port": http_port}
     (app,) = cfg["applications"]
-    app["args"] = {"model_uri": mv.uri, "model_version": mv.version, "api_keys": [API_KEY]}
+    # Every family pinned: the config lists all the model deployments, so the app must bind them.
+    app["args"] = {"models": models, "api_keys": [API_KEY]}
     by_name = {d["name"]: d for d in app["deployments"]}
     by_name[SCORER_NAME].update(
         num_replicas=2, max_replicas_per_node=1, autoscaling_config=None, ray_actor_options={"num_cpus": 0.25}
