@@ -22,8 +22,13 @@ def threshold_for_fpr(scores: np.ndarray, y: np.ndarray, target_fpr: float) -> f
 
 
 def _curve(x: np.ndarray, y: np.ndarray, points: int = 50) -> list[list[float]]:
-    idx = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).astype(int))
-    return [[round(float(x[i]), 5), round(float(y[i]), 5)] for i in idx]
+    """At most ``points`` of the curve, spread evenly along its length, both ends kept. Evenly
+    by index would spend nearly all of them in the low-precision tail of a PR curve (most
+    thresholds sit among the genuine rows) and draw its top as one straight line."""
+    xy = np.column_stack([x, y]).astype(np.float64)
+    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(xy, axis=0).T))])
+    idx = np.unique(np.searchsorted(along, np.linspace(0.0, along[-1], min(points, len(xy)))))
+    return [[round(float(xy[i, 0]), 5), round(float(xy[i, 1]), 5)] for i in idx]
 
 
 def recall_at_fpr(scores: np.ndarray, y: np.ndarray, fpr: float) -> float:

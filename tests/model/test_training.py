@@ -97,6 +97,21 @@ def test_ensemble_threshold_meets_target_fpr(split: Split) -> None:
     assert test_metrics["recall"] > 0.7 and test_metrics["aucpr"] > 0.5
 
 
+def _scored(n: int = 6000) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y = (rng.random(n) < 0.01).astype(int)
+    return rng.normal(size=n) + 2.5 * y, y
+
+
+def test_stored_pr_curve_keeps_its_top() -> None:
+    scores, y = _scored()
+    recall = [r for r, _p in evaluate(scores, y)["pr_curve"]]
+    # Spread along the curve, not by index: by index all 50 points fell in the low-precision
+    # tail and the top was one straight line from recall 0 to 0.6.
+    assert len(recall) <= 50 and recall[0] == 0.0 and recall[-1] == 1.0
+    assert sum(0 < r < 0.3 for r in recall) >= 3
+
+
 def test_pipeline_without_registry(split: Split, settings: Settings) -> None:
     result = train_all(split, settings, params={"ae": {"epochs": 3}}, register=False)
     assert set(result.metrics) == {"if", "xgb", "ae", "ensemble"}
