@@ -1,4 +1,4 @@
-"""Model quality on labelled rows: ranking metrics and the confusion at a threshold."""
+"""Model quality on labelled rows: ranking metrics, the confusion at a threshold, PR/ROC curves as PNG."""
 
 from __future__ import annotations
 
@@ -79,32 +79,33 @@ def evaluate(
     return out
 
 
-def _svg_panel(points: list[list[float]], x0: int, title: str, xlabel: str, ylabel: str) -> str:
-    size, pad = 260, 40
-    path = " ".join(f"{x0 + pad + x * size:.1f},{pad + (1 - y) * size:.1f}" for x, y in points)
-    return (
-        f'<rect x="{x0 + pad}" y="{pad}" width="{size}" height="{size}" fill="none" stroke="#999"/>'
-        f'<polyline points="{path}" fill="none" stroke="#1f77b4" stroke-width="2"/>'
-        f'<text x="{x0 + pad}" y="{pad - 10}" font-size="13">{title}</text>'
-        f'<text x="{x0 + pad + size // 2}" y="{pad + size + 25}" font-size="11">{xlabel} (0–1)</text>'
-        f'<text x="{x0 + 12}" y="{pad + size // 2}" font-size="11" '
-        f'transform="rotate(-90 {x0 + 12} {pad + size // 2})">{ylabel} (0–1)</text>'
-    )
-
-
-def save_curves_svg(metrics: dict[str, Any], path: Path, title: str) -> None:
-    """The PR and ROC curves of ``metrics`` side by side as one SVG (no plotting library)."""
+def save_curves_png(metrics: dict[str, Any], path: Path, title: str) -> None:
+    """The PR and ROC curves of ``metrics`` side by side as one PNG, with the random baseline
+    and, when ``metrics`` has one, the operating point at the decision threshold."""
     if "pr_curve" not in metrics:
         return
-    body = _svg_panel(
-        metrics["pr_curve"], 0, f"{title}: PR, AP {metrics['aucpr']:.3f}", "recall", "precision"
-    )
-    body += _svg_panel(
-        metrics["roc_curve"],
-        340,
-        f"{title}: ROC, AUC {metrics['roc_auc']:.3f}",
-        "false-positive rate",
-        "recall",
-    )
-    head = '<svg xmlns="http://www.w3.org/2000/svg" width="680" height="340" font-family="sans-serif">'
-    path.write_text(f"{head}{body}</svg>\n")
+    # The Agg canvas directly, not pyplot: no global figure state, no display, safe in threads.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    pr_ax, roc_ax = fig.subplots(1, 2)
+    base = metrics["fraud_rows"] / max(1, metrics["rows"])
+    recall, precision = zip(*metrics["pr_curve"], strict=True)
+    pr_ax.plot(recall, precision, color="tab:blue", lw=2, label=f"AP {metrics['aucpr']:.3f}")
+    pr_ax.axhline(base, color="grey", ls="--", lw=1, label=f"random (base rate {base:.2%})")
+    pr_ax.set(title=f"{title}: precision–recall", xlabel="recall", ylabel="precision")
+    fpr, tpr = zip(*metrics["roc_curve"], strict=True)
+    roc_ax.plot(fpr, tpr, color="tab:blue", lw=2, label=f"ROC AUC {metrics['roc_auc']:.3f}")
+    roc_ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="random")
+    roc_ax.set(title=f"{title}: ROC", xlabel="false-positive rate", ylabel="recall (true-positive rate)")
+    if "threshold" in metrics:
+        at = f"threshold {metrics['threshold']:.3g}"
+        pr_ax.plot(metrics["recall"], metrics["precision"], "o", color="tab:red", label=at)
+        roc_ax.plot(metrics["fpr"], metrics["recall"], "o", color="tab:red", label=at)
+    for ax in (pr_ax, roc_ax):
+        ax.set(xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=9)  # a good PR curve fills the top right
+    fig.savefig(path, format="png")

@@ -21,7 +21,7 @@ from training.autoencoder import AutoencoderModel
 from training.base import FraudModel
 from training.data import Split
 from training.ensemble import MEMBERS, Ensemble
-from training.evaluate import evaluate, save_curves_svg, threshold_for_fpr
+from training.evaluate import evaluate, save_curves_png, threshold_for_fpr
 from training.isolation_forest import IsolationForestModel
 from training.registry import ModelVersion, Registry, drift_reference
 from training.xgboost_model import XGBoostModel
@@ -81,7 +81,7 @@ def train_all(
             return
         version, path = registry.new_version_dir(name)
         model.save(path)
-        save_curves_svg(metrics, path / "curves.svg", name)
+        save_curves_png(metrics, path / "curves.png", name)
         result.versions[name] = registry.register(
             name, version, path, metrics=metrics, params=dict(model_params, source=source),
             feature_names=split.feature_names, promote=promote, window=window, reference=reference,

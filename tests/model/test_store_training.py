@@ -25,6 +25,7 @@ from training.isolation_forest import IsolationForestModel
 from training.pipeline import TrainResult, train_all
 from training.registry import Registry
 
+from .test_training import png_size
 from .world import World, delete_registry_rows, delete_world, write_world
 
 pytestmark = [pytest.mark.integration]
@@ -118,7 +119,8 @@ def test_versions_carry_window_reference_and_runs(
     assert mv.training_window["rows"] == split.sizes()
     assert {"aucpr", "roc_auc", "precision", "recall", "pr_curve", "roc_curve"} <= mv.metrics.keys()
     assert mv.params["max_depth"] and "drift_reference" not in mv.params  # fetched on its own
-    assert (Path(mv.uri) / "curves.svg").exists()
+    png = (Path(mv.uri) / "curves.png").read_bytes()  # PR and ROC side by side
+    assert png_size(png) == (1000, 440) and 20_000 < len(png) < 500_000
 
     reference = registry.drift_reference("xgb", mv.version)
     assert set(reference) == set(FEATURE_NAMES)

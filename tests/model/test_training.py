@@ -3,6 +3,7 @@ round-trips, that each family learns, temporal splits, the ensemble's threshold,
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,19 @@ from cluster.settings import Settings
 from training.autoencoder import AutoencoderModel
 from training.data import DataError, Split, frame_from_csv, temporal_split
 from training.ensemble import Ensemble
-from training.evaluate import evaluate
+from training.evaluate import evaluate, save_curves_png, threshold_for_fpr
 from training.isolation_forest import IsolationForestModel
 from training.pipeline import train_all
 from training.xgboost_model import XGBoostModel
 
 NAMES = [f"f{i}" for i in range(6)]
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height of a PNG (its signature, then the IHDR chunk), or an AssertionError."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
 
 
 def synthetic_frame(n: int = 6000, fraud_rate: float = 0.03, seed: int = 0) -> pd.DataFrame:
@@ -110,6 +118,15 @@ def test_stored_pr_curve_keeps_its_top() -> None:
     # tail and the top was one straight line from recall 0 to 0.6.
     assert len(recall) <= 50 and recall[0] == 0.0 and recall[-1] == 1.0
     assert sum(0 < r < 0.3 for r in recall) >= 3
+
+
+def test_curves_png_draws_pr_and_roc(tmp_path: Path) -> None:
+    scores, y = _scored()
+    save_curves_png(evaluate(scores, y, threshold_for_fpr(scores, y, 0.01)), tmp_path / "curves.png", "xgb")
+    data = (tmp_path / "curves.png").read_bytes()
+    assert png_size(data) == (1000, 440) and 20_000 < len(data) < 500_000
+    save_curves_png(evaluate(scores, np.zeros(len(y))), tmp_path / "one-class.png", "xgb")
+    assert not (tmp_path / "one-class.png").exists()  # a single class has no curves
 
 
 def test_pipeline_without_registry(split: Split, settings: Settings) -> None:
