@@ -246,9 +246,20 @@ LIMIT %(limit)s
 """
 
 
+def _id_param(value: str) -> str | None:
+    """An id typed by a user as a query parameter; None (matches no row) for text that is not
+    valid Unicode, e.g. a lone surrogate: no stored id can equal it, and the driver cannot send it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
 def user_timeline(dsn: str, user_id: str, window: Window, limit: int = 500) -> pd.DataFrame:
     """One user's transactions in the window, newest first, with decision and label."""
-    return _frame(dsn, _USER_TIMELINE, {**_window(window), **_fx(), "user_id": user_id, "limit": limit})
+    params = {**_window(window), **_fx(), "user_id": _id_param(user_id), "limit": limit}
+    return _frame(dsn, _USER_TIMELINE, params)
 
 
 _TRANSACTION = """
@@ -263,7 +274,7 @@ WHERE t.transaction_id = %(transaction_id)s
 
 def transaction(dsn: str, transaction_id: str) -> pd.DataFrame:
     """One transaction with its decision and label (zero or one row)."""
-    return _frame(dsn, _TRANSACTION, {"transaction_id": transaction_id})
+    return _frame(dsn, _TRANSACTION, {"transaction_id": _id_param(transaction_id)})
 
 
 # -- Trends ---------------------------------------------------------------------------------
