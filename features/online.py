@@ -109,6 +109,8 @@ local U_RETAIN = %(u_retain)d
 local NOV = %(nov)d
 local NOV_CAP = %(nov_cap)d
 local U_TTL = %(u_ttl)d
+local TTL_SLACK = %(ttl_slack)d  -- a user's TTLs are pushed at most once per this (wall clock)
+local TRIM_EVERY = %(trim_every)d  -- a user's expired events are trimmed every Nth event
 local M_RETAIN = %(m_retain)d
 local M_CAP = %(m_cap)d
 local M_TTL = %(m_ttl)d
@@ -167,6 +169,8 @@ end
 
 local apply = ARGV[1] == '1'
 local ns, data = ARGV[2], ARGV[3]
+local clock = call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local out = {}
 local pos, len = 1, #data
 local rec = {}
@@ -182,21 +186,22 @@ while pos <= len do
   local ub, mb = ns .. ':u:' .. uid, ns .. ':m:' .. merchant
   local ue, us, un, ul = ub .. ':e', ub .. ':s', ub .. ':n', ub .. ':l'
 
-  -- state: 'v' = n,mean,m2,hwm,lt,llt,(count,sum) per window,(countries) per distinct window
-  local q = {'v', 'ltx', 'llm'}
+  -- state: 'v' = n,mean,m2,hwm,lt,llt,(count,sum) per window,(countries) per distinct window;
+  -- 'x' = when (wall clock ms) the user's TTLs were last pushed
+  local q = {'v', 'ltx', 'llm', 'x'}
   for i = 1, #DWI do q[#q + 1] = 'w' .. DWI[i] .. ':' .. country end
   local st = call('HMGET', us, unpack(q))
   local sv = {}
   if st[1] then for num in string.gmatch(st[1], '[^,]+') do sv[#sv + 1] = tonumber(num) end end
   local n, mean, m2 = sv[1] or 0, sv[2] or 0, sv[3] or 0
-  local hwm, lt, llt, ltx, llm = sv[4], sv[5], sv[6], st[2], st[3]
+  local hwm, lt, llt, ltx, llm, ttl_at = sv[4], sv[5], sv[6], st[2], st[3], tonumber(st[4])
   if llt == -1 then llm = false end
   local cnt, sum, kd, cc = {}, {}, {}, {}
   for j = 1, #W do cnt[j] = sv[5 + 2 * j] or 0; sum[j] = sv[6 + 2 * j] or 0 end
   for i = 1, #DWI do
     local j = DWI[i]
     kd[j] = sv[6 + 2 * #W + i] or 0
-    cc[j] = {[country] = tonumber(st[3 + i]) or 0}
+    cc[j] = {[country] = tonumber(st[4 + i]) or 0}
   end
   local seen = call('HMGET', un, 'd:' .. device, 'c:' .. country, 'm:' .. merchant)
   local seen_d = -2
@@ -291,7 +296,9 @@ while pos <= len do
       end
       if lat ~= '' and (not llm or t > llt or (t == llt and member > llm)) then llm, llt = member, t end
       card = card + 1
-      if once(ue) then  -- expired events are outside every window: trimming once a batch is enough
+      -- expired events are outside every window (the scans start inside them): trimming them
+      -- every TRIM_EVERY-th event only bounds memory, as does the cap below
+      if (n + 1) %% TRIM_EVERY == 0 and once(ue) then
         card = card - call('ZREMRANGEBYSCORE', ue, '-inf', '(' .. f(nh - U_RETAIN))
       end
       if card > K then  -- forget the oldest; they leave the windows they were in
@@ -316,7 +323,7 @@ while pos <= len do
       m2 = m2 + d * (x - mean)
       if not lt or t > lt or (t == lt and txid >= ltx) then
         lt, ltx = t, txid
-        if pack ~= '' then call('SET', ul, pack .. '\\30' .. raw, 'PX', U_TTL) end
+        if pack ~= '' then call('SET', ul, pack .. '\\30' .. raw, 'PX', U_TTL + TTL_SLACK) end
       end
       local sv2 = {n, f(mean), f(m2), nh, lt, llm and llt or -1}
       for j = 1, #W do
@@ -325,6 +332,10 @@ while pos <= len do
       end
       for i = 1, #DWI do sv2[#sv2 + 1] = kd[DWI[i]] end
       local upd = {'v', table.concat(sv2, ','), 'ltx', ltx}
+      -- TTLs are U_TTL + TTL_SLACK, pushed when the last push is TTL_SLACK old: an idle user
+      -- lives U_TTL to U_TTL + TTL_SLACK after its last event, for 1 PEXPIRE a day, not 4 a tx
+      local push_ttl = once(us) and not (ttl_at and now - ttl_at < TTL_SLACK)
+      if push_ttl then upd[#upd + 1] = 'x'; upd[#upd + 1] = now end
       local dead = {}
       for i = 1, #DWI do
         local j = DWI[i]
@@ -340,9 +351,10 @@ while pos <= len do
       if device ~= '' then nov[5] = 'd:' .. device; nov[6] = math.max(seen_d, t) end
       call('HSET', un, unpack(nov))
       if n %% 32 == 0 then prune(un, nh) end
-      if once(us) then
-        call('PEXPIRE', ue, U_TTL); call('PEXPIRE', us, U_TTL); call('PEXPIRE', un, U_TTL)
-        if pack == '' then call('PEXPIRE', ul, U_TTL) end
+      if push_ttl then
+        local ttl = U_TTL + TTL_SLACK
+        call('PEXPIRE', ue, ttl); call('PEXPIRE', us, ttl); call('PEXPIRE', un, ttl)
+        call('PEXPIRE', ul, ttl)
       end
 
       call('ZADD', me, tstr, txid)
@@ -427,6 +439,8 @@ def tx_script_source() -> str:
         "nov": cat.NOVELTY_HORIZON_S * ms,
         "nov_cap": cat.NOVELTY_CAP,
         "u_ttl": cat.USER_TTL_S * ms,
+        "ttl_slack": cat.DAY * ms,
+        "trim_every": 16,
         "m_retain": (max(cat.MERCHANT_WINDOWS) + cat.ALLOWED_LATENESS_S) * ms,
         "m_cap": cat.MERCHANT_EVENTS_CAP,
         "m_ttl": cat.MERCHANT_TTL_S * ms,
