@@ -39,6 +39,21 @@ class XGBoostModel:
         self.best_iteration: int | None = None
         self.history: list[float] = []
 
+    def train_params(self, y: np.ndarray) -> dict[str, Any]:
+        """``xgb.train`` parameters for training labels ``y``: ``scale_pos_weight`` is their
+        genuine/fraud ratio (of all of them, also when workers each train on a shard)."""
+        y = np.asarray(y, dtype=np.float32)
+        pos = float(y.sum())
+        if pos == 0:
+            raise ValueError("XGBoost needs fraud examples in the training data (labels are all 0)")
+        p = self._params
+        return {
+            "objective": "binary:logistic", "eval_metric": "aucpr", "tree_method": "hist",
+            "max_depth": p["max_depth"], "eta": p["learning_rate"], "subsample": p["subsample"],
+            "colsample_bytree": p["colsample_bytree"], "min_child_weight": p["min_child_weight"],
+            "scale_pos_weight": (len(y) - pos) / pos, "seed": p["seed"], "nthread": p["nthread"],
+        }  # fmt: skip
+
     def fit(
         self,
         X: np.ndarray,
@@ -47,18 +62,9 @@ class XGBoostModel:
         y_val: np.ndarray | None = None,
         callbacks: list[Any] | None = None,
     ) -> Self:
-        y = np.asarray(y, dtype=np.float32)
-        pos = float(y.sum())
-        if pos == 0:
-            raise ValueError("XGBoost needs fraud examples in the training data (labels are all 0)")
+        params = self.train_params(y)
         p = self._params
-        params = {
-            "objective": "binary:logistic", "eval_metric": "aucpr", "tree_method": "hist",
-            "max_depth": p["max_depth"], "eta": p["learning_rate"], "subsample": p["subsample"],
-            "colsample_bytree": p["colsample_bytree"], "min_child_weight": p["min_child_weight"],
-            "scale_pos_weight": (len(y) - pos) / pos, "seed": p["seed"], "nthread": p["nthread"],
-        }  # fmt: skip
-        dtrain = xgb.DMatrix(as_matrix(X), label=y, feature_names=self.feature_names)
+        dtrain = xgb.DMatrix(as_matrix(X), label=np.asarray(y, np.float32), feature_names=self.feature_names)
         evals = [(dtrain, "train")]
         early = None
         if X_val is not None and y_val is not None and len(y_val):
@@ -67,12 +73,18 @@ class XGBoostModel:
             )
             early = p["early_stopping_rounds"]
         result: dict[str, Any] = {}
-        self.booster = xgb.train(
+        booster = xgb.train(
             params, dtrain, num_boost_round=p["n_estimators"], evals=evals, evals_result=result,
             early_stopping_rounds=early, verbose_eval=False, callbacks=callbacks,
         )  # fmt: skip
-        self.history = [float(v) for v in result.get("val", result["train"])["aucpr"]]
-        self.best_iteration = int(getattr(self.booster, "best_iteration", len(self.history) - 1))
+        history = [float(v) for v in result.get("val", result["train"])["aucpr"]]
+        best = int(getattr(booster, "best_iteration", len(history) - 1))
+        return self.set_booster(booster, history, best)
+
+    def set_booster(self, booster: xgb.Booster, history: list[float], best_iteration: int) -> Self:
+        """Adopt a booster trained elsewhere (a Ray Train run) with its per-round validation
+        AUCPR and the round that scored best (scores and explanations stop there)."""
+        self.booster, self.history, self.best_iteration = booster, list(history), int(best_iteration)
         return self
 
     def _dmatrix(self, X: np.ndarray) -> xgb.DMatrix:
