@@ -178,7 +178,7 @@ def train_cmd(
     ] = None,
     end: Annotated[datetime | None, typer.Option(help="feature store: event times before this (UTC)")] = None,
     train_workers: Annotated[
-        int, typer.Option(help="Ray Train workers for the autoencoder (0: train it in this process)")
+        int, typer.Option(help="Ray Train workers for XGBoost and the autoencoder (0: train in this process)")
     ] = 2,
     promote: Annotated[
         bool, typer.Option(help="put the new versions into production (never for --csv)")

@@ -4,7 +4,9 @@ evaluate everything on the held-out test window, and register each version.
 Every family's fit is one ``training_runs`` row; every registered version carries its test
 metrics, its hyperparameters, the training window and the drift reference of the training
 rows (see :mod:`training.registry`). With ``ae_workers`` > 0 the autoencoder trains as a
-Ray Train ``TorchTrainer`` run (Ray must be initialised); otherwise in this process.
+Ray Train ``TorchTrainer`` run and XGBoost as an ``XGBoostTrainer`` run (``xgb_workers``,
+by default as many; Ray is initialised as ``fraudray`` does it when it is not yet);
+with 0 they train in this process.
 """
 
 from __future__ import annotations
@@ -41,17 +43,41 @@ def build(family: str, feature_names: list[str], params: dict[str, Any] | None =
     return model
 
 
-def _fit(model: FraudModel, split: Split, settings: Settings, ae_workers: int, cpus: float) -> None:
-    if isinstance(model, AutoencoderModel) and ae_workers > 0:
+def _ensure_ray(settings: Settings) -> None:
+    """A private local Ray, or the cluster at FRAUDRAY_RAY_ADDRESS, unless Ray is up already."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    from cluster import ray_runtime
+    from cluster.errors import StackError
+
+    try:
+        ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
+    except Exception as exc:  # Ray raises a bare Exception when its node cannot start
+        raise StackError(
+            f"Ray did not start ({exc}); retry on a quieter machine, or train in this process "
+            "with --train-workers 0"
+        ) from exc
+
+
+def _fit(model: FraudModel, split: Split, settings: Settings, workers: int, cpus: float) -> None:
+    """In this process, or with ``workers`` > 0 as a Ray Train run (autoencoder, XGBoost)."""
+    data = (split.X_train, split.y_train, split.X_val, split.y_val)
+    run: dict[str, Any] = {"storage": settings.var_dir / "train", "workers": workers, "cpus_per_worker": cpus,
+                           "name": f"{model.family}-{time.strftime('%Y%m%dT%H%M%S')}"}  # fmt: skip
+    if workers > 0 and isinstance(model, AutoencoderModel):
         from training.train_ray import fit_autoencoder
 
-        fit_autoencoder(
-            model, split.X_train, split.y_train, split.X_val, split.y_val,
-            storage=settings.var_dir / "train", name=f"ae-{time.strftime('%Y%m%dT%H%M%S')}",
-            workers=ae_workers, cpus_per_worker=cpus,
-        )  # fmt: skip
+        _ensure_ray(settings)
+        fit_autoencoder(model, *data, **run)
+    elif workers > 0 and isinstance(model, XGBoostModel):
+        from training.train_ray import fit_xgboost
+
+        _ensure_ray(settings)
+        fit_xgboost(model, *data, **run)
     else:
-        model.fit(split.X_train, split.y_train, split.X_val, split.y_val)
+        model.fit(*data)
 
 
 def train_all(
@@ -65,9 +91,14 @@ def train_all(
     register: bool = True,
     promote: bool = True,
     ae_workers: int = 0,
+    xgb_workers: int | None = None,
     cpus_per_worker: float = 0.5,
 ) -> TrainResult:
-    """Fit ``families`` (and the ensemble when all three are there) and register them."""
+    """Fit ``families`` (and the ensemble when all three are there) and register them.
+
+    ``ae_workers``/``xgb_workers``: Ray Train workers of the autoencoder/XGBoost (0: in this
+    process; ``xgb_workers`` None: as many as ``ae_workers``, so one ``--train-workers`` drives both).
+    """
     params = params or {}
     result = TrainResult()
     registry = Registry(settings) if register else None
@@ -87,12 +118,14 @@ def train_all(
             feature_names=split.feature_names, promote=promote, window=window, reference=reference,
         )  # fmt: skip
 
+    workers = {"ae": ae_workers, "xgb": ae_workers if xgb_workers is None else xgb_workers}
     for fam in families:
         model = build(fam, split.feature_names, params.get(fam))
-        config = {"source": source, "params": model.params(), "window": window, "ae_workers": ae_workers}
+        config = {"source": source, "params": model.params(), "window": window,
+                  "train_workers": workers.get(fam, 0)}  # fmt: skip
         with _run(registry, fam, config) as run_metrics:
             t0 = time.perf_counter()
-            _fit(model, split, settings, ae_workers if fam == "ae" else 0, cpus_per_worker)
+            _fit(model, split, settings, workers.get(fam, 0), cpus_per_worker)
             result.seconds[fam] = time.perf_counter() - t0
             val_scores[fam], test_scores[fam] = model.score(split.X_val), model.score(split.X_test)
             threshold = threshold_for_fpr(val_scores[fam], split.y_val, target_fpr)
