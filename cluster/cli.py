@@ -214,7 +214,7 @@ def train_cmd(
         split.require_fraud()
         console.print(f"data: {split.window()['rows']} rows, fraud {split.window()['fraud']} ({source})")
         load_s = time.monotonic() - t0
-        if tune or ("ae" in families and train_workers > 0):
+        if tune or ({"ae", "xgb"} & set(families) and train_workers > 0):  # Ray Train fits
             _init_ray(settings)
         tuned = _tune(split, families, num_samples, time_budget, concurrency) if tune else {}
         t1 = time.monotonic()
@@ -265,7 +265,7 @@ def _init_ray(settings: Any) -> None:
         ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
     except Exception as exc:  # Ray raises a bare Exception when its node cannot start
         raise StackError(
-            f"Ray did not start ({exc}); retry on a quieter machine, or train the autoencoder "
+            f"Ray did not start ({exc}); retry on a quieter machine, or train XGBoost and the autoencoder "
             "in this process with --train-workers 0 (and no --tune)"
         ) from exc
 
