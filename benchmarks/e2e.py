@@ -52,7 +52,7 @@ class BenchConfig:
     paced_seconds: float = 10.0
     baseline_count: int = 300
     stage_count: int = 10_000
-    http_rps: tuple[int, ...] = (100, 300, 1000)  # /predict, open loop (benchmarks/http_load.py)
+    http_rps: tuple[int, ...] = (10, 30, 100, 300, 1000)  # /predict, open loop (benchmarks/http_load.py)
     http_seconds: float = 10.0
     users: int = 20_000
     seed: int = 42
@@ -372,12 +372,14 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
             return
         users = http_load.seed_users(200)
         report["http"] = []
+        saturated = 0
         for rps in config.http_rps:
             row = asyncio.run(http_load.open_loop(ctx.url, ctx.api_key, users, rps, config.http_seconds))
             report["http"].append(row | {"load1": load1()})
             log(f"GET /predict at {rps} rps: {row}")
-            if row["errors"] > row["requests"] / 2:  # saturated: higher rates only queue longer
-                log("more than half the requests failed: higher rates skipped")
+            saturated = saturated + 1 if row["rps_done"] < rps / 2 else 0
+            if saturated == 2:  # two rates in a row: higher ones would only queue longer
+                log("saturated at two offered rates in a row: higher rates skipped")
                 break
 
 

@@ -146,10 +146,11 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
     if report.get("http"):
         out += ["", "### HTTP `GET /predict`, open-loop load (benchmarks/http_load.py)", ""]
         out += _table(
-            ["offered rps", "done rps", "requests", "errors", "p50 ms", "p99 ms", "load1"],
+            ["offered rps", "sent rps", "done rps", "requests", "errors", "p50 ms", "p99 ms", "load1"],
             [
                 [
                     h["rps_offered"],
+                    h.get("rps_sent", "–"),
                     h["rps_done"],
                     h["requests"],
                     h["errors"],
