@@ -192,7 +192,7 @@ def train_cmd(
     """
     from features.catalogue import FEATURE_NAMES
     from training.data import frame_from_csv, frame_from_store, temporal_split
-    from training.pipeline import report_json, train_all
+    from training.pipeline import ensure_ray, report_json, train_all
     from training.quick import train_quick_models
 
     settings = get_settings()
@@ -215,7 +215,7 @@ def train_cmd(
         console.print(f"data: {split.window()['rows']} rows, fraud {split.window()['fraud']} ({source})")
         load_s = time.monotonic() - t0
         if tune or ({"ae", "xgb"} & set(families) and train_workers > 0):  # Ray Train fits
-            _init_ray(settings)
+            ensure_ray(settings)
         tuned = _tune(split, families, num_samples, time_budget, concurrency) if tune else {}
         t1 = time.monotonic()
         # Models of a CSV's columns cannot score the live stream: register, never promote.
@@ -254,20 +254,6 @@ def train_cmd(
         console.print(f"metrics written to {report}")
     if promoted and result.versions:
         _hot_swap(settings)
-
-
-def _init_ray(settings: Any) -> None:
-    """A private local Ray unless FRAUDRAY_RAY_ADDRESS names a cluster (e.g. `auto` in a RayJob)."""
-    from cluster import ray_runtime
-    from cluster.errors import StackError
-
-    try:
-        ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
-    except Exception as exc:  # Ray raises a bare Exception when its node cannot start
-        raise StackError(
-            f"Ray did not start ({exc}); retry on a quieter machine, or train XGBoost and the autoencoder "
-            "in this process with --train-workers 0 (and no --tune)"
-        ) from exc
 
 
 def _tune(

@@ -43,7 +43,7 @@ def build(family: str, feature_names: list[str], params: dict[str, Any] | None =
     return model
 
 
-def _ensure_ray(settings: Settings) -> None:
+def ensure_ray(settings: Settings) -> None:
     """A private local Ray, or the cluster at FRAUDRAY_RAY_ADDRESS, unless Ray is up already."""
     import ray
 
@@ -57,7 +57,7 @@ def _ensure_ray(settings: Settings) -> None:
     except Exception as exc:  # Ray raises a bare Exception when its node cannot start
         raise StackError(
             f"Ray did not start ({exc}); retry on a quieter machine, or train in this process "
-            "with --train-workers 0"
+            "with --train-workers 0 (and no --tune)"
         ) from exc
 
 
@@ -69,12 +69,12 @@ def _fit(model: FraudModel, split: Split, settings: Settings, workers: int, cpus
     if workers > 0 and isinstance(model, AutoencoderModel):
         from training.train_ray import fit_autoencoder
 
-        _ensure_ray(settings)
+        ensure_ray(settings)
         fit_autoencoder(model, *data, **run)
     elif workers > 0 and isinstance(model, XGBoostModel):
         from training.train_ray import fit_xgboost
 
-        _ensure_ray(settings)
+        ensure_ray(settings)
         fit_xgboost(model, *data, **run)
     else:
         model.fit(*data)
