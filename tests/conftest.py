@@ -9,12 +9,32 @@ from collections.abc import Callable, Iterator
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # before anything imports ray
 
+import threading
+
 import pytest
+import ray
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import stack
 from cluster.settings import Settings
 from tests.helpers import API_KEY
+
+_ray_init = ray.init
+
+
+def _ray_init_from_the_main_thread(*args: object, **kwargs: object) -> object:
+    """Tests start Ray from the main thread only. A thread left behind by an earlier module
+    (Serve's router loop, a load generator) that calls Ray after that module's shutdown
+    would otherwise start a stray default Ray (dashboard :8265) that the next module's
+    ``ray.init`` collides with ("Perhaps you called ray.init twice"): fail in that thread,
+    with its stack, instead."""
+    here = threading.current_thread()
+    if here is not threading.main_thread():
+        raise RuntimeError(f"ray.init called from thread {here.name!r} after its module shut Ray down")
+    return _ray_init(*args, **kwargs)
+
+
+ray.init = _ray_init_from_the_main_thread
 
 
 @pytest.fixture(scope="session")

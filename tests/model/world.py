@@ -1,12 +1,15 @@
 """A small simulated, labelled world written to PostgreSQL (``transactions`` + ``labels``) for
-the training tests: ids carry a uuid prefix and event times fall on a random day in 2003, so
-the offline frames of ``[start, end)`` see this world only, whatever else the shared
-database holds. ``delete`` removes it again."""
+the training tests: ids carry a uuid prefix and event times start on 2002-06-03 (no other
+test writes that year), so the offline frames of ``[start, end)`` see this world only,
+whatever else the shared database holds. ``delete`` removes it again.
+
+The world is the same on every run (seeded simulator, fixed dates): with ~40 frauds in the
+test day, the test metrics of random worlds spread widely (XGBoost's AP from 0.31 to 0.99
+over 11 worlds), and a threshold on them would be a coin toss rather than a check."""
 
 from __future__ import annotations
 
 import io
-import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,13 +54,13 @@ def write_world(
     users: int = 600,
     days: float = 6.0,
     fraud_rate: float = 0.03,
-    seed: int | None = None,
+    seed: int = 0,
+    start: datetime = datetime(2002, 6, 3, tzinfo=UTC),
 ) -> World:
     """``days`` of simulated traffic with a label for every transaction (late, 0.5–1.5 days)."""
     prefix = f"tw{uuid.uuid4().hex[:8]}-"
-    start = datetime(2003, 1, 1, tzinfo=UTC) + timedelta(days=random.randrange(3000))
     config = SimConfig(
-        seed=seed if seed is not None else random.randrange(1 << 30),
+        seed=seed,
         users=users, merchants=max(1000, users // 5), fraud_rate=fraud_rate,
         label_delay_s=86_400.0, start=start,
     )  # fmt: skip
@@ -104,7 +107,7 @@ def delete_world(settings: Settings, world: World) -> None:
 
 def delete_registry_rows(settings: Settings, var_dir: str, world: World | None = None) -> None:
     """Registry rows whose artefacts live under ``var_dir`` (a test's private folder), and the
-    training runs whose window lies in ``world`` (nothing else trains on 2003) or whose source
+    training runs whose window lies in ``world`` (nothing else trains on 2002) or whose source
     starts with ``tests:``."""
     conn = psycopg2.connect(settings.postgres.dsn.get_secret_value())
     try:
