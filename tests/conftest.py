@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # before anything imports ray
 
@@ -22,7 +23,7 @@ from tests.helpers import API_KEY
 _ray_init = ray.init
 
 
-def _ray_init_from_the_main_thread(*args: object, **kwargs: object) -> object:
+def _ray_init_from_the_main_thread(*args: Any, **kwargs: Any) -> Any:
     """Tests start Ray from the main thread only. A thread left behind by an earlier module
     (Serve's router loop, a load generator) that calls Ray after that module's shutdown
     would otherwise start a stray default Ray (dashboard :8265) that the next module's
@@ -34,7 +35,7 @@ def _ray_init_from_the_main_thread(*args: object, **kwargs: object) -> object:
     return _ray_init(*args, **kwargs)
 
 
-ray.init = _ray_init_from_the_main_thread
+pytest.MonkeyPatch().setattr(ray, "init", _ray_init_from_the_main_thread)
 
 
 @pytest.fixture(scope="session")
