@@ -68,20 +68,53 @@ def new_topic(local_stack: Settings) -> Iterator[Callable[..., str]]:
             fut.result()
 
 
+_shared_app: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
-def serve_app(local_stack: Settings) -> Iterator[str]:
-    """A private local Ray cluster with the Serve app on port 18000 (per test module)."""
-    import ray
+def serve_app(local_stack: Settings) -> str:
+    """The Serve app with the registry's production models of all four families, on a private
+    local Ray cluster (port 18000), shared by the modules that ask for it: they run one after
+    another (``pytest_collection_modifyitems``) and the cluster goes down after the last of
+    their tests (``pytest_runtest_teardown``), before any module that starts a Ray of its own.
+    One bring-up instead of one per module: each costs about a minute on two cores."""
+    if not _shared_app:
+        from cluster import ray_runtime, serving
+        from tests.integration.serve_support import ensure_all
+
+        ensure_all(local_stack)
+        serve = local_stack.serve.model_copy(update={"http_port": 18000})
+        s = local_stack.model_copy(update={"serve": serve})
+        ray_runtime.init(s, local=True)
+        _shared_app["url"] = serving.deploy(s, api_keys=[API_KEY])
+    return _shared_app["url"]
+
+
+def _stop_shared_app() -> None:
     from ray import serve
 
-    from cluster import ray_runtime, serving
-
-    s = local_stack.model_copy(update={"serve": local_stack.serve.model_copy(update={"http_port": 18000})})
-    ray_runtime.init(s, local=True)
-    url = serving.deploy(s, api_keys=[API_KEY])
-    yield url
+    _shared_app.clear()
     serve.shutdown()
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests of the shared Serve app, one after another where the first of them was, with
+    tests/integration/test_metrics.py first among them: its counters (summed over the Ray
+    session, whose metrics carry no per-actor label) must start from zero."""
+    shared = [i for i in items if "serve_app" in getattr(i, "fixturenames", ())]
+    if not shared:
+        return
+    first = items.index(shared[0])
+    rest = [i for i in items if i not in shared]
+    shared.sort(key=lambda i: i.path.name != "test_metrics.py")  # stable: module order kept
+    items[:] = rest[:first] + shared + rest[first:]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if _shared_app and (nextitem is None or "serve_app" not in getattr(nextitem, "fixturenames", ())):
+        _stop_shared_app()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from cluster.settings import Settings
 from tests.helpers import API_KEY
-from tests.integration.serve_support import ensure_all, fuzz_api
+from tests.integration.serve_support import fuzz_api
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,12 +27,6 @@ PROTECTED = (
     ("GET", "/models"),
     ("GET", "/explain?user_id=u1"),
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _models(local_stack: Settings) -> None:
-    """Production models of all four families before `serve_app` deploys (autouse runs first)."""
-    ensure_all(local_stack)
 
 
 def tx(**over: Any) -> dict[str, Any]:
