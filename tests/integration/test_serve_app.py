@@ -291,6 +291,8 @@ def test_autoscaling_rises_above_min_and_falls_back(app: tuple[str, Settings]) -
     handle = serve.get_deployment_handle("Autoencoder", s.serve.app_name)
     rows = np.random.default_rng(5).normal(size=(2000, len(FEATURE_NAMES))).astype(np.float32)
 
+    trace: list[str] = []  # what the controller said, for the failure message
+
     def replicas() -> int:
         """Replicas the autoscaler wants alive (starting ones count: the box may be slow); 0
         while the app's status is between two versions of its config."""
@@ -298,6 +300,9 @@ def test_autoscaling_rises_above_min_and_falls_back(app: tuple[str, Settings]) -
         status = app_status.deployments.get("Autoencoder")
         if status is None:
             return 0
+        seen = f"{dict(status.replica_states)} {status.status} {status.message!r}"
+        if not trace or not trace[-1].endswith(seen):
+            trace.append(f"{time.monotonic() - t0:.0f}s {seen}")
         return sum(n for state, n in status.replica_states.items() if state in {"STARTING", "RUNNING"})
 
     stop = threading.Event()
@@ -311,7 +316,7 @@ def test_autoscaling_rises_above_min_and_falls_back(app: tuple[str, Settings]) -
             except Exception as exc:  # recorded: scaling must not fail a request
                 failures.append(repr(exc))
 
-    peak = 1
+    peak, t0 = 1, time.monotonic()
     with ThreadPoolExecutor(8) as pool:
         try:
             for _ in range(8):
@@ -323,8 +328,8 @@ def test_autoscaling_rises_above_min_and_falls_back(app: tuple[str, Settings]) -
         finally:
             stop.set()  # the load threads end after their current call, whatever happened
     assert calls[0] > 0 and not failures, failures[:3]
-    assert peak >= 2, "no upscale under sustained load"
+    assert peak >= 2, f"no upscale under sustained load ({calls[0]} calls): {trace}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and replicas() != 1:
         time.sleep(0.5)
-    assert replicas() == 1, "no downscale after the load stopped"
+    assert replicas() == 1, f"no downscale after the load stopped: {trace}"
