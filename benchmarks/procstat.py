@@ -33,7 +33,7 @@ def _stat(pid: int) -> tuple[int, float, int] | None:
     return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK, int(rest[21]) * _PAGE
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -83,7 +83,7 @@ def snapshot(services: dict[str, int]) -> dict[int, Proc]:
         for pid in tree(root):
             procs[pid] = Proc(name, stats[pid][1], stats[pid][2])
     for pid in tree(me):
-        group = "driver" if pid == me else _group(_cmdline(pid))
+        group = "driver" if pid == me else _group(cmdline(pid))
         procs[pid] = Proc(group, stats[pid][1], stats[pid][2])
     return procs
 

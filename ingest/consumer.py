@@ -403,7 +403,12 @@ class ScoringLoop:
             tp for tp in self.consumer.assignment() if tp.topic == self.settings.kafka.transactions_topic
         ]
         for tp in self.consumer.position(owned):
-            _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
+            # The high watermark librdkafka keeps from each fetch response: no broker round trip
+            # (asking the broker cost ~0.1 s per partition, and the loop waits for this call).
+            # Only a partition with nothing fetched yet has none cached.
+            _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                _low, high = self.consumer.get_watermark_offsets(tp, timeout=2, cached=False)
             lag[tp.partition] = max(0, high - tp.offset) if tp.offset >= 0 else high
         self.stats.lag = lag
         if self.metrics is not None:
