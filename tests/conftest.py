@@ -4,8 +4,11 @@ here when it is not up yet) and isolate themselves with uuid-named topics and gr
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # before anything imports ray
@@ -68,34 +71,85 @@ def new_topic(local_stack: Settings) -> Iterator[Callable[..., str]]:
             fut.result()
 
 
-_shared_app: dict[str, str] = {}
+_shared: dict[str, Any] = {}  # url, settings, the fake LLM and the environment to restore
 
 
 @pytest.fixture(scope="module")
 def serve_app(local_stack: Settings) -> str:
-    """The Serve app with the registry's production models of all four families, on a private
-    local Ray cluster (port 18000), shared by the modules that ask for it: they run one after
-    another (``pytest_collection_modifyitems``) and the cluster goes down after the last of
-    their tests (``pytest_runtest_teardown``), before any module that starts a Ray of its own.
-    One bring-up instead of one per module: each costs about a minute on two cores."""
-    if not _shared_app:
-        from cluster import ray_runtime, serving
-        from tests.integration.serve_support import ensure_all
+    """`serve run serve_deployments/config.yaml` with the registry's production models of all
+    four families, on a private local Ray cluster whose nodes carry the FRAUDRAY_* environment a
+    deployment's nodes would (the API key, the LLM endpoint: a FAKE OpenAI-compatible server).
 
-        ensure_all(local_stack)
-        serve = local_stack.serve.model_copy(update={"http_port": 18000})
-        s = local_stack.model_copy(update={"serve": serve})
-        ray_runtime.init(s, local=True)
-        _shared_app["url"] = serving.deploy(s, api_keys=[API_KEY])
-    return _shared_app["url"]
+    Shared by the modules that ask for it: they run one after another
+    (``pytest_collection_modifyitems``) and the cluster goes down after the last of their tests
+    (``pytest_runtest_teardown``), before any module that starts a Ray of its own. One bring-up
+    instead of one per module: each costs about a minute on two cores."""
+    if not _shared:
+        _start_shared_app(local_stack)
+    return str(_shared["url"])
+
+
+@pytest.fixture(scope="module")
+def serve_app_settings(serve_app: str) -> Settings:
+    """The settings of the shared app (its HTTP port)."""
+    settings: Settings = _shared["settings"]
+    return settings
+
+
+@pytest.fixture(scope="module")
+def fake_llm(serve_app: str) -> Any:
+    """The FAKE OpenAI-compatible server the shared app's LLM settings point at."""
+    return _shared["llm"]
+
+
+def _start_shared_app(local_stack: Settings) -> None:
+    from ray import serve
+
+    from cluster import ray_runtime, serving
+    from cluster.settings import REPO_ROOT
+    from tests.integration.serve_support import FakeOpenAIServer, ensure_all
+
+    ensure_all(local_stack)  # the app takes the registry's production models
+    llm = FakeOpenAIServer()
+    env = {
+        "FRAUDRAY_API_KEYS": API_KEY,
+        "FRAUDRAY_LLM_BASE_URL": llm.base_url,
+        "FRAUDRAY_LLM_MODEL": "fake-model",
+        "FRAUDRAY_LLM_TIMEOUT_S": "1.0",
+    }
+    _shared.update(llm=llm, saved_env={k: os.environ.get(k) for k in env})
+    os.environ.update(env)  # before Ray starts: its nodes pass it on to the replicas
+    port = ray_runtime._free_port()
+    s = local_stack.model_copy(update={"serve": local_stack.serve.model_copy(update={"http_port": port})})
+    _shared["settings"] = s
+    ray_runtime.init(s, local=True, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})  # the config's port is 8000
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "serve"), "run", "serve_deployments/config.yaml",
+         "--address", ray.get_runtime_context().gcs_address, "--non-blocking"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    serving._wait_running(s.serve.app_name, timeout_s=600)  # replicas import torch & co.
+    _shared["url"] = f"http://127.0.0.1:{port}"
 
 
 def _stop_shared_app() -> None:
     from ray import serve
 
-    _shared_app.clear()
-    serve.shutdown()
-    ray.shutdown()
+    try:
+        serve.shutdown()
+        ray.shutdown()
+        if "llm" in _shared:
+            _shared["llm"].stop()
+    finally:
+        for k, v in _shared.get("saved_env", {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _shared.clear()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -113,7 +167,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    if _shared_app and (nextitem is None or "serve_app" not in getattr(nextitem, "fixturenames", ())):
+    if _shared and (nextitem is None or "serve_app" not in getattr(nextitem, "fixturenames", ())):
         _stop_shared_app()
 
 

@@ -1,9 +1,13 @@
 """Support for the Serve tests: small production models for all four families, trained on
-synthetic rows in the feature catalogue's space (until ``training.quick.ensure_models``
-exists, which is used when it does), and a Serve app fixture factory."""
+synthetic rows in the feature catalogue's space, the FAKE OpenAI-compatible server the
+shared app's LLM settings point at, and the schemathesis run over the API."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -13,6 +17,48 @@ from cluster.settings import Settings
 from features.online import FEATURE_NAMES
 from training.data import temporal_split
 from training.pipeline import TrainResult, train_all
+
+FAKE_REPLY = "FAKE-LLM: the amount is far above this user's usual spending."
+
+
+class FakeOpenAIServer:
+    """A FAKE OpenAI-compatible endpoint (POST /v1/chat/completions) for tests only: answers
+    ``FAKE_REPLY``, or sleeps ``delay_s`` first; records the prompts it received."""
+
+    def __init__(self) -> None:
+        fake = self
+        self.delay_s = 0.0
+        self.prompts: list[list[dict[str, str]]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.prompts.append(body["messages"])
+                time.sleep(fake.delay_s)
+                reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": FAKE_REPLY}}]}
+                data = json.dumps(reply).encode()
+                self.send_response(200 if self.path == "/v1/chat/completions" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
 
 SMALL = {"if": {"n_estimators": 50}, "xgb": {"n_estimators": 40}, "ae": {"epochs": 3}}
 

@@ -1,4 +1,4 @@
-"""HTTP API on Serve (deployed by `cluster.serving.deploy`, as `fraudray serve` does): /score
+"""HTTP API on Serve (the shared app of tests/conftest.py, `serve run` of the config file): /score
 validation, auth on every protected route, /models, /explain of a stored transaction, and a
 schemathesis run over the OpenAPI schema (>= 1,000 generated requests, no server error,
 every response as documented, 401 without the key)."""

@@ -4,23 +4,16 @@ OpenAI-compatible server (and the template when it is slow or down), batching un
 load, a hot swap under load, and autoscaling up and back down.
 
 Everything here is real (Ray, Serve, Redis, PostgreSQL) except the LLM: ``FakeOpenAIServer``
-is a stand-in for LM Studio / Ollama / vLLM, started by this module.
+is a stand-in for LM Studio / Ollama / vLLM, started with the shared app (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,105 +21,19 @@ import numpy as np
 import pytest
 
 from cluster import serving
-from cluster.settings import REPO_ROOT, Settings
+from cluster.settings import Settings
 from features.online import FEATURE_NAMES, OnlineStore
 from tests.helpers import API_KEY
-from tests.integration.serve_support import ensure_all, train_small
+from tests.integration.serve_support import FAKE_REPLY, FakeOpenAIServer, train_small
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HEADERS = {"X-API-Key": API_KEY}
-FAKE_REPLY = "FAKE-LLM: the amount is far above this user's usual spending."
-
-
-class FakeOpenAIServer:
-    """A FAKE OpenAI-compatible endpoint (POST /v1/chat/completions) for tests only: answers
-    ``FAKE_REPLY``, or sleeps ``delay_s`` first; records the prompts it received."""
-
-    def __init__(self) -> None:
-        fake = self
-        self.delay_s = 0.0
-        self.prompts: list[list[dict[str, str]]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.prompts.append(body["messages"])
-                time.sleep(fake.delay_s)
-                reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": FAKE_REPLY}}]}
-                data = json.dumps(reply).encode()
-                self.send_response(200 if self.path == "/v1/chat/completions" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeOpenAIServer]:
-    fake = FakeOpenAIServer()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def app(local_stack: Settings, fake_llm: FakeOpenAIServer) -> Iterator[tuple[str, Settings]]:
-    """`serve run serve_deployments/config.yaml` on a private Ray cluster whose nodes carry the
-    FRAUDRAY_* environment (API key, LLM endpoint) the way a deployment's nodes would."""
-    import ray
-    from ray import serve
-
-    from cluster import ray_runtime
-
-    ensure_all(local_stack)  # the app takes the registry's production models
-    env = {
-        "FRAUDRAY_API_KEYS": API_KEY,
-        "FRAUDRAY_LLM_BASE_URL": fake_llm.base_url,
-        "FRAUDRAY_LLM_MODEL": "fake-model",
-        "FRAUDRAY_LLM_TIMEOUT_S": "1.0",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    port = ray_runtime._free_port()
-    s = local_stack.model_copy(update={"serve": local_stack.serve.model_copy(update={"http_port": port})})
-    try:
-        ray_runtime.init(s, local=True, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": port})  # the config's port is 8000
-        address = ray.get_runtime_context().gcs_address
-        run = subprocess.run(
-            [str(Path(sys.executable).parent / "serve"), "run", "serve_deployments/config.yaml",
-             "--address", address, "--non-blocking"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
-            env={**os.environ, "RAY_AUTH_MODE": "token"},
-        )  # fmt: skip
-        assert run.returncode == 0, run.stderr[-3000:]
-        url = f"http://127.0.0.1:{port}"
-        serving._wait_running(s.serve.app_name, timeout_s=600)  # replicas import torch & co.
-        yield url, s
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def app(serve_app: str, serve_app_settings: Settings) -> tuple[str, Settings]:
+    return serve_app, serve_app_settings
 
 
 def _json(record: dict[str, Any]) -> dict[str, Any]:
