@@ -84,8 +84,12 @@ def serve_app(local_stack: Settings) -> str:
     (``pytest_collection_modifyitems``) and the cluster goes down after the last of their tests
     (``pytest_runtest_teardown``), before any module that starts a Ray of its own. One bring-up
     instead of one per module: each costs about a minute on two cores."""
-    if not _shared:
-        _start_shared_app(local_stack)
+    if "url" not in _shared:
+        try:
+            _start_shared_app(local_stack)
+        except BaseException:
+            _stop_shared_app()  # the next module tries again from scratch
+            raise
     return str(_shared["url"])
 
 
@@ -139,7 +143,8 @@ def _stop_shared_app() -> None:
     from ray import serve
 
     try:
-        serve.shutdown()
+        if ray.is_initialized():  # serve.shutdown() would start a Ray of its own otherwise
+            serve.shutdown()
         ray.shutdown()
         if "llm" in _shared:
             _shared["llm"].stop()
