@@ -32,10 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    # In the full suite an earlier module has been seen to leave this process connected to a
-    # Ray instance of its own (not yet traced); this module wants its private one.
-    if ray.is_initialized():
-        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
