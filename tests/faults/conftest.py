@@ -292,7 +292,10 @@ def fault_ray(fault_stack: FaultStack) -> Iterator[FaultRay]:
                 serve.shutdown()
             ray.shutdown()
         stop_all()
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+        if os.environ.get("FRAUDRAY_FAULTS_KEEP_LOGS") == "1":
+            print(f"\nfault Ray's logs kept in {temp_dir}/session_latest/logs")
+        else:
+            subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
 
 
 def _deploy_serve(s: Settings) -> None:
@@ -508,15 +511,26 @@ class FaultEnv:
             t_fault = time.monotonic()
             extra = inject(pool) or {}
 
+            # When each partition first committed past its offset at the fault: a tail on every
+            # partition points at the broker or the output producer, on a few at the group.
+            moved: dict[int, float] = {}
+
             def recovered() -> bool:
                 now = committed_offsets(s, group)
                 if now is None:
                     return False
                 committed, high = now
-                return all(committed[p] > base[0][p] or committed[p] >= high[p] for p in committed)
+                for p in committed:
+                    if p not in moved and (committed[p] > base[0][p] or committed[p] >= high[p]):
+                        moved[p] = round(time.monotonic() - t_fault, 1)
+                return len(moved) == len(committed)
 
-            wait_for(recovered, RECOVERY_BOUND_S + 30, f"{name}: every partition committing again", 0.5)
+            try:
+                wait_for(recovered, RECOVERY_BOUND_S + 30, f"{name}: every partition committing again", 0.5)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; partitions moved after (s): {moved}") from None
             recovery = time.monotonic() - t_fault
+            extra["partition_recovery_s"] = dict(sorted(moved.items()))
             stream.join(timeout=600)
             assert stream.error is None, stream.error
 
