@@ -4,15 +4,26 @@ batched by librdkafka (linger + compression)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from cluster.settings import Settings
 from ingest.serde import FastRecordEncoder, TransactionSerde, registry_from_settings
+
+log = logging.getLogger(__name__)
+
+# A delivery not acknowledged within this is reported as timed out (librdkafka's default is
+# 300 s). Timed-out records are sent again through a new client (TransactionProducer.flush;
+# the consumer's KafkaSink retries its batch on a new one): after a single-broker restart a
+# librdkafka client can keep a partition's leader as "-1 not found in cache" and stop
+# delivering (the fault suite's stream producer timed out 33,636 records after 300 s while
+# consumers' clients recovered; cf. vectordotdev/vector#25375).
+MESSAGE_TIMEOUT_MS = 30_000
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
@@ -24,32 +35,47 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "batch.size": 1_000_000,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 500_000,
+        "message.timeout.ms": MESSAGE_TIMEOUT_MS,
     }
     conf.update(overrides)
     return conf
 
 
 class TransactionProducer:
-    """Sends transaction dicts to the ``transactions`` topic; ``flush`` raises on any failed delivery."""
+    """Sends transaction dicts to the ``transactions`` topic; ``flush`` re-sends timed-out
+    records through a new client until its deadline and raises on any other failed delivery.
 
-    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+    A re-sent record may already be in the topic (its acknowledgement was what got lost): the
+    consumers apply a transaction id once, so a duplicate record changes no outcome."""
+
+    def __init__(self, settings: Settings, topic: str | None = None, **overrides: Any) -> None:
         self.topic = topic or settings.kafka.transactions_topic
         self.serde = TransactionSerde(registry_from_settings(settings))
-        self._producer = Producer(producer_config(settings))
+        self._config = producer_config(settings, **overrides)
+        self._producer = Producer(self._config)
         self._errors: list[str] = []
+        self._timed_out: list[tuple[bytes | None, bytes]] = []
         self.sent = 0
+        self.resent = 0
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            return
+        if err.code() == KafkaError._MSG_TIMED_OUT:
+            self._timed_out.append((msg.key(), msg.value()))
+        else:
             self._errors.append(str(err))
 
-    def send_raw(self, key: str | None, value: bytes) -> None:
+    def _produce(self, key: str | bytes | None, value: bytes) -> None:
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
-                break
+                return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let librdkafka drain it
+
+    def send_raw(self, key: str | None, value: bytes) -> None:
+        self._produce(key, value)
         self.sent += 1
 
     def send_many(self, records: Iterable[dict[str, Any]]) -> int:
@@ -62,13 +88,25 @@ class TransactionProducer:
         self._producer.poll(0)
         return n
 
-    def flush(self, timeout: float = 60.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise KafkaException(f"{remaining} messages still undelivered after {timeout} s")
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise KafkaException(f"{len(errors)} deliveries failed, first: {errors[0]}")
+    def flush(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+            if remaining:
+                raise KafkaException(f"{remaining} messages still undelivered after {timeout} s")
+            if self._errors:
+                errors, self._errors = self._errors, []
+                raise KafkaException(f"{len(errors)} deliveries failed, first: {errors[0]}")
+            if not self._timed_out:
+                return
+            pending, self._timed_out = self._timed_out, []
+            if time.monotonic() >= deadline:
+                raise KafkaException(f"{len(pending)} deliveries timed out and the {timeout} s flush is over")
+            log.warning("%d deliveries timed out; sending them again on a new Kafka client", len(pending))
+            self._producer = Producer(self._config)  # nothing is queued in the old one any more
+            for key, value in pending:
+                self._produce(key, value)
+            self.resent += len(pending)
 
 
 def send_paced(

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg2
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 TX_COLUMNS = (
     "transaction_id", "user_id", "merchant_id", "amount", "currency", "event_time", "country",
@@ -22,6 +22,7 @@ DECISION_COLUMNS = (
 )  # fmt: skip
 LABEL_COLUMNS = ("transaction_id", "is_fraud", "scenario", "labelled_at")
 
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -106,11 +107,12 @@ class KafkaSink:
     """Produces JSON decisions/alerts and raw dead letters; ``flush`` raises on failures."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self._producer = Producer(config)
+        self._config = dict(config)
+        self._producer = Producer(self._config)
         self._errors: list[str] = []
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
+        if err is not None and err.code() not in _PURGED:
             self._errors.append(str(err))
 
     def send(
@@ -133,7 +135,14 @@ class KafkaSink:
         self.send(topic, key, json.dumps(payload, separators=(",", ":")).encode())
 
     def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every delivery; on any failure drop what is still queued, start a new client
+        and raise: the caller retries its whole batch, which sends everything again, on a client
+        with fresh metadata (an old one can stay stuck after a broker restart, see
+        ingest/producer.py)."""
         remaining = self._producer.flush(timeout)
         if remaining or self._errors:
             errors, self._errors = self._errors, []
+            self._producer.purge()
+            self._producer.poll(0)  # the purged records' reports, ignored
+            self._producer = Producer(self._config)
             raise KafkaException(f"{remaining} undelivered, {len(errors)} failed: {errors[:1]}")

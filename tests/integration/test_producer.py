@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
 from typer.testing import CliRunner
 
 from cluster.settings import Settings
 from ingest.cli import app
 from ingest.labels import Label, LabelProducer, LabelQueue
-from ingest.producer import FastTransactionProducer
+from ingest.producer import FastTransactionProducer, TransactionProducer, producer_config
 from ingest.serde import TransactionSerde
 from ingest.simulator import SimConfig, Simulator
+from ingest.sinks import KafkaSink
 from ingest.stream import RatePacer, run_stream
 
 pytestmark = pytest.mark.integration
@@ -83,6 +87,52 @@ def test_simulated_records_round_trip_through_kafka(
     frauds = [lab for lab in labels if lab.is_fraud]
     assert frauds and all(lab.scenario for lab in frauds)
     assert all(lab.scenario is None for lab in labels if not lab.is_fraud)
+
+
+def test_timed_out_deliveries_are_sent_again_on_a_new_client(local_stack: Settings, group_id: str) -> None:
+    """Records that time out (here: their topic does not exist yet; in the fault suite, a
+    client wedged after a broker restart) are sent again by ``flush`` on a new client, and
+    every record arrives once."""
+    topic = f"late-topic-{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": local_stack.kafka.bootstrap})
+    producer = TransactionProducer(local_stack, topic, **{"message.timeout.ms": 2000})
+    records = list(itertools.islice(Simulator(SimConfig(seed=5, users=50, start=START)).records(), 300))
+    producer.send_many(records)
+    create = threading.Timer(
+        4.0, lambda: admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    )
+    create.start()
+    try:
+        producer.flush(timeout=60)
+        assert producer.resent >= 300  # every record timed out at least once before the topic existed
+        messages = consume_all(local_stack, topic, group_id, 300, timeout=30)
+        ids = sorted(TransactionSerde().decode(m.value())["transaction_id"] for m in messages)
+        assert ids == sorted(r["transaction_id"] for r in records)
+    finally:
+        create.join()
+        admin.delete_topics([topic], operation_timeout=30)[topic].result()
+
+
+def test_a_failed_sink_flush_drops_its_queue_and_starts_a_new_client(
+    local_stack: Settings, group_id: str
+) -> None:
+    """The consumer's output sink: a flush that fails raises (the batch is retried whole) and
+    leaves a new client with nothing queued, so the retry's records are the only ones sent."""
+    topic = f"sink-topic-{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": local_stack.kafka.bootstrap})
+    sink = KafkaSink(producer_config(local_stack, **{"message.timeout.ms": 1000}))
+    first = sink._producer
+    sink.send(topic, "k", b"first attempt")
+    with pytest.raises(KafkaException, match="failed"):
+        sink.flush(timeout=10)
+    assert sink._producer is not first
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result()
+    try:
+        sink.send(topic, "k", b"retry")
+        sink.flush(timeout=30)
+        assert [m.value() for m in consume_all(local_stack, topic, group_id, 2, timeout=10)] == [b"retry"]
+    finally:
+        admin.delete_topics([topic], operation_timeout=30)[topic].result()
 
 
 def test_cli_produce_sends_count_transactions_and_labels(
