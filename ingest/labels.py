@@ -19,10 +19,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
-from confluent_kafka import KafkaException, Producer
 
 from cluster.settings import Settings
-from ingest.producer import producer_config
+from ingest.producer import TopicProducer
 
 LabelMode = Literal["all", "fraud", "none"]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -225,42 +224,19 @@ class LabelQueue:
         return self.pop_due(np.iinfo(np.int64).max)
 
 
-class LabelProducer:
+class LabelProducer(TopicProducer):
     """Sends :class:`Label` records as JSON to the ``labels`` topic, key = transaction id."""
 
-    def __init__(self, settings: Settings, topic: str | None = None) -> None:
-        self.topic = topic or settings.kafka.labels_topic
-        self._producer = Producer(producer_config(settings))
-        self._errors: list[str] = []
-        self.sent = 0
+    what = "labels"
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
+    def __init__(self, settings: Settings, topic: str | None = None) -> None:
+        super().__init__(settings, topic or settings.kafka.labels_topic)
 
     def send_many(self, labels: list[Label]) -> int:
         for i, (label, value) in enumerate(zip(labels, encode_labels(labels), strict=True), 1):
-            while True:
-                try:
-                    self._producer.produce(
-                        self.topic,
-                        value=value,
-                        key=label.transaction_id,
-                        on_delivery=self._on_delivery,
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
+            self._produce(label.transaction_id, value)
             if i % 1000 == 0:
                 self._producer.poll(0)
         self._producer.poll(0)
         self.sent += len(labels)
         return len(labels)
-
-    def flush(self, timeout: float = 60.0) -> None:
-        remaining = self._producer.flush(timeout)
-        if remaining:
-            raise KafkaException(f"{remaining} labels still undelivered after {timeout} s")
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise KafkaException(f"{len(errors)} label deliveries failed, first: {errors[0]}")

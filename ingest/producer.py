@@ -41,16 +41,17 @@ def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return conf
 
 
-class TransactionProducer:
-    """Sends transaction dicts to the ``transactions`` topic; ``flush`` re-sends timed-out
-    records through a new client until its deadline and raises on any other failed delivery.
+class TopicProducer:
+    """Sends to one topic; ``flush`` re-sends timed-out records through a new client until its
+    deadline and raises on any other failed delivery.
 
     A re-sent record may already be in the topic (its acknowledgement was what got lost): the
-    consumers apply a transaction id once, so a duplicate record changes no outcome."""
+    consumers apply a transaction id (and a label) once, so a duplicate changes no outcome."""
 
-    def __init__(self, settings: Settings, topic: str | None = None, **overrides: Any) -> None:
-        self.topic = topic or settings.kafka.transactions_topic
-        self.serde = TransactionSerde(registry_from_settings(settings))
+    what = "messages"  # in error messages
+
+    def __init__(self, settings: Settings, topic: str, **overrides: Any) -> None:
+        self.topic = topic
         self._config = producer_config(settings, **overrides)
         self._producer = Producer(self._config)
         self._errors: list[str] = []
@@ -74,6 +75,36 @@ class TransactionProducer:
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: let librdkafka drain it
 
+    def flush(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+            if remaining:
+                raise KafkaException(f"{remaining} {self.what} still undelivered after {timeout} s")
+            if self._errors:
+                errors, self._errors = self._errors, []
+                raise KafkaException(f"{len(errors)} deliveries of {self.what} failed, first: {errors[0]}")
+            if not self._timed_out:
+                return
+            pending, self._timed_out = self._timed_out, []
+            if time.monotonic() >= deadline:
+                raise KafkaException(f"{len(pending)} {self.what} timed out; the {timeout} s flush is over")
+            log.warning("%d %s timed out; sending them again on a new Kafka client", len(pending), self.what)
+            self._producer = Producer(self._config)  # nothing is queued in the old one any more
+            for key, value in pending:
+                self._produce(key, value)
+            self.resent += len(pending)
+
+
+class TransactionProducer(TopicProducer):
+    """Sends transaction dicts (Avro) to the ``transactions`` topic, key = user id."""
+
+    what = "transactions"
+
+    def __init__(self, settings: Settings, topic: str | None = None, **overrides: Any) -> None:
+        super().__init__(settings, topic or settings.kafka.transactions_topic, **overrides)
+        self.serde = TransactionSerde(registry_from_settings(settings))
+
     def send_raw(self, key: str | None, value: bytes) -> None:
         self._produce(key, value)
         self.sent += 1
@@ -87,26 +118,6 @@ class TransactionProducer:
                 self._producer.poll(0)
         self._producer.poll(0)
         return n
-
-    def flush(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
-            if remaining:
-                raise KafkaException(f"{remaining} messages still undelivered after {timeout} s")
-            if self._errors:
-                errors, self._errors = self._errors, []
-                raise KafkaException(f"{len(errors)} deliveries failed, first: {errors[0]}")
-            if not self._timed_out:
-                return
-            pending, self._timed_out = self._timed_out, []
-            if time.monotonic() >= deadline:
-                raise KafkaException(f"{len(pending)} deliveries timed out and the {timeout} s flush is over")
-            log.warning("%d deliveries timed out; sending them again on a new Kafka client", len(pending))
-            self._producer = Producer(self._config)  # nothing is queued in the old one any more
-            for key, value in pending:
-                self._produce(key, value)
-            self.resent += len(pending)
 
 
 def send_paced(
