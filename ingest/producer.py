@@ -18,7 +18,7 @@ from ingest.serde import FastRecordEncoder, TransactionSerde, registry_from_sett
 log = logging.getLogger(__name__)
 
 # A delivery not acknowledged within this is reported as timed out (librdkafka's default is
-# 300 s). Timed-out records are sent again through a new client (TransactionProducer.flush;
+# 300 s). Timed-out records are sent again through a new client (TopicProducer.flush;
 # the consumer's KafkaSink retries its batch on a new one): after a single-broker restart a
 # librdkafka client can keep a partition's leader as "-1 not found in cache" and stop
 # delivering (the fault suite's stream producer timed out 33,636 records after 300 s while
