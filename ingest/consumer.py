@@ -538,7 +538,7 @@ class ConsumerPool:
                 lag = group_lag(self.settings, self.group_id)
                 if sum(lag.values()) == 0:
                     return self.stop()
-            except KafkaException as exc:  # e.g. NOT_COORDINATOR while a fresh broker elects one
+            except KafkaException as exc:  # broker down, or a coordinator still moving after retries
                 lag = f"unknown ({exc})"
             if time.monotonic() > deadline:
                 raise TimeoutError(f"group still lags after {timeout} s: {lag}")

@@ -421,7 +421,7 @@ class FaultResult:
 def drained(settings: Settings, group_id: str) -> bool:
     try:
         return sum(group_lag(settings, group_id).values()) == 0
-    except Exception:  # a broker still electing a coordinator: not yet
+    except Exception:  # broker down or restarting (group_lag retries a moving coordinator itself): not yet
         return False
 
 
