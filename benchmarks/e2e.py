@@ -40,6 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks import baseline, procstat, stages
 from cluster.settings import Settings, get_settings
+from features.online import OnlineStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,15 +117,9 @@ class Workload:
         self.base = list(demo_transactions(count, seed=seed, users=users))
 
     def tagged(self, tag: str, n: int | None = None) -> list[dict[str, Any]]:
-        return [
-            r
-            | {
-                "transaction_id": f"{tag}-{r['transaction_id']}",
-                "user_id": f"{tag}-{r['user_id']}",
-                "merchant_id": f"{tag}-{r['merchant_id']}",
-            }
-            for r in self.base[:n]
-        ]
+        from ingest.simulator import retag
+
+        return list(retag(self.base[:n], tag, ("transaction_id", "user_id", "merchant_id")))
 
 
 class Topics:
@@ -420,6 +415,7 @@ def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print)
         try:
             if ctx.ids:
                 stages.delete_rows(settings, ctx.ids)
+            OnlineStore(settings.redis.url.get_secret_value()).drop_population(f"b{ctx.run_id}")
             topics.close()
         finally:
             if ray.is_initialized():  # serve.shutdown() would start a Ray of its own otherwise

@@ -24,6 +24,7 @@ from the lookup. See docs/features.md for the semantics, the out-of-order policy
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -562,6 +563,29 @@ class OnlineStore:
         except redis.RedisError as exc:
             raise _store_error(exc) from exc
         return None if latest is None else _decode_latest(latest)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def drop_population(self, id_prefix: str) -> int:
+        """Delete the state of every user and merchant whose id starts with ``id_prefix``: a
+        benchmark run's or a test session's tagged population (``ingest.simulator.retag``) once
+        it is done. Returns how many keys went. It scans the keyspace: housekeeping, not the hot
+        path. (The daily transaction -> merchant maps keep their ids until they expire.)"""
+        if not id_prefix:
+            raise ValueError("an empty prefix would drop every user and merchant")
+        literal = re.sub(r"([][*?\\])", r"\\\1", id_prefix)  # glob characters match themselves
+        match = f"{self.namespace}:[um]:{literal}*"
+        deleted, keys = 0, []
+        try:
+            for key in self._redis.scan_iter(match=match, count=10_000):
+                keys.append(key)
+                if len(keys) == 1_000:
+                    deleted += int(self._redis.unlink(*keys))
+                    keys.clear()
+            if keys:
+                deleted += int(self._redis.unlink(*keys))
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+        return deleted
 
     # -- labels ----------------------------------------------------------------------------------
     def apply_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:

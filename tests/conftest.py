@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import stack
 from cluster.settings import Settings
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, TEST_TAG
 
 _ray_init = ray.init
 
@@ -47,10 +47,14 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def local_stack(settings: Settings) -> Settings:
-    """The local stack, started (idempotently) if a test needs it; `make test` stops it."""
+def local_stack(settings: Settings) -> Iterator[Settings]:
+    """The local stack, started (idempotently) if a test needs it; `make test` stops it. At
+    the end, the online store forgets the tests' tagged users and merchants (helpers.TEST_TAG)."""
     stack.up(settings)
-    return settings
+    yield settings
+    from features.online import OnlineStore
+
+    OnlineStore(settings.redis.url.get_secret_value()).drop_population(TEST_TAG)
 
 
 @pytest.fixture

@@ -26,9 +26,21 @@ def with_topics(settings: Settings, **topics: str) -> Settings:
     return settings.model_copy(update={"kafka": kafka})
 
 
+# Users and merchants of the tests' streams are tagged ``test<hex>-``: each stream has a
+# population of its own in the online store, and conftest deletes their keys after the session.
+TEST_TAG = "test"
+
+
+def fresh_transactions(n: int, users: int = 200) -> list[dict[str, Any]]:
+    """``n`` demo transactions nobody has seen: a random seed (ids never repeat across runs)
+    and users and merchants of their own."""
+    seed = random.randrange(2**31)
+    return list(demo_transactions(n, seed=seed, users=users, tag=f"{TEST_TAG}{seed:08x}"))
+
+
 def produce(settings: Settings, n: int, users: int = 200) -> list[dict[str, Any]]:
-    """``n`` fresh demo transactions (random seed, so ids never repeat across runs)."""
-    records = list(demo_transactions(n, seed=random.randrange(2**31), users=users))
+    """``n`` fresh transactions (``fresh_transactions``) sent to the transactions topic."""
+    records = fresh_transactions(n, users)
     producer = TransactionProducer(settings)
     producer.send_many(records)
     producer.flush()

@@ -490,7 +490,7 @@ class FaultEnv:
         """Stream ``N_TX`` transactions (plus ``bad`` raw values spread through them), inject the
         fault at 30 %, time the recovery, drain, and count lost and duplicated decisions."""
         s, group = self.fresh(re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))
-        records = list(demo_transactions(N_TX, seed=seed, users=2000))
+        records = list(demo_transactions(N_TX, seed=seed, users=2000, tag=f"fault{seed:08x}"))
         enc = FastRecordEncoder.for_serde(TransactionProducer(s).serde)
         messages = [(r["user_id"], enc.encode(r)) for r in records]
         if bad:  # spread evenly through the stream

@@ -25,7 +25,6 @@ from features.online import OnlineStore
 from ingest.consumer import ConsumerPool
 from ingest.labels import Label, LabelProducer
 from ingest.producer import TransactionProducer
-from ingest.simulator import demo_transactions
 from tests import helpers
 from tests.helpers import count_rows, produce, with_topics
 
@@ -135,7 +134,7 @@ def test_malformed_and_poison_records_go_to_the_dlq(
 ) -> None:
     s = topic_settings
     producer = TransactionProducer(s)
-    good = list(demo_transactions(10_000, seed=uuid.uuid4().int % 2**31, users=500))
+    good = helpers.fresh_transactions(10_000, users=500)
     bad: list[bytes] = []
     template = dict(good[0])
     schema = producer.serde.schema

@@ -26,7 +26,7 @@ from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES, FEATURES
 from features.offline import build_frame, frame_from_records
 from features.online import OnlineStore
-from ingest.simulator import demo_transactions
+from ingest.simulator import demo_transactions, retag
 from ingest.sinks import PostgresSink
 
 pytestmark = pytest.mark.integration
@@ -384,3 +384,20 @@ def test_reserved_characters_are_refused(store: OnlineStore) -> None:
 
     with pytest.raises(FeatureStoreError):
         store.update_and_compute([tx("rc-", 1, past_week(), device_id="a\x01b")])
+
+
+def test_drop_population_deletes_only_that_prefix(store: OnlineStore, local_stack: Settings) -> None:
+    r = redis_of(local_stack)
+    week = past_week()
+    gone = list(retag(demo_transactions(300, seed=11, users=30, start=week), "gone[1]*"))
+    kept = list(retag(demo_transactions(300, seed=11, users=30, start=week), "gone"))  # a prefix of it
+    store.update_and_compute(gone)
+    store.update_and_compute(kept)
+    before = snapshot(r, store.namespace)
+    owned = [k for k in before if b":gone[1]*-" in k]
+    assert owned and any(b":m:gone[1]*-" in k for k in owned)
+    # glob characters in the prefix are literal: "gone[1]*" must not match "gone-u0000001"
+    assert store.drop_population("gone[1]*") == len(owned)
+    assert snapshot(r, store.namespace) == {k: v for k, v in before.items() if k not in owned}
+    with pytest.raises(ValueError, match="empty prefix"):
+        store.drop_population("")

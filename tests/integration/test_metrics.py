@@ -20,9 +20,9 @@ from cluster.drift import production_reference
 from cluster.settings import Settings
 from ingest.consumer import ConsumerPool, group_lag
 from ingest.producer import TransactionProducer
-from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, demo_transactions
+from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, retag
 from monitoring.metrics import describe
-from tests.helpers import produce, with_topics
+from tests.helpers import TEST_TAG, fresh_transactions, produce, with_topics
 from tests.integration.test_monitoring_alertmanager import (  # noqa: F401 - fixtures
     PROM_BIN,
     ROOT,
@@ -57,7 +57,7 @@ def test_pipeline_metrics_reach_prometheus(
     # A few wildly unusual ones (huge amounts at 3 a.m.) so that fraud counters move too.
     night = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0)
     odd = [dict(r, transaction_id=f"odd-{uuid.uuid4().hex}", amount=250_000.0, event_time=night)
-           for r in demo_transactions(30, seed=uuid.uuid4().int % 2**31)]  # fmt: skip
+           for r in fresh_transactions(30)]  # fmt: skip
     producer = TransactionProducer(s)
     producer.send_many(odd)
     producer.flush()
@@ -125,7 +125,7 @@ def _stream(settings: Settings, fraud_rate: float, stop_at: float) -> None:
     )  # fmt: skip
     producer = TransactionProducer(settings)
     t0 = time.monotonic()
-    for sent, record in enumerate(Simulator(config).records()):
+    for sent, record in enumerate(retag(Simulator(config).records(), f"{TEST_TAG}{config.seed:08x}")):
         if time.monotonic() > stop_at:
             break
         producer.send_many([record])

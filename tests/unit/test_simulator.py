@@ -19,7 +19,7 @@ from ingest.batch import SCENARIO_CODE, SCENARIOS, Columns
 from ingest.population import build_population
 from ingest.scenarios import SCENARIO_TYPES, Context
 from ingest.serde import TransactionSerde
-from ingest.simulator import SimConfig, Simulator, demo_transactions, parse_mix, write_parquet
+from ingest.simulator import SimConfig, Simulator, demo_transactions, parse_mix, retag, write_parquet
 from ingest.validation import validate
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
@@ -109,6 +109,17 @@ def test_demo_transactions_keeps_its_contract() -> None:
     span = records[-1]["event_time"] - start
     assert timedelta(seconds=60) < span < timedelta(seconds=400)  # ~20 tx/s of event time
     assert len({r["user_id"] for r in records}) > 150
+
+
+def test_a_tag_gives_a_stream_users_and_merchants_of_its_own() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    plain = list(demo_transactions(500, seed=9, users=200, start=start))
+    tagged = list(demo_transactions(500, seed=9, users=200, start=start, tag="t1"))
+    for p, t in zip(plain, tagged, strict=True):
+        assert t == p | {"user_id": f"t1-{p['user_id']}", "merchant_id": f"t1-{p['merchant_id']}"}
+    ids = list(retag(plain, "run7", ("transaction_id",)))
+    assert [r["transaction_id"] for r in ids] == [f"run7-{p['transaction_id']}" for p in plain]
+    assert plain[0]["user_id"] == tagged[0]["user_id"][3:]  # the inputs are left alone
 
 
 @pytest.mark.parametrize("users", [1, 10, 50])
