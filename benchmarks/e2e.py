@@ -365,7 +365,7 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
         except ImportError:  # the load generator lives in its own module; a tree without it skips
             log("benchmarks/http_load.py is missing: HTTP step skipped")
             return
-        users = http_load.seed_users(200)
+        users = http_load.seed_users(200, f"b{ctx.run_id}http")  # dropped with the run's population
         report["http"] = []
         saturated = 0
         for rps in config.http_rps:

@@ -30,14 +30,15 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 RAY_WORKER_NICENESS = 15  # Ray starts its worker processes at this niceness
 
 
-def seed_users(n: int) -> list[str]:
+def seed_users(n: int, tag: str) -> list[str]:
+    """``n`` users ``<tag>-u<i>`` with one transaction each in the online store (drop them
+    afterwards with ``OnlineStore.drop_population(tag)``)."""
     from cluster.settings import get_settings
     from features.online import OnlineStore
 
-    run = uuid.uuid4().hex[:6]
     now = datetime.now(UTC)
     records: list[dict[str, Any]] = [
-        {"transaction_id": f"bench-{run}-{i}", "user_id": f"bench-{run}-u{i}", "merchant_id": f"m{i % 50}",
+        {"transaction_id": f"{tag}-{i}", "user_id": f"{tag}-u{i}", "merchant_id": f"{tag}-m{i % 50}",
          "amount": float(10 + i % 500), "currency": "EUR", "event_time": now - timedelta(seconds=i),
          "country": "FR", "channel": "online", "device_id": None, "merchant_category": "grocery",
          "lat": None, "lon": None, "ip": None}
@@ -154,9 +155,16 @@ def main() -> None:
     d.add_argument("--address", default="", help="Ray GCS address (default: the settings' cluster)")
     args = parser.parse_args()
     if args.cmd == "http":
-        users = seed_users(args.users)
-        for rps in args.rps:
-            print(asyncio.run(open_loop(args.url, args.key, users, rps, args.seconds)), flush=True)
+        from cluster.settings import get_settings
+        from features.online import OnlineStore
+
+        tag = f"bench-{uuid.uuid4().hex[:6]}"
+        users = seed_users(args.users, tag)
+        try:
+            for rps in args.rps:
+                print(asyncio.run(open_loop(args.url, args.key, users, rps, args.seconds)), flush=True)
+        finally:
+            OnlineStore(get_settings().redis.url.get_secret_value()).drop_population(tag)
     else:
         from cluster import ray_runtime
         from cluster.settings import get_settings

@@ -181,7 +181,12 @@ def hot_swap(settings: Settings) -> dict[str, str]:
 
 def configure(settings: Settings, deployments: dict[str, dict[str, Any]]) -> None:
     """Merge per-deployment options (``{name: {"autoscaling_config": …}}``) into the running
-    app's config and re-apply it: options only, so Serve updates the live deployments in place."""
+    app's config and re-apply it.
+
+    Not always in place: Ray 2.60 hashes the list of deployment-level autoscaling configs of an
+    app config into its code version, so the first ``autoscaling_config`` given to an app
+    deployed without one replaces every replica of the app (observed: all five, ~43 s here).
+    ``user_config`` changes (``hot_swap``) stay in place."""
     from cluster.errors import ModelNotReady
 
     ours, others = _live(settings)

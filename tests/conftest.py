@@ -124,6 +124,9 @@ def _start_shared_app(local_stack: Settings) -> None:
         "FRAUDRAY_LLM_BASE_URL": llm.base_url,
         "FRAUDRAY_LLM_MODEL": "fake-model",
         "FRAUDRAY_LLM_TIMEOUT_S": "1.0",
+        # Handles report their in-flight requests to the autoscaler every second instead of
+        # Ray's 10 s, so that the autoscaling test need not watch for tens of seconds.
+        "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
     }
     _shared.update(llm=llm, saved_env={k: os.environ.get(k) for k in env})
     os.environ.update(env)  # before Ray starts: its nodes pass it on to the replicas

@@ -219,11 +219,11 @@ def test_autoscaling_rises_above_min_and_falls_back(app: tuple[str, Settings]) -
     from ray import serve
 
     _, s = app
-    # Handles push their in-flight counts every 10 s (Ray's default): the look-back window must
-    # span more than one push, or the controller averages nothing and never scales.
+    # Handles push their in-flight counts every second in the shared app (conftest; Ray's default
+    # is 10 s): the look-back window must span a few pushes, or the controller averages nothing.
     fast = {
         "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 1,
-        "downscale_delay_s": 3, "look_back_period_s": 12,
+        "downscale_delay_s": 2, "look_back_period_s": 3,
     }  # fmt: skip
     serving.configure(s, {"Autoencoder": {"autoscaling_config": fast}})
     serving._wait_running(s.serve.app_name, timeout_s=300)

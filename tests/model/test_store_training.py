@@ -195,8 +195,10 @@ def test_train_command_uses_the_feature_store(cli_env: None, world: World, tmp_p
 
     report = tmp_path / "report.json"
     # --no-promote: the registry is shared, a test model must never reach production "xgb".
+    # --train-workers 0: in this process; tests/model/test_tune.py covers Ray Train (~40 s here).
     args = ["train", "--model", "xgb", "--start", world.start.strftime("%Y-%m-%d"),
-            "--end", world.end.strftime("%Y-%m-%d"), "--no-promote", "--report", str(report)]  # fmt: skip
+            "--end", world.end.strftime("%Y-%m-%d"), "--no-promote", "--train-workers", "0",
+            "--report", str(report)]  # fmt: skip
     out = CliRunner().invoke(app, args, catch_exceptions=False)
     assert out.exit_code == 0, out.output
     assert "feature-store" in out.output
