@@ -459,7 +459,7 @@ def retag(
     """The records with ``tag-`` before each of ``fields``: the same behaviour by users and
     merchants that the online store has never seen. Two streams of one period on the same
     users look to the store like one stream arriving out of order, which it answers exactly
-    but by scanning each user's retained events (a test suite re-using u0000000.. ran at a
-    fifth of its in-order speed, and its users' histories mixed)."""
+    but by scanning each user's retained events (in a test suite re-using u0000000.., the
+    features stage took 84-89 s of a 50,000-transaction consumer test's 107 s drain)."""
     for r in records:
         yield r | {f: f"{tag}-{r[f]}" for f in fields}
