@@ -31,11 +31,16 @@ def with_topics(settings: Settings, **topics: str) -> Settings:
 TEST_TAG = "test"
 
 
+def stream_tag(seed: int) -> str:
+    """The tag of a test stream simulated from ``seed`` (see ``ingest.simulator.retag``)."""
+    return f"{TEST_TAG}{seed:08x}"
+
+
 def fresh_transactions(n: int, users: int = 200) -> list[dict[str, Any]]:
     """``n`` demo transactions nobody has seen: a random seed (ids never repeat across runs)
     and users and merchants of their own."""
     seed = random.randrange(2**31)
-    return list(demo_transactions(n, seed=seed, users=users, tag=f"{TEST_TAG}{seed:08x}"))
+    return list(demo_transactions(n, seed=seed, users=users, tag=stream_tag(seed)))
 
 
 def produce(settings: Settings, n: int, users: int = 200) -> list[dict[str, Any]]:

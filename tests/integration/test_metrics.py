@@ -22,7 +22,7 @@ from ingest.consumer import ConsumerPool, group_lag
 from ingest.producer import TransactionProducer
 from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, retag
 from monitoring.metrics import describe
-from tests.helpers import TEST_TAG, fresh_transactions, produce, with_topics
+from tests.helpers import fresh_transactions, produce, stream_tag, with_topics
 from tests.integration.test_monitoring_alertmanager import (  # noqa: F401 - fixtures
     PROM_BIN,
     ROOT,
@@ -125,7 +125,7 @@ def _stream(settings: Settings, fraud_rate: float, stop_at: float) -> None:
     )  # fmt: skip
     producer = TransactionProducer(settings)
     t0 = time.monotonic()
-    for sent, record in enumerate(retag(Simulator(config).records(), f"{TEST_TAG}{config.seed:08x}")):
+    for sent, record in enumerate(retag(Simulator(config).records(), stream_tag(config.seed))):
         if time.monotonic() > stop_at:
             break
         producer.send_many([record])
