@@ -439,6 +439,13 @@ class Postgres(Service):
 class Prometheus(Service):
     def prepare(self) -> None:
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        # Prometheus watches the service-discovery file's folder; on a fresh machine Ray has not
+        # created it yet, the watch fails, and Ray's nodes would appear only at the next
+        # refresh. Create it as Ray would (world-writable, like /tmp/ray).
+        ray_temp = Path(self.settings.ray.temp_dir)
+        if not ray_temp.exists():
+            ray_temp.mkdir(parents=True)
+            ray_temp.chmod(0o777)
         _render(
             REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml",
             self.data_dir / "prometheus.yml",

@@ -67,11 +67,17 @@ def test_config_as_the_stack_renders_it_passes_promtool(tmp_path: Path) -> None:
     from cluster.stack import Prometheus
 
     base = Settings()
-    s = base.model_copy(update={"stack": base.stack.model_copy(update={"var_dir": tmp_path})})
+    ray_temp = tmp_path / "ray"  # not there yet, as /tmp/ray on a fresh machine
+    s = base.model_copy(update={
+        "stack": base.stack.model_copy(update={"var_dir": tmp_path}),
+        "ray": base.ray.model_copy(update={"temp_dir": str(ray_temp)}),
+    })  # fmt: skip
     svc = Prometheus("prometheus", s.prometheus.port, s)
     svc.prepare()  # renders only: creates folders and writes the config, starts nothing
     out = _promtool("check", "config", str(svc.data_dir / "prometheus.yml"))
     assert "SUCCESS" in out and "rules.yml" in out
+    # The service-discovery file's folder exists before Ray does, so that Prometheus can watch it.
+    assert ray_temp.is_dir() and ray_temp.stat().st_mode & 0o777 == 0o777
 
 
 def test_config_uses_only_the_placeholders_stack_py_renders() -> None:
