@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cluster.settings import Settings
-from tests.faults.conftest import FaultEnv, cluster_pids, needs_opt_in
+from tests.faults.conftest import FaultEnv, cluster_pids, unless_left_out
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -66,7 +66,7 @@ def test_defaults_bind_dashboard_and_serve_to_loopback(monkeypatch: pytest.Monke
     assert s.serve.http_host == "127.0.0.1"
 
 
-@needs_opt_in
+@unless_left_out
 def test_running_cluster_listens_on_loopback_for_serve(
     fault_env: FaultEnv, capsys: pytest.CaptureFixture[str]
 ) -> None:

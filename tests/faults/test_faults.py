@@ -34,11 +34,11 @@ from tests.faults.conftest import (
     assert_exactly_once,
     cluster_pids,
     kill_pids,
-    needs_opt_in,
+    unless_left_out,
     wait_for,
 )
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, needs_opt_in]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.slow, unless_left_out]
 
 
 def test_redis_restart_with_state_lost_then_rebuilt_from_postgres(fault_env: FaultEnv) -> None:
