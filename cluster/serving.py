@@ -26,14 +26,16 @@ def _client() -> Any:
 
 
 def _deployments(versions: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """Per-deployment overrides carrying the model versions (``user_config``)."""
-    from serve_deployments.app import SCORER_NAME
+    """Per-deployment overrides carrying the model versions (``user_config``) and the code's
+    autoscaling configs (listed so that ``configure`` applies in place; see
+    ``serve_deployments.app.autoscaling_configs``)."""
+    from serve_deployments.app import SCORER_NAME, autoscaling_configs
     from serve_deployments.models import DEPLOYMENT_NAMES
 
-    out = [
-        {"name": DEPLOYMENT_NAMES[f], "user_config": v} for f, v in versions.items() if f in DEPLOYMENT_NAMES
-    ]
-    return [*out, {"name": SCORER_NAME, "user_config": versions.get("ensemble", {})}]
+    scaling = autoscaling_configs()
+    names = {DEPLOYMENT_NAMES[f]: v for f, v in versions.items() if f in DEPLOYMENT_NAMES}
+    names[SCORER_NAME] = versions.get("ensemble", {})
+    return [{"name": n, "user_config": v, "autoscaling_config": scaling[n]} for n, v in names.items()]
 
 
 def _apply(
@@ -173,8 +175,12 @@ def hot_swap(settings: Settings) -> dict[str, str]:
         for d in ours.get("deployments") or []
         if d["name"] not in DEPLOYMENT_NAMES.values() or d["name"] in members
     }
-    for d in _deployments(versions):
-        overrides[d["name"]] = {**overrides.get(d["name"], {}), **d}
+    for d in _deployments(versions):  # only the versions: the live options (autoscaling) stay
+        overrides[d["name"]] = {
+            "name": d["name"],
+            **overrides.get(d["name"], {}),
+            "user_config": d["user_config"],
+        }
     _apply(settings, ours | {"args": args, "deployments": list(overrides.values())}, others)
     return {family: v["version"] for family, v in versions.items()}
 
@@ -183,9 +189,11 @@ def configure(settings: Settings, deployments: dict[str, dict[str, Any]]) -> Non
     """Merge per-deployment options (``{name: {"autoscaling_config": …}}``) into the running
     app's config and re-apply it.
 
-    Not always in place: Ray 2.60 hashes the list of deployment-level autoscaling configs of an
-    app config into its code version, so the first ``autoscaling_config`` given to an app
-    deployed without one replaces every replica of the app (observed: all five, ~43 s here).
+    In place (no replica restarts) for the autoscaling configs of the Ensemble and the model
+    deployments: every config fraudray deploys (``deploy``, ``config.yaml``) already lists one
+    for each. Ray 2.60 folds the number of such entries into the app's code version, so giving
+    an ``autoscaling_config`` to a deployment that had none (``FraudApi``, or an app deployed
+    from a config without them) replaces every replica of the app (observed: ~43 s here).
     ``user_config`` changes (``hot_swap``) stay in place."""
     from cluster.errors import ModelNotReady
 

@@ -48,6 +48,20 @@ MAX_SCORE_BATCH = 1000
 # Ray round trip, so per-request calls cap the API near 10 rps; merged, a batch pays it once.
 API_MAX_BATCH = 256  # rows per merged call (a /score request of up to 1,000 rows goes alone)
 API_BATCH_WAIT_S = 0.003
+SCORER_AUTOSCALING: dict[str, float] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16}
+
+
+def autoscaling_configs() -> dict[str, dict[str, float]]:
+    """The code's ``autoscaling_config`` of each autoscaled deployment, by deployment name.
+
+    Every config fraudray deploys lists them (``cluster.serving``, ``config.yaml``): Ray 2.60
+    folds the number of deployments with an ``autoscaling_config`` entry into the app's code
+    version, so an app deployed without them would restart every replica the first time
+    ``serving.configure`` gives one; with them listed, a new autoscaling config applies in place."""
+    members = {
+        name: dict(member_models.MEMBER_AUTOSCALING) for name in member_models.DEPLOYMENT_NAMES.values()
+    }
+    return {**members, SCORER_NAME: dict(SCORER_AUTOSCALING)}
 
 
 class UnknownTransaction(FraudrayError):
@@ -74,7 +88,7 @@ def decide(
     # The consumer pipelines one call per micro-batch; Serve's default of 5 would make the
     # router back off while the members are merely batching.
     max_ongoing_requests=64,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16},
+    autoscaling_config=SCORER_AUTOSCALING,
     logging_config={"enable_access_log": False},
 )
 class Ensemble:

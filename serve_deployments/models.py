@@ -25,6 +25,15 @@ METRIC_NAMES: dict[str, str] = {"if": "isolation_forest", "xgb": "xgboost", "ae"
 
 MAX_BATCH_SIZE = 64  # calls per batch; a consumer call already carries ~500 rows
 BATCH_WAIT_S = 0.002  # at 300 HTTP rps a 2 ms window merges ~1-3 calls and costs <1 ms of p50
+# Each model deployment's autoscaling; cluster/serving.py and serve_deployments/config.yaml
+# repeat it in the configs they deploy (see AUTOSCALING in serve_deployments/app.py).
+MEMBER_AUTOSCALING: dict[str, float] = {
+    "min_replicas": 1,
+    "max_replicas": 2,
+    "target_ongoing_requests": 8,
+    "upscale_delay_s": 10,
+    "downscale_delay_s": 60,
+}
 
 
 def load_family(family: str, uri: str) -> Any:
@@ -51,13 +60,7 @@ def attribution(family: str, model: Any, row: np.ndarray) -> np.ndarray:
 @serve.deployment(
     ray_actor_options={"num_cpus": 0.2},
     max_ongoing_requests=64,
-    autoscaling_config={
-        "min_replicas": 1,
-        "max_replicas": 2,
-        "target_ongoing_requests": 8,
-        "upscale_delay_s": 10,
-        "downscale_delay_s": 60,
-    },
+    autoscaling_config=MEMBER_AUTOSCALING,
     logging_config={"enable_access_log": False},  # one line per micro-batch is noise
 )
 class ModelScorer:

@@ -64,6 +64,30 @@ def test_the_config_names_the_real_app_and_deployments() -> None:
     )  # fmt: skip
 
 
+def test_deployed_configs_list_the_codes_autoscaling() -> None:
+    """`serve run config.yaml` and `fraudray serve` deploy configs that list each autoscaled
+    deployment's autoscaling config, equal to the code's: with them listed, a later
+    `serving.configure` of one applies in place (Ray counts such entries into the app's code
+    version)."""
+    from cluster import serving
+    from serve_deployments import app as app_module
+    from serve_deployments import models
+
+    code = app_module.autoscaling_configs()
+    declared: dict[str, Any] = {
+        app_module.SCORER_NAME: app_module.Ensemble,
+        **dict.fromkeys(models.DEPLOYMENT_NAMES.values(), models.ModelScorer),
+    }
+    for name, deployment in declared.items():
+        live = deployment._deployment_config.autoscaling_config.model_dump(exclude_unset=True)
+        assert live == code[name], name  # (8.0 == 8: Ray stores some as floats)
+    one_box = yaml.safe_load((REPO_ROOT / "serve_deployments" / "config.yaml").read_text())
+    (local,) = one_box["applications"]
+    assert {d["name"]: d["autoscaling_config"] for d in local["deployments"]} == code
+    versions = {f: {"uri": "/m", "version": "v1"} for f in ("if", "xgb", "ae", "ensemble")}
+    assert {d["name"]: d["autoscaling_config"] for d in serving._deployments(versions)} == code
+
+
 def _strings(node: Any) -> list[str]:
     """Every string of a parsed YAML document; a list of strings (a command) also joined."""
     if isinstance(node, str):
