@@ -26,6 +26,7 @@ import argparse
 import json
 import platform
 import secrets
+import socket
 import subprocess
 import time
 import uuid
@@ -311,6 +312,42 @@ def deploy(settings: Settings, api_key: str, timeout_s: float = 600.0, attempts:
     return f"http://{settings.serve.http_host}:{settings.serve.http_port}"
 
 
+@dataclass(frozen=True)
+class RunningApp:
+    """A fraud app already running (``fraudray serve``, ``make run``) on the Ray cluster that
+    the settings name or this process is connected to: the bench uses it instead of starting a
+    private Ray and deploying one (saving ~1 minute of start-up), and leaves it running."""
+
+    url: str
+    api_key: str
+
+
+def attach(settings: Settings, app: RunningApp) -> None:
+    """Connect to the app's Ray cluster (if not connected yet) and check the app is RUNNING."""
+    import ray
+    from ray import serve
+
+    from cluster import ray_runtime
+    from cluster.errors import ModelNotReady
+
+    if not ray.is_initialized():
+        address = ray_runtime.head_address(settings)
+        host, _, port = address.rpartition(":")
+        if port.isdigit():  # host:port of a GCS (not "auto" or ray://): fail fast when nobody listens
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+            except OSError:
+                raise ModelNotReady(
+                    f"no Ray cluster answers at {address} (start the app with `make run` or"
+                    " `fraudray serve`, or set RAY_ADDRESS)"
+                ) from None
+        ray_runtime.init(settings, log_to_driver=False)
+    status = serve.status().applications.get(settings.serve.app_name)
+    if status is None or status.status != "RUNNING":
+        state = "not deployed" if status is None else status.status
+        raise ModelNotReady(f"Serve app {settings.serve.app_name!r} at {app.url} is {state}")
+
+
 @dataclass
 class _Ctx:
     settings: Settings
@@ -378,8 +415,11 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
                 break
 
 
-def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole benchmark on a private local Ray; returns the report (a JSON-able dict)."""
+def run(
+    base: Settings, config: BenchConfig, log: Callable[[str], None] = print, *, app: RunningApp | None = None
+) -> dict[str, Any]:
+    """The whole benchmark on a private local Ray, or on ``app`` where it runs; returns the
+    report (a JSON-able dict)."""
     import ray
     from ray import serve
 
@@ -390,6 +430,9 @@ def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print)
     }
     log(f"load average {report['machine']['load1_start']} on {report['machine']['cpus']} cores")
     t_all = time.monotonic()
+    was_connected = ray.is_initialized()
+    if app is not None:  # before anything is created: no app, no topics to clean up
+        attach(base, app)
     topics = Topics(base)
     settings = base.model_copy(
         update={"serve": base.serve.model_copy(update={"http_port": config.http_port})}
@@ -406,10 +449,14 @@ def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print)
     ctx = _Ctx(settings, topics, Workload(size, config.seed, config.users), config, uuid.uuid4().hex[:6])
     try:
         t0 = time.monotonic()
-        start_ray(settings)
-        ctx.url = deploy(settings, ctx.api_key)
+        if app is None:
+            start_ray(settings)
+            ctx.url = deploy(settings, ctx.api_key)
+        else:
+            ctx.url, ctx.api_key = app.url, app.api_key
         report["startup_s"] = round(time.monotonic() - t0, 1)
-        log(f"Ray + Serve up in {report['startup_s']} s ({ctx.url})")
+        report["attached"] = app is not None
+        log(f"Ray + Serve {'found' if app else 'up'} in {report['startup_s']} s ({ctx.url})")
         _steps(ctx, report, log)
     finally:
         try:
@@ -418,9 +465,10 @@ def run(base: Settings, config: BenchConfig, log: Callable[[str], None] = print)
             OnlineStore(settings.redis.url.get_secret_value()).drop_population(f"b{ctx.run_id}")
             topics.close()
         finally:
-            if ray.is_initialized():  # serve.shutdown() would start a Ray of its own otherwise
+            if app is None and ray.is_initialized():  # (serve.shutdown() would start a Ray otherwise)
                 serve.shutdown()
-            ray.shutdown()
+            if not was_connected or app is None:  # an attached run leaves the app and its Ray as found
+                ray.shutdown()
     best = max((r["tx_per_s"] for r in report.get("drain", [])), default=0)
     if report.get("baseline", {}).get("tx_per_s"):
         report["ratio_vs_baseline"] = round(best / report["baseline"]["tx_per_s"], 1)

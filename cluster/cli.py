@@ -398,6 +398,13 @@ def bench_cmd(
     from_report: Annotated[
         bool, typer.Option(help="only regenerate the docs and chart from an existing --report")
     ] = False,
+    attach: Annotated[
+        bool,
+        typer.Option(
+            help="use the app already running on the configured Ray cluster (`make run`, `fraudray serve`)"
+            " and its API key (FRAUDRAY_API_KEYS or var/api_key) instead of a private Ray and app"
+        ),
+    ] = False,
 ) -> None:
     """End-to-end benchmark: backlog drain with 1/2/4 actors, latency at fixed offered load,
     the per-message baseline and each stage alone; JSON report, docs table and chart."""
@@ -417,8 +424,15 @@ def bench_cmd(
         if actors:
             overrides["actors"] = tuple(int(a) for a in actors.split(","))
         config = e2e.BenchConfig.quick_config(**overrides) if quick else e2e.BenchConfig(**overrides)
+        settings = get_settings()
+        app_ = None
+        if attach:
+            from cluster.demo import api_key
+
+            url = f"http://{settings.serve.http_host}:{settings.serve.http_port}"
+            app_ = e2e.RunningApp(url, api_key(settings))
         try:
-            result = e2e.run(get_settings(), config, log=console.print)
+            result = e2e.run(settings, config, log=console.print, app=app_)
         except FraudrayError as exc:
             raise _fail(exc) from exc
         e2e.save(result, report)

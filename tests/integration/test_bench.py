@@ -1,5 +1,7 @@
-"""Smoke test of `fraudray bench --quick` with a tiny workload: the report has every section
-and the benchmark's exactly-once checks hold (one transaction row and one decision per record)."""
+"""Smoke test of `fraudray bench --quick --attach` with a tiny workload on the suite's shared
+Serve app: the report has every section and the benchmark's exactly-once checks hold (one
+transaction row and one decision per record). (The bench's own start-up, a private Ray plus
+`serving.deploy`, is the path `fraudray serve` takes: tests/integration/test_serve_app.py.)"""
 
 from __future__ import annotations
 
@@ -12,12 +14,11 @@ import pytest
 from benchmarks import e2e
 from benchmarks.report import BEGIN, END, write_docs
 from cluster.settings import Settings
+from tests.helpers import API_KEY
 
 
-# About 60 s on an idle box, most of it Ray and Serve starting; several times that when the
-# shared box is loaded, hence the generous timeout.
 @pytest.mark.timeout(900)
-def test_bench_quick_report(local_stack: Settings, tmp_path: Path) -> None:
+def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_path: Path) -> None:
     config = e2e.BenchConfig.quick_config(
         count=300,
         actors=(1, 2),
@@ -28,14 +29,16 @@ def test_bench_quick_report(local_stack: Settings, tmp_path: Path) -> None:
         users=100,
         http_rps=(20,),
         http_seconds=1.0,
-        http_port=18052,
     )
-    report = e2e.run(local_stack, config, log=lambda _msg: None)
+    report = e2e.run(
+        serve_app_settings, config, log=lambda _msg: None, app=e2e.RunningApp(serve_app, API_KEY)
+    )
 
     path = tmp_path / "bench.json"
     e2e.save(report, path)
     report = json.loads(path.read_text())
     assert report["machine"]["cpus"] >= 1 and "load1_start" in report["machine"]
+    assert report["attached"] is True
     assert [r["actors"] for r in report["drain"]] == [1, 2]
     for row in [*report["drain"], *report["paced"]]:
         checked = row["check"]
