@@ -8,6 +8,7 @@ everything it started.
 from __future__ import annotations
 
 import secrets
+import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -76,7 +77,7 @@ def _urls(settings: Settings, key: str) -> Table:
     t = Table.grid(padding=(0, 2))
     api = f"http://{settings.serve.http_host}:{settings.serve.http_port}"
     t.add_row("API", f"{api}/docs   (header X-API-Key: {key})")
-    t.add_row("", f"curl -H 'X-API-Key: {key}' '{api}/predict?user_id=u000001'")
+    t.add_row("", f"curl -H 'X-API-Key: {key}' '{api}/predict?user_id=u0000001'")
     t.add_row(
         "Ray dashboard",
         f"http://{settings.ray.dashboard_host}:{settings.ray.dashboard_port}   "
@@ -122,6 +123,10 @@ def _live(
             )
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(settings: Settings, *, rate: float, actors: int, seed: int | None, duration: float | None) -> None:
     import ray
 
@@ -135,6 +140,12 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
         head_started = ray_runtime.start_head(settings) == "started"
         # Actor and replica logs would tear the live display; they stay in Ray's log folder.
         ray_runtime.init(settings, log_to_driver=False)
+    # Ctrl-C and `kill` (SIGTERM, as process managers stop things) both end in the clean stop
+    # below, also when this process was started with SIGINT ignored (`make run &` from a script,
+    # nohup: Python then installs no Ctrl-C handler). After ray.init: Ray's driver installs a
+    # SIGTERM handler that aborts the process.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     producer: PacedProducer | None = None
     pool: ConsumerPool | None = None
     dashboard = None

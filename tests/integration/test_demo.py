@@ -1,0 +1,83 @@
+"""`make run` (`fraudray demo`) end to end: it scores a live stream into PostgreSQL, answers
+/predict with its API key, and a SIGTERM stops it cleanly (producer, consumers, dashboard, Serve,
+the Ray head it started), also when it was started with SIGINT ignored, as `make run &` from a
+script or nohup start it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg2
+import pytest
+
+from cluster.demo import api_key
+from cluster.settings import REPO_ROOT, Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FRAUDRAY = str(Path(sys.executable).parent / "fraudray")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _decided_since(settings: Settings, since: float) -> tuple[int, str | None]:
+    with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*), max(t.user_id) FROM transactions t JOIN decisions d USING (transaction_id)"
+            " WHERE t.ingested_at > to_timestamp(%s)",
+            (since,),
+        )
+        n, user = cur.fetchone()
+    conn.close()
+    return int(n), user
+
+
+@pytest.mark.timeout(600)
+def test_make_run_scores_a_stream_and_stops_cleanly_on_sigterm(local_stack: Settings) -> None:
+    s = local_stack
+    for port in (s.ray.head_port, s.serve.http_port):
+        assert not _listening(port), f"port {port} is taken: is `make run` already running?"
+    t0 = time.time()
+    proc = subprocess.Popen(
+        [FRAUDRAY, "demo", "--rate", "200", "--actors", "1"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509 - the point
+    )
+    try:
+        deadline = time.monotonic() + 400
+        decided, user = 0, None
+        while decided < 500:
+            assert proc.poll() is None, f"demo exited early:\n{proc.stdout.read() if proc.stdout else ''}"
+            assert time.monotonic() < deadline, f"only {decided} transactions decided"
+            time.sleep(3)
+            decided, user = _decided_since(s, t0)
+        r = httpx.get(
+            f"http://127.0.0.1:{s.serve.http_port}/predict",
+            params={"user_id": user},
+            headers={"X-API-Key": api_key(s)},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["user_id"] == user
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-3000:]
+    assert "stopped producer, consumers, dashboard, Serve, Ray and the stack" in out, out[-3000:]
+    assert not _listening(s.ray.head_port) and not _listening(s.serve.http_port)
