@@ -26,7 +26,7 @@ METRIC_NAMES: dict[str, str] = {"if": "isolation_forest", "xgb": "xgboost", "ae"
 MAX_BATCH_SIZE = 64  # calls per batch; a consumer call already carries ~500 rows
 BATCH_WAIT_S = 0.002  # at 300 HTTP rps a 2 ms window merges ~1-3 calls and costs <1 ms of p50
 # Each model deployment's autoscaling; cluster/serving.py and serve_deployments/config.yaml
-# repeat it in the configs they deploy (see AUTOSCALING in serve_deployments/app.py).
+# list it in the configs they deploy (see autoscaling_configs in serve_deployments/app.py).
 MEMBER_AUTOSCALING: dict[str, float] = {
     "min_replicas": 1,
     "max_replicas": 2,
