@@ -51,6 +51,8 @@ class BenchConfig:
     count: int = 100_000  # transactions per drain run
     actors: tuple[int, ...] = (1, 2, 4)
     rates: tuple[int, ...] = (1000, 5000)  # offered tx/s for the latency runs
+    replicas: tuple[int, ...] = (1, 2)  # Serve replicas per model deployment, one drain each
+    replica_actors: int = 2  # consumer actors of those drains (2 replicas of everything fill 2 cores)
     paced_seconds: float = 10.0
     baseline_count: int = 300
     stage_count: int = 10_000
@@ -61,7 +63,7 @@ class BenchConfig:
     quick: bool = False
     http_port: int = 18050
     command: str = "fraudray bench"
-    steps: tuple[str, ...] = ("drain", "paced", "baseline", "stages", "http")
+    steps: tuple[str, ...] = ("drain", "paced", "baseline", "stages", "http", "replicas")
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -69,6 +71,7 @@ class BenchConfig:
         base: dict[str, Any] = {
             "count": 5000,
             "rates": (1000,),
+            "replicas": (1,),
             "paced_seconds": 5.0,
             "baseline_count": 100,
             "stage_count": 2000,
@@ -265,6 +268,36 @@ def paced_run(
     }
 
 
+def pin_replicas(settings: Settings, replicas: int, timeout_s: float = 300.0) -> float:
+    """Pin the Ensemble and every model deployment to ``replicas`` replicas (their autoscaling
+    configs with min = max, applied in place) and wait until each runs exactly that many;
+    returns the seconds it took."""
+    from ray import serve
+
+    from cluster import serving
+
+    live = serving.autoscaling(settings)
+    serving.configure(
+        settings,
+        {
+            n: {"autoscaling_config": c | {"min_replicas": replicas, "max_replicas": replicas}}
+            for n, c in live.items()
+        },
+    )
+    t0 = time.monotonic()
+    while True:
+        deployments = serve.status().applications[settings.serve.app_name].deployments
+        states = {
+            n: {str(getattr(k, "value", k)): v for k, v in deployments[n].replica_states.items()}
+            for n in live
+        }
+        if all(s.get("RUNNING", 0) == replicas and sum(s.values()) == replicas for s in states.values()):
+            return round(time.monotonic() - t0, 1)
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"replicas not at {replicas} after {timeout_s} s: {states}")
+        time.sleep(1)
+
+
 def start_ray(settings: Settings) -> None:
     """A private local Ray without the dashboard: fewer processes competing with the pipeline."""
     import ray
@@ -395,24 +428,60 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
         report["stages"] = st | {"load1": load1()}
         log(f"stages alone µs/tx: {st['us_per_tx']} -> limit {st['limit_tx_per_s']:,} tx/s")
     if "http" in config.steps:
-        import asyncio
+        _http_step(ctx, report, log)
+    if "replicas" in config.steps:  # last: the other steps run on the app's own autoscaling
+        _replicas_step(ctx, report, log)
 
-        try:
-            from benchmarks import http_load
-        except ImportError:  # the load generator lives in its own module; a tree without it skips
-            log("benchmarks/http_load.py is missing: HTTP step skipped")
-            return
-        users = http_load.seed_users(200, f"b{ctx.run_id}http")  # dropped with the run's population
-        report["http"] = []
-        saturated = 0
-        for rps in config.http_rps:
-            row = asyncio.run(http_load.open_loop(ctx.url, ctx.api_key, users, rps, config.http_seconds))
-            report["http"].append(row | {"load1": load1()})
-            log(f"GET /predict at {rps} rps: {row}")
-            saturated = saturated + 1 if row["rps_done"] < rps / 2 else 0
-            if saturated == 2:  # two rates in a row: higher ones would only queue longer
-                log("saturated at two offered rates in a row: higher rates skipped")
-                break
+
+def _http_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> None:
+    """``GET /predict`` at each offered rate until two rates in a row saturate."""
+    import asyncio
+
+    config = ctx.config
+    try:
+        from benchmarks import http_load
+    except ImportError:  # the load generator lives in its own module; a tree without it skips
+        log("benchmarks/http_load.py is missing: HTTP step skipped")
+        return
+    users = http_load.seed_users(200, f"b{ctx.run_id}http")  # dropped with the run's population
+    report["http"] = []
+    saturated = 0
+    for rps in config.http_rps:
+        row = asyncio.run(http_load.open_loop(ctx.url, ctx.api_key, users, rps, config.http_seconds))
+        report["http"].append(row | {"load1": load1()})
+        log(f"GET /predict at {rps} rps: {row}")
+        saturated = saturated + 1 if row["rps_done"] < rps / 2 else 0
+        if saturated == 2:  # two rates in a row: higher ones would only queue longer
+            log("saturated at two offered rates in a row: higher rates skipped")
+            break
+
+
+def _replicas_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> None:
+    """A backlog drain per replica count, the models pinned there; the app's autoscaling after."""
+    import ray
+
+    from cluster import serving
+    from ingest.consumer import ACTOR_CPUS
+
+    config, settings = ctx.config, ctx.settings
+    actors = config.replica_actors
+    live = serving.autoscaling(settings)
+    report["replicas"] = []
+    try:
+        for n in config.replicas:
+            ready_s = pin_replicas(settings, n)
+            free = ray.available_resources().get("CPU", 0.0)
+            if free + 1e-9 < actors * ACTOR_CPUS:  # they would wait for CPUs, and the drain forever
+                log(f"{n} replica(s) per model leave {free:.2f} CPUs: {actors} actors do not fit, skipped")
+                report["replicas"].append(
+                    {"replicas": n, "ready_s": ready_s, "skipped": f"{free:.2f} CPUs free"}
+                )
+                continue
+            row = drain_run(settings, ctx.topics, ctx.records(f"r{n}", config.count), actors)
+            report["replicas"].append({"replicas": n, "ready_s": ready_s} | row)
+            log(f"drain, {actors} actors, {n} replica(s) per model: {row['tx_per_s']:,} tx/s")
+    finally:  # the app's autoscaling as found (an attached app keeps running)
+        serving.configure(settings, {n: {"autoscaling_config": c} for n, c in live.items()})
 
 
 def run(

@@ -65,7 +65,7 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
     out = [
         f"Run {report['when']} on {m['cpus']} cores ({m['cpu_model']}), commit `{m['commit']}`, "
         f"`{c['command']}`; 1-min load average {m['load1_start']} at the start, {m['load1_end']} at the end "
-        "(the box is shared: figures are pessimistic).",
+        "(anything else running on the box comes out of these figures).",
         "",
         "### Summary",
         "",
@@ -107,6 +107,37 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
             for r in report["drain"]
         ],
     )
+    if report.get("replicas"):
+        actors = c.get("replica_actors", 2)
+        out += [
+            "",
+            f"### Serve replicas (backlog drain, {actors} actors; the Ensemble and each model at N)",
+            "",
+        ]
+        rows = []
+        for r in report["replicas"]:
+            if "skipped" in r:
+                rows.append([r["replicas"], f"skipped: {r['skipped']}", "–", "–", r["ready_s"], "–"])
+                continue
+            rows.append(
+                [
+                    r["replicas"],
+                    f"{r['tx_per_s']:,.0f}",
+                    f"{r['us_per_tx'].get('score', 0):,}",
+                    "yes" if r["check"]["exactly_once"] else "**no**",
+                    r["ready_s"],
+                    r["load1"],
+                ]
+            )
+        header = [
+            "replicas per deployment",
+            "tx/s",
+            "score µs/tx",
+            "exactly once",
+            "replicas ready after s",
+            "load1",
+        ]
+        out += _table(header, rows)
     stages = list(best["us_per_tx"])
     out += ["", "### µs per transaction by stage, inside the consumer (summed over actors)", ""]
     out += _table(

@@ -391,6 +391,9 @@ def bench_cmd(
     quick: Annotated[bool, typer.Option(help="small counts, one offered rate: a smoke run")] = False,
     count: Annotated[int | None, typer.Option(help="transactions per backlog-drain run")] = None,
     actors: Annotated[str | None, typer.Option(help="consumer actor counts, e.g. 1,2,4")] = None,
+    replicas: Annotated[
+        str | None, typer.Option(help="Serve replicas per model deployment for the replica drains, e.g. 1,2")
+    ] = None,
     report: Annotated[Path, typer.Option(help="the JSON report")] = Path("var/bench/e2e.json"),
     docs: Annotated[
         Path | None, typer.Option(help="markdown whose generated section is rewritten (chart under img/)")
@@ -406,8 +409,9 @@ def bench_cmd(
         ),
     ] = False,
 ) -> None:
-    """End-to-end benchmark: backlog drain with 1/2/4 actors, latency at fixed offered load,
-    the per-message baseline and each stage alone; JSON report, docs table and chart."""
+    """End-to-end benchmark: backlog drain with 1/2/4 actors and with 1/2 replicas per model,
+    latency at fixed offered load, the per-message baseline, each stage alone and HTTP
+    /predict; JSON report, docs table and chart."""
     import json
     import sys
 
@@ -423,6 +427,8 @@ def bench_cmd(
             overrides["count"] = count
         if actors:
             overrides["actors"] = tuple(int(a) for a in actors.split(","))
+        if replicas:
+            overrides["replicas"] = tuple(int(r) for r in replicas.split(","))
         config = e2e.BenchConfig.quick_config(**overrides) if quick else e2e.BenchConfig(**overrides)
         settings = get_settings()
         app_ = None

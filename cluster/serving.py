@@ -185,6 +185,13 @@ def hot_swap(settings: Settings) -> dict[str, str]:
     return {family: v["version"] for family, v in versions.items()}
 
 
+def autoscaling(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The running app's ``autoscaling_config`` by deployment (those its config lists)."""
+    ours, _ = _live(settings)
+    deployments = (ours or {}).get("deployments") or []
+    return {d["name"]: dict(d["autoscaling_config"]) for d in deployments if d.get("autoscaling_config")}
+
+
 def configure(settings: Settings, deployments: dict[str, dict[str, Any]]) -> None:
     """Merge per-deployment options (``{name: {"autoscaling_config": …}}``) into the running
     app's config and re-apply it.

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import e2e
 from benchmarks.report import BEGIN, END, write_docs
+from cluster import serving
 from cluster.settings import Settings
 from tests.helpers import API_KEY
 
@@ -29,7 +30,9 @@ def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_pa
         users=100,
         http_rps=(20,),
         http_seconds=1.0,
+        replicas=(1,),
     )
+    autoscaling = serving.autoscaling(serve_app_settings)
     report = e2e.run(
         serve_app_settings, config, log=lambda _msg: None, app=e2e.RunningApp(serve_app, API_KEY)
     )
@@ -40,7 +43,12 @@ def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_pa
     assert report["machine"]["cpus"] >= 1 and "load1_start" in report["machine"]
     assert report["attached"] is True
     assert [r["actors"] for r in report["drain"]] == [1, 2]
-    for row in [*report["drain"], *report["paced"]]:
+    # The replica step pins the Ensemble and the models, then gives the app its autoscaling back.
+    assert set(autoscaling) == {"Ensemble", "IsolationForest", "XGBoost", "Autoencoder"}
+    assert serving.autoscaling(serve_app_settings) == autoscaling
+    (pinned,) = report["replicas"]
+    assert pinned["replicas"] == 1 and pinned["actors"] == 2 and pinned["ready_s"] >= 0
+    for row in [*report["drain"], *report["paced"], pinned]:
         checked = row["check"]
         assert checked["exactly_once"], checked
         assert checked["duplicates"] == 0
@@ -72,4 +80,5 @@ def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_pa
     write_docs(report, md, md.parent / "img" / "scaling.png")
     text = md.read_text()
     assert "hand-written intro" in text and "hand-written notes" in text and "\nold\n" not in text
+    assert "### Serve replicas" in text
     assert "img/scaling.png" in text and (md.parent / "img" / "scaling.png").stat().st_size > 0
