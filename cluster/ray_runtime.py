@@ -12,13 +12,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from cluster.errors import StackError
+from cluster.ports import free_port as _free_port
 from cluster.settings import Settings
 from cluster.stack import pid_alive
 
@@ -45,12 +45,6 @@ def ensure_token() -> str:
     if not TOKEN_PATH.exists():
         subprocess.run([_ray_cli(), "get-auth-token", "--generate"], check=True, capture_output=True)
     return TOKEN_PATH.read_text().strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def head_address(settings: Settings) -> str:

@@ -433,11 +433,11 @@ class ScoringLoop:
         self.pg.close()
 
 
-# Restarted after a crash, with the `run` call retried: the new consumer resumes from the
-# committed offsets, and whatever the dead one had half-written is absorbed by idempotency.
 ACTOR_CPUS = 0.25  # Ray's logical CPUs per consumer actor: four fit a core on paper
 
 
+# Restarted after a crash, with the `run` call retried: the new consumer resumes from the
+# committed offsets, and whatever the dead one had half-written is absorbed by idempotency.
 @ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1)
 class ConsumerActor:
     """One member of the scoring consumer group."""

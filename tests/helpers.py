@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
-import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import psycopg2
 
 from cluster import stack
+from cluster.ports import free_port
 from cluster.settings import PostgresSettings, Settings, StackSettings
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
@@ -65,9 +65,7 @@ def count_rows(dsn: str, table: str, tx_ids: Sequence[str]) -> int:
 def private_postgres(settings: Settings, var_dir: Path) -> Iterator[Settings]:
     """``settings`` pointed at a PostgreSQL of its own (free port, data under ``var_dir``),
     started for the block and stopped and deleted after it: tests may stop and start it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     s = settings.model_copy(
         update={
             "postgres": PostgresSettings(dsn=f"postgresql://fraudray@127.0.0.1:{port}/fraudray"),  # type: ignore[arg-type]

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import ray_runtime, stack
+from cluster.ports import free_port
 from cluster.ray_runtime import process_table, with_descendants
 from cluster.settings import (
     REPO_ROOT,
@@ -67,12 +67,6 @@ NODE_B = "fault_node_b"
 unless_left_out = pytest.mark.skipif(
     os.environ.get("FRAUDRAY_FAULTS") == "0", reason="fault injection left out: FRAUDRAY_FAULTS=0"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.25) -> float:

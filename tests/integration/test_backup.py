@@ -5,7 +5,6 @@ transactions (with their decisions and labels) to Parquet, and Kafka topic reten
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 import time
 import uuid
@@ -27,12 +26,6 @@ from tests.helpers import private_postgres, with_topics
 pytestmark = [pytest.mark.integration]
 
 NOW = datetime.now(UTC)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

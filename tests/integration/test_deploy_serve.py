@@ -21,9 +21,10 @@ import pytest
 import yaml
 
 from cluster import ray_runtime
+from cluster.ports import free_port
 from cluster.settings import REPO_ROOT, Settings
 from serve_deployments.app import SCORER_NAME
-from tests.integration.test_multinode import RAY, SERVE, free_port, run_checked, stop_nodes, wait_for
+from tests.integration.test_multinode import RAY, SERVE, run_checked, stop_nodes, wait_for
 from training.quick import ensure_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import queue
 import shutil
-import socket
 import string
 import subprocess
 import threading
@@ -22,6 +21,7 @@ import httpx
 import pytest
 import yaml
 
+from cluster.ports import free_port
 from monitoring.alertmanager_config import TEMPLATE, render_alertmanager_config
 
 pytestmark = [pytest.mark.integration]
@@ -29,12 +29,6 @@ pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 AM_BIN = shutil.which("prometheus-alertmanager")
 PROM_BIN = shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:

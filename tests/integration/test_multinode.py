@@ -16,7 +16,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster import ray_runtime
+from cluster.ports import free_port
 from cluster.settings import REPO_ROOT, Settings
 from ingest.consumer import ConsumerActor, ConsumerPool
 from serve_deployments.app import SCORER_NAME
@@ -48,13 +48,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 SERVE = str(Path(sys.executable).parent / "serve")
 
 
-# free_port, wait_for, run_checked and stop_nodes are shared with test_deploy_serve.py.
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
+# wait_for, run_checked and stop_nodes are shared with test_deploy_serve.py.
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, Producer
 
 from cluster import stack
 from cluster.errors import StackError
+from cluster.ports import free_port as _free_port
 from cluster.settings import (
     REPO_ROOT,
     AlertmanagerSettings,
@@ -28,12 +29,6 @@ from cluster.settings import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_every_service_is_healthy(local_stack: Settings) -> None:

@@ -6,7 +6,6 @@ promote/rollback changing what is loaded, and the `fraudray train`/`models` comm
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cluster.errors import ModelNotReady
+from cluster.ports import free_port as _free_port
 from cluster.settings import Settings, get_settings
 from features.catalogue import FEATURE_NAMES
 from monitoring.drift import DriftWindow
@@ -171,12 +171,6 @@ def test_promote_and_rollback_change_what_is_loaded(private: Settings) -> None:
     with pytest.raises(ModelNotReady):
         registry.promote(name, "no-such-version")
     assert registry.production(name).version == v1
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
