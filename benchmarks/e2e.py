@@ -268,20 +268,21 @@ def paced_run(
     }
 
 
-def pin_replicas(settings: Settings, replicas: int, timeout_s: float = 300.0) -> float:
-    """Pin the Ensemble and every model deployment to ``replicas`` replicas (their autoscaling
-    configs with min = max, applied in place) and wait until each runs exactly that many;
+def pin_replicas(
+    settings: Settings, autoscaling: dict[str, dict[str, Any]], replicas: int, timeout_s: float = 300.0
+) -> float:
+    """Pin each deployment of ``autoscaling`` (name -> its autoscaling config) to ``replicas``
+    replicas (min = max, applied in place) and wait until each runs exactly that many;
     returns the seconds it took."""
     from ray import serve
 
     from cluster import serving
 
-    live = serving.autoscaling(settings)
     serving.configure(
         settings,
         {
             n: {"autoscaling_config": c | {"min_replicas": replicas, "max_replicas": replicas}}
-            for n, c in live.items()
+            for n, c in autoscaling.items()
         },
     )
     t0 = time.monotonic()
@@ -289,7 +290,7 @@ def pin_replicas(settings: Settings, replicas: int, timeout_s: float = 300.0) ->
         deployments = serve.status().applications[settings.serve.app_name].deployments
         states = {
             n: {str(getattr(k, "value", k)): v for k, v in deployments[n].replica_states.items()}
-            for n in live
+            for n in autoscaling
         }
         if all(s.get("RUNNING", 0) == replicas and sum(s.values()) == replicas for s in states.values()):
             return round(time.monotonic() - t0, 1)
@@ -469,7 +470,7 @@ def _replicas_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]
     report["replicas"] = []
     try:
         for n in config.replicas:
-            ready_s = pin_replicas(settings, n)
+            ready_s = pin_replicas(settings, live, n)
             free = ray.available_resources().get("CPU", 0.0)
             if free + 1e-9 < actors * ACTOR_CPUS:  # they would wait for CPUs, and the drain forever
                 log(f"{n} replica(s) per model leave {free:.2f} CPUs: {actors} actors do not fit, skipped")

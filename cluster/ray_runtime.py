@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from cluster.errors import StackError
-from cluster.ports import free_port as _free_port
+from cluster.ports import free_port
 from cluster.settings import Settings
 from cluster.stack import pid_alive
 
@@ -171,7 +171,7 @@ def init(settings: Settings, *, local: bool = False, log_to_driver: bool = True)
             # free port so that it never collides with the head `make run` may have started.
             include_dashboard=True,
             dashboard_host="127.0.0.1",
-            dashboard_port=_free_port(),
+            dashboard_port=free_port(),
             object_store_memory=settings.ray.object_store_mb * 1024 * 1024,
             log_to_driver=log_to_driver,
         )

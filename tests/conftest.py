@@ -20,6 +20,7 @@ import ray
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import stack
+from cluster.ports import free_port
 from cluster.settings import Settings
 from tests.helpers import API_KEY, TEST_TAG
 
@@ -130,7 +131,7 @@ def _start_shared_app(local_stack: Settings) -> None:
     }
     _shared.update(llm=llm, saved_env={k: os.environ.get(k) for k in env})
     os.environ.update(env)  # before Ray starts: its nodes pass it on to the replicas
-    port = ray_runtime._free_port()
+    port = free_port()
     s = local_stack.model_copy(update={"serve": local_stack.serve.model_copy(update={"http_port": port})})
     _shared["settings"] = s
     ray_runtime.init(s, local=True, log_to_driver=False)

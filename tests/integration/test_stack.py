@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, Producer
 
 from cluster import stack
 from cluster.errors import StackError
-from cluster.ports import free_port as _free_port
+from cluster.ports import free_port
 from cluster.settings import (
     REPO_ROOT,
     AlertmanagerSettings,
@@ -94,11 +94,11 @@ def isolated_settings() -> Iterator[Settings]:
     var.mkdir(parents=True)
     shutil.copytree(REPO_ROOT / "var" / "cache", var / "cache", symlinks=True)
     settings = Settings(
-        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{_free_port()}", controller_port=_free_port(), heap_mb=384),
-        redis=RedisSettings(url=f"redis://127.0.0.1:{_free_port()}/0"),  # type: ignore[arg-type]
-        postgres=PostgresSettings(dsn=f"postgresql://fraudray@127.0.0.1:{_free_port()}/fraudray"),  # type: ignore[arg-type]
-        prometheus=PrometheusSettings(port=_free_port()),
-        alertmanager=AlertmanagerSettings(port=_free_port()),
+        kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", controller_port=free_port(), heap_mb=384),
+        redis=RedisSettings(url=f"redis://127.0.0.1:{free_port()}/0"),  # type: ignore[arg-type]
+        postgres=PostgresSettings(dsn=f"postgresql://fraudray@127.0.0.1:{free_port()}/fraudray"),  # type: ignore[arg-type]
+        prometheus=PrometheusSettings(port=free_port()),
+        alertmanager=AlertmanagerSettings(port=free_port()),
         stack=StackSettings(var_dir=var),
     )
     yield settings

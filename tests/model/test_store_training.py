@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cluster.errors import ModelNotReady
-from cluster.ports import free_port as _free_port
+from cluster.ports import free_port
 from cluster.settings import Settings, get_settings
 from features.catalogue import FEATURE_NAMES
 from monitoring.drift import DriftWindow
@@ -177,7 +177,7 @@ def test_promote_and_rollback_change_what_is_loaded(private: Settings) -> None:
 def cli_env(private: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """`fraudray` with the private var/ and no Ray head (so Serve counts as not running)."""
     monkeypatch.setenv("FRAUDRAY_STACK_VAR_DIR", str(private.var_dir))
-    monkeypatch.setenv("FRAUDRAY_RAY_HEAD_PORT", str(_free_port()))
+    monkeypatch.setenv("FRAUDRAY_RAY_HEAD_PORT", str(free_port()))
     monkeypatch.setenv("COLUMNS", "250")  # rich tables unwrapped
     get_settings.cache_clear()
     yield
