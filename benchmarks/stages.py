@@ -2,10 +2,11 @@
 
 decode (Avro + validation), features (``OnlineStore.update_and_compute`` into a private key
 namespace, deleted afterwards), each model and the Ensemble through their Serve handles at
-batch 1/100/1000, and the sinks (PostgreSQL COPY+upsert of transactions and decisions, Kafka
-decisions). The sum over the stages the consumer runs serially (decode + features + Ensemble
-at batch 1000 + sinks) is the box's estimated limit for one consumer; the end-to-end rate is
-reported as a fraction of it.
+batch 1/100/1000 and the consumer's batch size, and the sinks (PostgreSQL COPY+upsert of
+transactions and decisions, Kafka decisions), each in the consumer's batches. The sum over the
+stages the consumer runs serially (decode + features + Ensemble at the consumer's batch size +
+sinks) is the box's estimated limit for one consumer; the end-to-end rate is reported as a
+fraction of it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from ingest.serde import TransactionSerde
 from ingest.sinks import KafkaSink, PostgresSink
 from ingest.validation import validate
 
-BATCH = 500  # the consumer's micro-batch (settings.consumer.batch_size default)
-MODEL_BATCHES = (1, 100, 1000)
+MODEL_BATCHES = (1, 100, 1000)  # and the consumer's batch size
 
 
 def _timed(fn: Callable[[], Any], rows: int, min_s: float, max_reps: int) -> float:
@@ -44,12 +44,12 @@ def _chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
-def decode_us(records: list[dict[str, Any]]) -> float:
+def decode_us(records: list[dict[str, Any]], batch: int) -> float:
     serde = TransactionSerde()
     values = serde.encode_many(records)
     now_ms = int(time.time() * 1000)
     t0 = time.perf_counter()
-    for chunk in _chunks(values, BATCH):
+    for chunk in _chunks(values, batch):
         good, _bad = serde.decode_many(chunk)
         for _i, rec in good:
             validate(rec, now_ms)
@@ -64,7 +64,7 @@ def features_us(
     store = OnlineStore(url, namespace=namespace)
     parts = []
     t0 = time.perf_counter()
-    for chunk in _chunks(records, BATCH):
+    for chunk in _chunks(records, settings.consumer.batch_size):
         parts.append(store.update_and_compute(list(chunk)))
     us = 1e6 * (time.perf_counter() - t0) / len(records)
     client = redis.Redis.from_url(url)
@@ -89,7 +89,7 @@ def models_us(settings: Settings, matrix: np.ndarray, *, quick: bool) -> dict[st
     for name in names:
         handle = serve.get_deployment_handle(name, app_name=app)
         out[name] = {}
-        for b in MODEL_BATCHES:
+        for b in sorted({*MODEL_BATCHES, settings.consumer.batch_size}):
             x = np.resize(matrix, (b, matrix.shape[1])).astype(np.float32)
 
             def call(h: Any = handle, x: np.ndarray = x) -> Any:
@@ -135,9 +135,10 @@ def sinks_us(settings: Settings, records: list[dict[str, Any]], scores: np.ndarr
         )
         for r, s in zip(records, scores, strict=True)
     ]
+    batch = settings.consumer.batch_size
     sink = PostgresSink(dsn)
     t0 = time.perf_counter()
-    for tx, dec in zip(_chunks(tx_rows, BATCH), _chunks(decision_rows, BATCH), strict=True):
+    for tx, dec in zip(_chunks(tx_rows, batch), _chunks(decision_rows, batch), strict=True):
         sink.write(tx, dec)
     pg = 1e6 * (time.perf_counter() - t0) / len(records)
     sink.close()
@@ -145,7 +146,7 @@ def sinks_us(settings: Settings, records: list[dict[str, Any]], scores: np.ndarr
     kafka = KafkaSink(producer_config(settings, **{"linger.ms": 5}))
     topic = settings.kafka.decisions_topic
     t0 = time.perf_counter()
-    for chunk in _chunks(decision_rows, BATCH):
+    for chunk in _chunks(decision_rows, batch):
         for row in chunk:
             payload = {
                 "transaction_id": row[0],
@@ -174,14 +175,14 @@ def measure(
     """Every stage alone; ``limit_tx_per_s`` = 1e6 / the serial sum of one consumer's stages."""
     from serve_deployments.app import SCORER_NAME
 
-    decode = decode_us(records)
+    decode = decode_us(records, settings.consumer.batch_size)
     feats, matrix = features_us(settings, records, namespace)
     models = models_us(settings, matrix, quick=quick)
     sinks = sinks_us(settings, records, np.resize(matrix[:, 0], len(records)))
     serial = {
         "decode": round(decode, 1),
         "features": round(feats, 1),
-        "score": models[SCORER_NAME]["1000"],
+        "score": models[SCORER_NAME][str(settings.consumer.batch_size)],
         **sinks,
     }
     total = sum(serial.values())

@@ -1,7 +1,7 @@
 """The feature catalogue: every model input declared once (name, entity, window, aggregation,
 description), plus the constants that bound the state behind it.
 
-Both engines execute this list: :mod:`features.online` (Redis, one Lua call per batch) and
+Both engines execute this list: :mod:`features.online` (Redis, one Lua call per ≤500 records) and
 :mod:`features.offline` (pandas/numpy over PostgreSQL history) gather the raw aggregates the
 catalogue asks for, and :func:`features.kernel.assemble` turns them into the feature matrix.
 Adding a feature means adding a row here (and, for a new aggregation, one function in the kernel

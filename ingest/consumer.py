@@ -53,7 +53,7 @@ DRIFT_EVERY_S = 10.0
 # injected by the composition root (cluster/), which may read the registry.
 DriftReference = Callable[[Settings], Mapping[str, np.ndarray] | None]
 MAX_BACKOFF_S = 5.0
-PARTITION_FETCH_BYTES = 128 * 1024  # ~600 transactions of ~200 B: about one batch
+PARTITION_FETCH_BYTES = 128 * 1024  # ~600 transactions of ~200 B: a batch spans the partitions
 
 
 def is_transient(exc: BaseException) -> bool:

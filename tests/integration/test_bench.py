@@ -67,7 +67,8 @@ def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_pa
     assert report["ratio_vs_baseline"] > 0
     st = report["stages"]
     assert set(st["us_per_tx"]) == {"decode", "features", "score", "sink_pg", "sink_kafka"}
-    assert all(set(v) == {"1", "100", "1000"} for v in st["models_us_per_tx"].values())
+    batches = {"1", "100", "1000", str(serve_app_settings.consumer.batch_size)}
+    assert all(set(v) == batches for v in st["models_us_per_tx"].values())
     assert st["limit_tx_per_s"] > 0 and report["fraction_of_limit"] > 0
 
     if importlib.util.find_spec("benchmarks.http_load") is not None:

@@ -236,6 +236,39 @@ def test_reapplying_a_batch_leaves_the_state_unchanged(store: OnlineStore, local
         np.testing.assert_allclose(again[:, j], first[:, j], rtol=RTOL, atol=ATOL)
 
 
+def test_a_batch_split_into_script_calls_gives_the_features_and_state_of_one_call(
+    store: OnlineStore, local_stack: Settings
+) -> None:
+    """The consumer's batch goes to Redis in calls of ``SCRIPT_BATCH`` records; a user's events
+    spread over several calls (and one transaction in two) must see each other exactly as in one
+    call, and leave the same keys behind."""
+    r = redis_of(local_stack)
+    prefix = f"sp{uuid.uuid4().hex[:8]}-"
+    records = prefixed(list(demo_transactions(2400, seed=11, users=120, start=past_week())), prefix)
+    batches = [records[:1700], records[1700:] + records[1690:1700]]  # the last 10 redelivered
+    url = local_stack.redis.url.get_secret_value()
+    split = OnlineStore(url, namespace=f"{store.namespace}s", script_batch=7)
+    whole = OnlineStore(url, namespace=f"{store.namespace}w", script_batch=10_000)
+    try:
+        for batch in batches:
+            np.testing.assert_array_equal(split.update_and_compute(batch), whole.update_and_compute(batch))
+
+        def state(ns: str) -> dict[bytes, Any]:  # keys without their namespace, wall-clock TTL marks aside
+            snap = snapshot(r, ns)
+            for value in snap.values():
+                if isinstance(value, dict):
+                    value.pop(b"x", None)
+            return {key.removeprefix(ns.encode()): value for key, value in snap.items()}
+
+        assert state(split.namespace) == state(whole.namespace)
+        assert len(state(whole.namespace)) > 120
+    finally:
+        for key in [*r.scan_iter(f"{split.namespace}:*"), *r.scan_iter(f"{whole.namespace}:*")]:
+            r.delete(key)
+    with pytest.raises(ValueError, match="script_batch"):
+        OnlineStore(url, script_batch=0)
+
+
 def test_a_duplicate_inside_the_first_batch_counts_once(store: OnlineStore, local_stack: Settings) -> None:
     prefix = f"dp{uuid.uuid4().hex[:8]}-"
     t = past_week()
