@@ -87,8 +87,6 @@ class FaultKafka(stack.Kafka):
             fh.write(
                 f"group.consumer.session.timeout.ms={SESSION_TIMEOUT_MS}\n"
                 f"group.consumer.min.session.timeout.ms={SESSION_TIMEOUT_MS // 2}\n"
-                "group.consumer.heartbeat.interval.ms=2000\n"
-                "group.consumer.min.heartbeat.interval.ms=1000\n"
                 "offsets.topic.num.partitions=4\n"
             )
 
