@@ -581,23 +581,28 @@ class OnlineStore:
 
     # -- housekeeping ----------------------------------------------------------------------------
     def drop_population(self, id_prefix: str) -> int:
-        """Delete the state of every user and merchant whose id starts with ``id_prefix``: a
-        benchmark run's or a test session's tagged population (``ingest.simulator.retag``) once
-        it is done. Returns how many keys went. It scans the keyspace: housekeeping, not the hot
-        path. (The daily transaction -> merchant maps keep their ids until they expire.)"""
+        """Delete the state of every user and merchant whose id starts with ``id_prefix``, and
+        the transactions whose id does from the daily transaction -> merchant maps: a benchmark
+        run's or a test session's tagged population (``ingest.simulator.retag``; a benchmark
+        run tags its transaction ids too, the tests' are random) once it is done. Returns how
+        many keys and map entries went. It scans the keyspace and the maps: housekeeping, not
+        the hot path."""
         if not id_prefix:
             raise ValueError("an empty prefix would drop every user and merchant")
         literal = re.sub(r"([][*?\\])", r"\\\1", id_prefix)  # glob characters match themselves
-        match = f"{self.namespace}:[um]:{literal}*"
         deleted, keys = 0, []
         try:
-            for key in self._redis.scan_iter(match=match, count=10_000):
+            for key in self._redis.scan_iter(match=f"{self.namespace}:[um]:{literal}*", count=10_000):
                 keys.append(key)
                 if len(keys) == 1_000:
                     deleted += int(self._redis.unlink(*keys))
                     keys.clear()
             if keys:
                 deleted += int(self._redis.unlink(*keys))
+            for day in self._redis.scan_iter(match=f"{self.namespace}:txm:*", count=10_000):
+                fields = [f for f, _ in self._redis.hscan_iter(day, match=f"{literal}*", count=10_000)]
+                for i in range(0, len(fields), 1_000):
+                    deleted += int(self._redis.hdel(day, *fields[i : i + 1_000]))
         except redis.RedisError as exc:
             raise _store_error(exc) from exc
         return deleted

@@ -419,15 +419,21 @@ def test_reserved_characters_are_refused(store: OnlineStore) -> None:
 def test_drop_population_deletes_only_that_prefix(store: OnlineStore, local_stack: Settings) -> None:
     r = redis_of(local_stack)
     week = past_week()
-    gone = list(retag(demo_transactions(300, seed=11, users=30, start=week), "gone[1]*"))
+    gone = list(retag(demo_transactions(300, seed=11, users=30, start=week), "gone[1]*",
+                      ("transaction_id", "user_id", "merchant_id")))  # fmt: skip
     kept = list(retag(demo_transactions(300, seed=11, users=30, start=week), "gone1"))
     store.update_and_compute(gone)
     store.update_and_compute(kept)
     before = snapshot(r, store.namespace)
     owned = [k for k in before if b":gone[1]*-" in k]
     assert owned and any(b":m:gone[1]*-" in k for k in owned)
+    (day,) = [k for k in before if b":txm:" in k]  # the tx -> merchant map of that day
+    assert len(before[day]) == 600
     # glob characters in the prefix are literal: as a glob, gone[1]* would match gone1-u…, not gone[1]*-u…
-    assert store.drop_population("gone[1]*") == len(owned)
-    assert snapshot(r, store.namespace) == {k: v for k, v in before.items() if k not in owned}
+    assert store.drop_population("gone[1]*") == len(owned) + 300
+    expected = {k: v for k, v in before.items() if k not in owned}
+    expected[day] = {tx: m for tx, m in before[day].items() if not tx.startswith(b"gone[1]*-")}
+    assert len(expected[day]) == 300
+    assert snapshot(r, store.namespace) == expected
     with pytest.raises(ValueError, match="empty prefix"):
         store.drop_population("")
