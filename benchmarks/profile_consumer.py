@@ -2,12 +2,15 @@
 
     .venv/bin/python -m benchmarks.profile_consumer --count 30000 --seconds 20 \\
         --out docs/img/consumer-actor-flame.svg
+    .venv/bin/python -m benchmarks.profile_consumer --cpu --out var/bench/actor-cpu.txt
 
 As `fraudray bench` does: a private local Ray with the Serve app, a seeded backlog in a fresh
 topic (rows deleted afterwards), one consumer actor. py-spy samples the actor's process while it
 drains, idle frames included: the actor mostly waits on Redis (the features script), Serve and
-PostgreSQL, and those waits are what the graph must show. Prints the actor's own µs/tx per stage
-next to it. The stack must be up (`fraudray stack up`).
+PostgreSQL, and those waits are what the graph must show. ``--cpu`` samples only while the actor
+runs on a CPU: what its own work costs. An ``--out`` ending in ``.txt`` gets py-spy's collapsed
+stacks (one line per stack with its sample count) instead of an SVG. Prints the actor's own µs/tx
+per stage next to it. The stack must be up (`fraudray stack up`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--count", type=int, default=30_000, help="transactions in the backlog")
     ap.add_argument("--seconds", type=float, default=20.0, help="how long py-spy samples")
     ap.add_argument("--out", type=Path, default=Path("var/bench/consumer-actor-flame.svg"))
+    ap.add_argument("--cpu", action="store_true", help="on-CPU samples only (no idle frames)")
     args = ap.parse_args(argv)
 
     import ray
@@ -70,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit("the consumer actor did not start scoring within 120 s")
             time.sleep(0.5)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [str(py_spy), "record", "--idle", "--rate", "100", "--duration", str(int(args.seconds)),
-               "--format", "flamegraph", "--output", str(args.out), "--pid", str(pids[0])]  # fmt: skip
+        fmt = "raw" if args.out.suffix == ".txt" else "flamegraph"
+        cmd = [str(py_spy), "record", *([] if args.cpu else ["--idle"]), "--rate", "100",
+               "--duration", str(int(args.seconds)), "--format", fmt, "--output", str(args.out),
+               "--pid", str(pids[0])]  # fmt: skip
         spy = threading.Thread(target=subprocess.run, args=(cmd,), kwargs={"check": True})
         spy.start()
         stats = pool.drain(timeout=900)
