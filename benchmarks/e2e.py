@@ -392,6 +392,7 @@ class _Ctx:
     url: str = ""
     api_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     ids: list[str] = field(default_factory=list)
+    streamed: list[dict[str, Any]] = field(default_factory=list)  # the last drain's workload
 
     def records(self, tag: str, n: int) -> list[dict[str, Any]]:
         out = self.workload.tagged(f"b{self.run_id}{tag}", n)
@@ -404,7 +405,8 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
     if "drain" in config.steps:
         report["drain"] = []
         for n in config.actors:
-            row = drain_run(settings, ctx.topics, ctx.records(f"d{n}", config.count), n)
+            ctx.streamed = ctx.records(f"d{n}", config.count)
+            row = drain_run(settings, ctx.topics, ctx.streamed, n)
             report["drain"].append(row)
             log(f"drain {n} actor(s): {row['tx_per_s']:,} tx/s, exactly once {row['check']['exactly_once']}")
             log(f"  µs/tx {row['us_per_tx']} (load {row['load1']})")
@@ -444,7 +446,11 @@ def _http_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) ->
     except ImportError:  # the load generator lives in its own module; a tree without it skips
         log("benchmarks/http_load.py is missing: HTTP step skipped")
         return
-    users = http_load.seed_users(200, f"b{ctx.run_id}http")  # dropped with the run's population
+    # Users the stream has decided, as /predict's callers would ask about (their latest
+    # transaction's decision is stored: `source: stream`); without a drain, users written
+    # straight into the store (every answer scored). Both are dropped with the run's population.
+    streamed = sorted({r["user_id"] for r in ctx.streamed})[:1000]
+    users = streamed or http_load.seed_users(200, f"b{ctx.run_id}http")
     report["http"] = []
     saturated = 0
     for rps in config.http_rps:

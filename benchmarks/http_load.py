@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import time
 import uuid
@@ -69,6 +70,7 @@ async def _open_loop(url: str, key: str, users: list[str], rps: float, seconds: 
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    sources: dict[str, int] = {}  # /predict's `source` of the answers: the stream's decision or scored
     connector = aiohttp.TCPConnector(limit=1000, limit_per_host=1000)
     timeout = aiohttp.ClientTimeout(total=30)
     headers = {"X-API-Key": key}
@@ -78,8 +80,11 @@ async def _open_loop(url: str, key: str, users: list[str], rps: float, seconds: 
             t0 = time.perf_counter()
             try:
                 async with http.get("/predict", params={"user_id": users[i % len(users)]}) as r:
-                    await r.read()
+                    body = await r.read()
                     outcome = "ok" if r.status == 200 else f"http {r.status}"
+                if outcome == "ok":
+                    source = str(json.loads(body).get("source", "?"))
+                    sources[source] = sources.get(source, 0) + 1
             except Exception as exc:  # noqa: BLE001 - a failed request is a data point
                 outcome = type(exc).__name__
             if outcome == "ok":
@@ -102,7 +107,7 @@ async def _open_loop(url: str, key: str, users: list[str], rps: float, seconds: 
     lat = np.asarray(latencies) * 1000
     return {
         "rps_offered": rps, "rps_sent": round(n / sent_s, 1), "rps_done": round(len(lat) / wall, 1),
-        "requests": n, "errors": sum(errors.values()), "error_kinds": errors,
+        "requests": n, "errors": sum(errors.values()), "error_kinds": errors, "sources": sources,
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
     }  # fmt: skip

@@ -54,6 +54,14 @@ def chart(report: dict[str, Any], png: Path) -> None:
     plt.close(fig)
 
 
+def _stream_share(sources: dict[str, int] | None) -> str:
+    """The share of /predict answers that were the stream's stored decision (reports before
+    2026-12-03 did not count them)."""
+    if not sources:
+        return "–"
+    return f"{100 * sources.get('stream', 0) / sum(sources.values()):.0f} %"
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -177,7 +185,8 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
     if report.get("http"):
         out += ["", "### HTTP `GET /predict`, open-loop load (benchmarks/http_load.py)", ""]
         out += _table(
-            ["offered rps", "sent rps", "done rps", "requests", "errors", "p50 ms", "p99 ms", "load1"],
+            ["offered rps", "sent rps", "done rps", "requests", "errors", "p50 ms", "p99 ms",
+             "stream's decision", "load1"],
             [
                 [
                     h["rps_offered"],
@@ -187,11 +196,12 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
                     h["errors"],
                     h["p50_ms"],
                     h["p99_ms"],
+                    _stream_share(h.get("sources")),
                     h["load1"],
                 ]
                 for h in report["http"]
             ],
-        )
+        )  # fmt: skip
     if report.get("baseline"):
         b = report["baseline"]
         out += ["", "### Per-message baseline, µs per transaction by step", ""]

@@ -12,6 +12,9 @@ Keys (``ns`` defaults to ``fr``; TTLs refreshed on every update):
   ``c:<country>``, ``m:<merchant>`` (90 d horizon, at most ``NOVELTY_CAP`` + 96 entries).
   Updated only when the transaction's member is new to the zset (the idempotency guard).
 - ``ns:u:<user>:l`` string: the latest transaction and its raw aggregates, for ``GET /predict``.
+- ``ns:u:<user>:d`` string: the stream's decision of the user's latest transaction in a batch
+  (``tx_id␞JSON``), written by the consumer after PostgreSQL has it; ``GET /predict`` returns it
+  instead of scoring again when it is the decision of the ``:l`` transaction by the live models.
 - ``ns:m:<merchant>:e`` zset of transaction ids by event ms (24 h + lateness, capped);
   ``ns:m:<merchant>:lab`` / ``:fr`` zsets of labelled / fraud-labelled transaction ids scored by
   the time the label *arrived* (30 d + 1 d).
@@ -24,6 +27,8 @@ from the lookup. See docs/features.md for the semantics, the out-of-order policy
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,6 +65,7 @@ _PACK_FIELDS = 11  # the latest transaction as stored for GET /predict
 # fails leaves the ones before it applied, as a crash after a single call would: the batch is
 # retried or redelivered, and applying a transaction twice is a no-op.
 SCRIPT_BATCH = 500
+_USER_TTL_MS = (cat.USER_TTL_S + cat.DAY) * 1000  # as the script's U_TTL + TTL_SLACK
 _SEP = "\x01"  # inside zset members; lower than any printable id character, so ties sort by tx id
 _FIELD_SEP = "\x1f"  # between the fields of the stored latest transaction
 _LAST_SEP = "\x1e"  # between that record and its raw aggregates
@@ -578,6 +584,44 @@ class OnlineStore:
         except redis.RedisError as exc:
             raise _store_error(exc) from exc
         return None if latest is None else _decode_latest(latest)
+
+    # -- the stream's decisions, for GET /predict ----------------------------------------------------
+    def decision_key(self, user_id: str) -> str:
+        return f"{self.namespace}:u:{user_id}:d"
+
+    def store_decisions(self, decisions: Mapping[str, tuple[str, str]]) -> None:
+        """Remember the stream's decision per user, ``{user_id: (transaction_id, decision JSON)}``
+        (one pipelined round trip), for :meth:`read_latest_decided`. A decision of a
+        transaction that is not, or no longer, the user's latest is simply never served."""
+        if not decisions:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id, (transaction_id, body) in decisions.items():
+            pipe.set(self.decision_key(user_id), f"{transaction_id}{_LAST_SEP}{body}", px=_USER_TTL_MS)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+
+    def read_latest_decided(self, user_id: str) -> tuple[np.ndarray, dict[str, Any] | None] | None:
+        """The features of the user's latest transaction and the stream's decision *of that
+        transaction* if one is stored (else None); None for an unknown user. One round trip."""
+        try:
+            replies: list[bytes | None] = self._redis.mget(
+                self.user_keys(user_id)[2], self.decision_key(user_id)
+            )  # type: ignore[assignment]
+        except redis.RedisError as exc:
+            raise _store_error(exc) from exc
+        latest, decided = replies
+        if latest is None:
+            return None
+        decision = None
+        if decided is not None:
+            transaction_id, _, body = decided.decode().partition(_LAST_SEP)
+            if transaction_id == latest.split(_FIELD_SEP.encode(), 1)[0].decode():
+                with contextlib.suppress(ValueError):  # unreadable: as if there were none
+                    decision = json.loads(body)
+        return _decode_latest(latest), decision
 
     # -- housekeeping ----------------------------------------------------------------------------
     def drop_population(self, id_prefix: str) -> int:

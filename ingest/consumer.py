@@ -29,7 +29,7 @@ import psycopg2
 import ray
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from cluster.errors import StoreUnavailable
+from cluster.errors import FraudrayError, StoreUnavailable
 from cluster.settings import Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
@@ -109,6 +109,8 @@ class _Decoded:
     tx_rows: list[tuple[Any, ...]] = field(default_factory=list)
     decision_rows: list[tuple[Any, ...]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)  # decisions/alerts payloads
+    # per user, the decision of its latest transaction in the batch: (tx id, JSON) for /predict
+    latest: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class _Timer:
@@ -304,12 +306,24 @@ class ScoringLoop:
              r["lat"], r["lon"], r["ip"], m.partition(), m.offset())
             for r, m in zip(records, batch.sources, strict=True)
         ]  # fmt: skip
+        newest: dict[str, int] = {}  # user -> index of its latest record (event time, tx id)
+        for i, r in enumerate(records):
+            j = newest.get(r["user_id"])
+            if j is None or (event_ms[i], r["transaction_id"]) > (event_ms[j], records[j]["transaction_id"]):
+                newest[r["user_id"]] = i
+        versions, threshold = result["model_versions"], float(result["threshold"])
         for i, r in enumerate(records):
             model_scores = {name: float(v[i]) for name, v in per_model.items()}
             payload = {"transaction_id": r["transaction_id"], "user_id": r["user_id"],
                        "score": float(scores[i]), "is_fraud": bool(flags[i]), "model_version": version,
                        "scores": model_scores}  # fmt: skip
             batch.decisions.append(payload)
+            if newest[r["user_id"]] == i:
+                batch.latest[r["user_id"]] = (r["transaction_id"], json.dumps({
+                    "anomaly_score": payload["score"], "is_fraud": payload["is_fraud"],
+                    "threshold": threshold, "model_version": version, "model_scores": model_scores,
+                    "model_versions": versions,
+                }))  # fmt: skip
             batch.decision_rows.append(
                 (r["transaction_id"], r["user_id"], json.dumps(model_scores), float(scores[i]),
                  bool(flags[i]), version, done_ms - int(event_ms[i]))
@@ -354,6 +368,9 @@ class ScoringLoop:
             with self.timed("features"):
                 # After this batch's transactions, so a label of one of them counts online.
                 await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
+        if batch.latest:
+            with self.timed("features"):  # the online store's stage: a write to it
+                await asyncio.to_thread(self._remember_decisions, batch.latest)
         with self.timed("sink_kafka"):
             for payload in batch.decisions:
                 self.kafka_out.send_json(k.decisions_topic, payload["user_id"], payload)
@@ -378,6 +395,15 @@ class ScoringLoop:
         self.stats.alerts += alerts
         self.stats.batches += 1
         self.stats.last_batch_at = time.time()
+
+    def _remember_decisions(self, latest: dict[str, tuple[str, str]]) -> None:
+        """The users' latest decisions for GET /predict, once PostgreSQL has them. A cache: if
+        Redis refuses, /predict scores those users again (same features, same answer) and the
+        batch goes on."""
+        try:
+            self.store.store_decisions(latest)
+        except FraudrayError as exc:
+            log.warning("%d decisions not cached for /predict: %r", len(latest), exc)
 
     def _commit(self, msgs: list[Any]) -> None:
         """Commit exactly this batch's offsets (next offset per partition)."""

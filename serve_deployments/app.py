@@ -10,9 +10,11 @@ docs/serving.md gives the reasoning for every batching and autoscaling number.
 # No `from __future__ import annotations` here: FastAPI must resolve the route signatures
 # of the @serve.ingress class at definition time.
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,7 +22,7 @@ import numpy as np
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -49,6 +51,10 @@ MAX_SCORE_BATCH = 1000
 API_MAX_BATCH = 256  # rows per merged call (a /score request of up to 1,000 rows goes alone)
 API_BATCH_WAIT_S = 0.003
 SCORER_AUTOSCALING: dict[str, float] = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16}
+# GET /predict returns the stream's stored decision of the user's latest transaction when it was
+# made by the models this replica last saw the Ensemble answer with, at most this long ago (so
+# after a hot swap, old decisions stop being served within it); otherwise it scores again.
+LIVE_VERSIONS_MAX_AGE_S = 5.0
 
 
 def autoscaling_configs() -> dict[str, dict[str, float]]:
@@ -161,6 +167,10 @@ class Prediction(BaseModel):
     model_scores: dict[str, float]
     model_versions: dict[str, str]
     features: dict[str, float]
+    source: Literal["stream", "scored"] = Field(
+        description="`stream`: the decision the stream made for the user's latest transaction, "
+        "by the models now served (same features, same models); `scored`: scored for this request"
+    )
 
 
 # Printable text only: the online store reserves control characters as separators.
@@ -289,6 +299,7 @@ class FraudApi:
         self.registry = Registry(Settings(postgres=PostgresSettings(dsn=SecretStr(self.dsn))))
         self._key_digests = [bytes.fromhex(d) for d in config.get("api_key_digests", [])]
         self.llm = xp.LlmConfig(**config.get("llm", {}))
+        self._live: tuple[dict[str, str], float] | None = None  # (model versions, when seen)
 
     def _check_key(self, key: str | None) -> None:
         if not self._key_digests:
@@ -314,8 +325,16 @@ class FraudApi:
 
     async def _score(self, matrix: np.ndarray) -> dict[str, Any]:
         if len(matrix) >= API_MAX_BATCH:  # big enough to amortise its own round trip
-            return await self.scorer.score.remote(matrix)
-        return await self._score_batched(matrix)
+            result = await self.scorer.score.remote(matrix)
+        else:
+            result = await self._score_batched(matrix)
+        self._live = (result["model_versions"], time.monotonic())
+        return result
+
+    def _live_versions(self) -> dict[str, str] | None:
+        if self._live is None or time.monotonic() - self._live[1] > LIVE_VERSIONS_MAX_AGE_S:
+            return None
+        return self._live[0]
 
     @api.get("/health", response_model=Health, responses={503: {"model": ErrorBody}})
     async def health(self) -> Health:
@@ -388,9 +407,19 @@ class FraudApi:
         ],
         x_api_key: ApiKey = None,
     ) -> Prediction:
-        """Score the user's current features (their latest transaction's vector)."""
+        """Score the user's current features (their latest transaction's vector). When the
+        stream has already decided that transaction with the models served now, its decision is
+        the answer (``source: stream``): the same features through the same models, without the
+        four Serve calls of scoring it again."""
         self._check_key(x_api_key)
-        vector = await self._latest(user_id)
+        found = await asyncio.to_thread(self.store.read_latest_decided, user_id)
+        if found is None:
+            raise UnknownUser(f"user {user_id!r} has no transactions in the online store")
+        vector, decided = found
+        features = dict(zip(FEATURE_NAMES, map(float, vector), strict=True))
+        if decided is not None and decided.get("model_versions") == self._live_versions():
+            with contextlib.suppress(ValidationError, TypeError):  # a malformed entry: score instead
+                return Prediction(user_id=user_id, features=features, source="stream", **decided)
         result = await self._score(vector[None, :])
         return Prediction(
             user_id=user_id,
@@ -400,7 +429,8 @@ class FraudApi:
             model_version=result["model_version"],
             model_scores={f: float(s[0]) for f, s in result["model_scores"].items()},
             model_versions=result["model_versions"],
-            features=dict(zip(FEATURE_NAMES, map(float, vector), strict=True)),
+            features=features,
+            source="scored",
         )
 
     def _transaction(self, transaction_id: str) -> dict[str, Any]:

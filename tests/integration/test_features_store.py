@@ -8,6 +8,7 @@ tests never see each other's (or anybody's) keys and rows; everything is deleted
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import uuid
 from collections.abc import Iterator, Sequence
@@ -414,6 +415,33 @@ def test_reserved_characters_are_refused(store: OnlineStore) -> None:
 
     with pytest.raises(FeatureStoreError):
         store.update_and_compute([tx("rc-", 1, past_week(), device_id="a\x01b")])
+
+
+def test_a_stored_decision_is_read_back_only_with_its_own_latest_transaction(
+    store: OnlineStore, local_stack: Settings
+) -> None:
+    prefix = f"dc{uuid.uuid4().hex[:8]}-"
+    t = past_week()
+    first, second = tx(prefix, 1, t), tx(prefix, 2, t + timedelta(minutes=5))
+    user = first["user_id"]
+    assert store.read_latest_decided(user) is None  # unknown user
+    store.update_and_compute([first])
+    vector, decision = store.read_latest_decided(user) or (None, "unknown")
+    assert decision is None and vector is not None  # known, not decided yet
+    np.testing.assert_array_equal(vector, store.read_latest(user))
+
+    body = {"anomaly_score": 0.25, "is_fraud": False, "model_versions": {"if": "v1"}}
+    store.store_decisions({user: (first["transaction_id"], json.dumps(body))})
+    assert (store.read_latest_decided(user) or (None, None))[1] == body
+    r = redis_of(local_stack)
+    assert 0 < r.pttl(store.decision_key(user)) <= (cat.USER_TTL_S + cat.DAY) * 1000
+
+    # a later transaction of the user: the stored decision is no longer its latest one's
+    store.update_and_compute([second])
+    assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
+    # an unreadable entry is as good as none (the API scores instead)
+    r.set(store.decision_key(user), f"{second['transaction_id']}\x1e{{not json")
+    assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
 
 
 def test_drop_population_deletes_only_that_prefix(store: OnlineStore, local_stack: Settings) -> None:

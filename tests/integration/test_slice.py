@@ -4,15 +4,19 @@ produced N ⇒ exactly N decisions; a redelivered batch (restart before commit) 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
+import psycopg2
 import pytest
+import redis
 
 from cluster.settings import ConsumerSettings, Settings
-from features.online import FEATURE_NAMES
+from features.online import FEATURE_NAMES, OnlineStore
 from ingest.consumer import ConsumerPool
 from tests.helpers import API_KEY, count_rows, produce, with_topics
 
@@ -105,3 +109,64 @@ def test_predict_over_http(serve_app: str, slice_settings: Settings, new_topic: 
         bad = http.get("/predict", headers={"X-API-Key": API_KEY})
         assert bad.status_code == 422 and "user_id" in bad.text
         assert http.get("/health").json()["status"] == "ok"
+
+
+def _decision_row(settings: Settings, transaction_id: str) -> tuple[float, str, dict[str, float]]:
+    with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT ensemble_score, model_version, scores FROM decisions WHERE transaction_id = %s",
+            (transaction_id,),
+        )
+        row = cur.fetchone()
+    conn.close()
+    assert row is not None
+    return float(row[0]), str(row[1]), dict(row[2])
+
+
+def test_predict_returns_the_streams_decision_when_the_models_are_the_same(
+    serve_app: str, slice_settings: Settings, new_topic: Callable[..., str]
+) -> None:
+    """/predict for a user the stream has scored answers with the stream's decision of the
+    user's latest transaction (the row in PostgreSQL) instead of scoring it again; it scores
+    again when that decision is not its latest transaction's or came from other models."""
+    s = _with_topic(slice_settings, new_topic, "decided")
+    records = _produce(s, 300)
+    ConsumerPool(s, 1, f"decided-{topic_suffix(s)}").drain(timeout=300)
+    latest = max(records, key=lambda r: (r["event_time"], r["transaction_id"]))
+    user = latest["user_id"]
+    score, version, model_scores = _decision_row(s, latest["transaction_id"])
+
+    def predict(http: httpx.Client) -> dict[str, Any]:
+        answer = http.get("/predict", params={"user_id": user}, headers={"X-API-Key": API_KEY})
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    with httpx.Client(base_url=serve_app, timeout=30) as http:
+        # the first answer of a replica may be scored (it learns the live versions from it)
+        bodies = [predict(http) for _ in range(3)]
+        assert bodies[-1]["source"] == "stream", [b["source"] for b in bodies]
+        stream = bodies[-1]
+        assert stream["anomaly_score"] == pytest.approx(score, abs=1e-9)
+        assert stream["model_version"] == version
+        assert stream["model_scores"] == pytest.approx(model_scores, abs=1e-9)
+
+        # a decision made by other models is not served
+        store = OnlineStore(s.redis.url.get_secret_value())
+        key = store.decision_key(user)
+        redis_client = redis.Redis.from_url(s.redis.url.get_secret_value())
+        stored = redis_client.get(key)
+        assert isinstance(stored, bytes)
+        txid, _, body = stored.decode().partition("\x1e")
+        old = json.loads(body) | {"model_versions": {"if": "retired"}}
+        redis_client.set(key, f"{txid}\x1e{json.dumps(old)}")
+        rescored = predict(http)
+        assert rescored["source"] == "scored" and rescored["features"] == stream["features"]
+        # the same features through the same models: the stream's answer
+        assert rescored["anomaly_score"] == pytest.approx(score, rel=1e-5, abs=1e-6)
+
+        # nor one that is not the latest transaction's: a newer one reached the store alone
+        newer = latest | {"transaction_id": f"{latest['transaction_id']}-n",
+                          "event_time": latest["event_time"] + timedelta(seconds=1)}  # fmt: skip
+        store.update_and_compute([newer])
+        again = predict(http)
+        assert again["source"] == "scored" and again["features"] != stream["features"]

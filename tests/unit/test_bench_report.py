@@ -1,5 +1,6 @@
-"""docs/benchmarks.md's replica table: a replica count whose actors did not fit the free CPUs is
-shown as skipped (with why), not as a figure."""
+"""docs/benchmarks.md's generated tables: a replica count whose actors did not fit the free CPUs is
+shown as skipped (with why), not as a figure; the HTTP rows show how many answers were the
+stream's decision."""
 
 from __future__ import annotations
 
@@ -33,3 +34,21 @@ def test_replica_rows_and_a_skipped_count() -> None:
     assert "### Serve replicas (backlog drain, 2 actors; the Ensemble and each model at N)" in text
     assert "| 1 | 3,800 | 60 | yes | 0.4 | 1.5 |" in text
     assert "| 2 | skipped: 0.30 CPUs free | – | – | 21.0 | – |" in text
+
+
+def test_http_rows_show_the_share_of_answers_that_were_the_streams_decision() -> None:
+    def row(rps: int, sources: dict[str, int] | None) -> dict[str, Any]:
+        out = {"rps_offered": rps, "rps_sent": rps, "rps_done": rps, "requests": 10 * rps, "errors": 0,
+               "p50_ms": 5.0, "p99_ms": 40.0, "load1": 1.0}  # fmt: skip
+        return out if sources is None else out | {"sources": sources}
+
+    report = {
+        "when": "2026-12-03T13:00:00+00:00",
+        "machine": {"cpus": 2, "cpu_model": "x", "commit": "abc", "load1_start": 1.0, "load1_end": 2.0},
+        "config": {"command": "fraudray bench", "count": 1000},
+        "drain": [_drain(1, 3000.0)],
+        "http": [row(10, {"stream": 97, "scored": 3}), row(30, None)],
+    }
+    text = markdown(report, "img/scaling.png")
+    assert "| 10 | 10 | 10 | 100 | 0 | 5.0 | 40.0 | 97 % | 1.0 |" in text
+    assert "| 30 | 30 | 30 | 300 | 0 | 5.0 | 40.0 | – | 1.0 |" in text  # an older report
