@@ -26,7 +26,7 @@ from cluster.settings import Settings
 from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES, FEATURES
 from features.offline import build_frame, frame_from_records
-from features.online import OnlineStore
+from features.online import FeatureStoreError, OnlineStore
 from ingest.simulator import demo_transactions, retag
 from ingest.sinks import PostgresSink
 
@@ -411,8 +411,6 @@ def test_redis_down_raises_store_unavailable() -> None:
 
 
 def test_reserved_characters_are_refused(store: OnlineStore) -> None:
-    from features.online import FeatureStoreError
-
     with pytest.raises(FeatureStoreError):
         store.update_and_compute([tx("rc-", 1, past_week(), device_id="a\x01b")])
 
@@ -439,6 +437,8 @@ def test_a_stored_decision_is_read_back_only_with_its_own_latest_transaction(
     # a later transaction of the user: the stored decision is no longer its latest one's
     store.update_and_compute([second])
     assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
+    with pytest.raises(FeatureStoreError, match="control character"):
+        store.store_decisions({f"{user}\x1cx": ("t", "{}")})
     # an unreadable entry is as good as none (the API scores instead)
     r.set(store.decision_key(user), f"{second['transaction_id']}\x1e{{not json")
     assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
