@@ -606,7 +606,7 @@ class OnlineStore:
 
     def store_decisions(self, decisions: Mapping[str, tuple[str, str]]) -> None:
         """Remember the stream's decision per user, ``{user_id: (transaction_id, decision JSON)}``
-        (one pipelined round trip), for :meth:`read_latest_decided`. A decision of a
+        (one script call), for :meth:`read_latest_decided`. A decision of a
         transaction that is not, or no longer, the user's latest is simply never served."""
         if not decisions:
             return
@@ -640,7 +640,8 @@ class OnlineStore:
             transaction_id, _, body = decided.decode().partition(_LAST_SEP)
             if transaction_id == latest.split(_FIELD_SEP.encode(), 1)[0].decode():
                 with contextlib.suppress(ValueError):  # unreadable: as if there were none
-                    decision = json.loads(body)
+                    parsed = json.loads(body)
+                    decision = parsed if isinstance(parsed, dict) else None
         return _decode_latest(latest), decision
 
     # -- housekeeping ----------------------------------------------------------------------------

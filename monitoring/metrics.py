@@ -46,7 +46,7 @@ RAY_PREFIX = "ray_"
 STAGES = ("poll", "decode", "features", "score", "sink_pg", "sink_kafka", "commit")
 SAMPLE_PER_BATCH = 64
 
-# Seconds per batch and stage: a 500-record batch costs ~5-50 ms per stage on the dev box.
+# Seconds per batch and stage: a 2,000-record batch costs ~5-250 ms per stage on the dev box.
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Event time to decision: sub-second when caught up, minutes when a backlog drains.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)

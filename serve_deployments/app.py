@@ -417,7 +417,8 @@ class FraudApi:
             raise UnknownUser(f"user {user_id!r} has no transactions in the online store")
         vector, decided = found
         features = dict(zip(FEATURE_NAMES, map(float, vector), strict=True))
-        if decided is not None and decided.get("model_versions") == self._live_versions():
+        live = self._live_versions()
+        if decided is not None and live is not None and decided.get("model_versions") == live:
             with contextlib.suppress(ValidationError, TypeError):  # a malformed entry: score instead
                 return Prediction(user_id=user_id, features=features, source="stream", **decided)
         result = await self._score(vector[None, :])

@@ -440,8 +440,9 @@ def test_a_stored_decision_is_read_back_only_with_its_own_latest_transaction(
     with pytest.raises(FeatureStoreError, match="control character"):
         store.store_decisions({f"{user}\x1cx": ("t", "{}")})
     # an unreadable entry is as good as none (the API scores instead)
-    r.set(store.decision_key(user), f"{second['transaction_id']}\x1e{{not json")
-    assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
+    for junk in ("{not json", "[1, 2]"):
+        r.set(store.decision_key(user), f"{second['transaction_id']}\x1e{junk}")
+        assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
 
 
 def test_drop_population_deletes_only_that_prefix(store: OnlineStore, local_stack: Settings) -> None:
