@@ -58,15 +58,15 @@ def main() -> None:
 
     from ray import serve
 
+    from benchmarks.e2e import start_ray
     from benchmarks.http_load import open_loop, seed_users
-    from cluster import ray_runtime
     from features.online import OnlineStore
 
     settings = get_settings()
     redis_url = settings.redis.url.get_secret_value()
     tag = f"floor{uuid.uuid4().hex[:6]}"
     users = seed_users(args.users, tag)
-    ray_runtime.init(settings, local=True, log_to_driver=False)
+    start_ray(settings)  # as `fraudray bench` does: private, no dashboard competing for the cores
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
