@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+from cluster.ray_runtime import ray_env
+
+os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
 import argparse
 import json
@@ -56,7 +58,8 @@ class BenchConfig:
     paced_seconds: float = 10.0
     baseline_count: int = 300
     stage_count: int = 10_000
-    http_rps: tuple[int, ...] = (10, 30, 100, 300, 1000)  # /predict, open loop (benchmarks/http_load.py)
+    http_rps: tuple[int, ...] = (10, 30, 100, 300, 1000)  # open loop (benchmarks/http_load.py)
+    http_endpoints: tuple[str, ...] = ("predict", "score")
     http_seconds: float = 10.0
     users: int = 20_000
     seed: int = 42
@@ -437,7 +440,8 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
 
 
 def _http_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> None:
-    """``GET /predict`` at each offered rate until two rates in a row saturate."""
+    """Each endpoint (``GET /predict``, ``POST /score``) at each offered rate until two rates
+    in a row saturate."""
     import asyncio
 
     config = ctx.config
@@ -447,20 +451,28 @@ def _http_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) ->
         log("benchmarks/http_load.py is missing: HTTP step skipped")
         return
     # Users the stream has decided, as /predict's callers would ask about (their latest
-    # transaction's decision is stored: `source: stream`); without a drain, users written
-    # straight into the store (every answer scored). Both are dropped with the run's population.
-    streamed = sorted({r["user_id"] for r in ctx.streamed})[:1000]
-    users = streamed or http_load.seed_users(200, f"b{ctx.run_id}http")
+    # transaction's decision is stored: `source: stream`), and those users' transactions for
+    # /score; without a drain, transactions written straight into the store (every /predict
+    # answer scored). Both are dropped with the run's population.
+    records = list({r["user_id"]: r for r in ctx.streamed}.values())[:1000]
+    records = records or http_load.seed_records(200, f"b{ctx.run_id}http")
+    requests = {
+        "predict": http_load.predict_requests([str(r["user_id"]) for r in records]),
+        "score": http_load.score_requests(records),
+    }
     report["http"] = []
-    saturated = 0
-    for rps in config.http_rps:
-        row = asyncio.run(http_load.open_loop(ctx.url, ctx.api_key, users, rps, config.http_seconds))
-        report["http"].append(row | {"load1": load1()})
-        log(f"GET /predict at {rps} rps: {row}")
-        saturated = saturated + 1 if row["rps_done"] < rps / 2 else 0
-        if saturated == 2:  # two rates in a row: higher ones would only queue longer
-            log("saturated at two offered rates in a row: higher rates skipped")
-            break
+    for endpoint in config.http_endpoints:
+        saturated = 0
+        for rps in config.http_rps:
+            row = asyncio.run(
+                http_load.open_loop(ctx.url, ctx.api_key, requests[endpoint], rps, config.http_seconds)
+            )
+            report["http"].append(row | {"load1": load1()})
+            log(f"{row['endpoint']} at {rps} rps: {row}")
+            saturated = saturated + 1 if row["rps_done"] < rps / 2 else 0
+            if saturated == 2:  # two rates in a row: higher ones would only queue longer
+                log(f"{row['endpoint']} saturated at two offered rates in a row: higher rates skipped")
+                break
 
 
 def _replicas_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> None:

@@ -1,16 +1,18 @@
-"""HTTP /predict latency under an open-loop load, and DeploymentHandle throughput.
+"""HTTP latency of GET /predict and POST /score under an open-loop load, and DeploymentHandle
+throughput.
 
 Open loop: requests start on a fixed schedule (``--rps``) whatever the server's latency, so a
 slow server shows up as latency, not as a lower offered rate (closed-loop generators hide it).
 
     # against a running app (fraudray serve / make run), users from the online store:
     .venv/bin/python -m benchmarks.http_load http --url http://127.0.0.1:8000 --key KEY \\
-        --rps 100 300 --seconds 20
+        --rps 100 300 --seconds 20 [--endpoint score]
     # handle throughput (rows/s) at batch 1, 100, 1000 (the Ensemble, as the consumer calls it):
     .venv/bin/python -m benchmarks.http_load handle --batch 1 100 1000 --seconds 10
 
 Both connect to the configured Ray cluster (FRAUDRAY_RAY_ADDRESS or the local head); ``http``
-first writes ``--users`` users into the online store so /predict has something to read.
+first writes ``--users`` users into the online store so /predict has something to read (and
+/score scores those users' transactions, one per request, without changing the store).
 """
 
 from __future__ import annotations
@@ -23,17 +25,53 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+from cluster.ray_runtime import ray_env
+
+os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 RAY_WORKER_NICENESS = 15  # Ray starts its worker processes at this niceness
+
+
+ENDPOINTS = ("predict", "score")
+# TransactionIn's fields: a workload record may carry more (the simulator's ground truth).
+_TX_FIELDS = ("transaction_id", "user_id", "merchant_id", "amount", "currency", "event_time",
+              "country", "device_id", "channel", "merchant_category", "lat", "lon", "ip")  # fmt: skip
+
+
+class Request(NamedTuple):
+    method: str
+    path: str
+    params: dict[str, str] | None
+    body: bytes | None
+
+
+def predict_requests(users: list[str]) -> list[Request]:
+    return [Request("GET", "/predict", {"user_id": u}, None) for u in users]
+
+
+def score_requests(transactions: list[dict[str, Any]]) -> list[Request]:
+    """One transaction per POST /score, as a caller scoring a payment before it is sent on."""
+
+    def body(tx: dict[str, Any]) -> bytes:
+        out = {k: tx.get(k) for k in _TX_FIELDS}
+        if isinstance(out["event_time"], datetime):
+            out["event_time"] = out["event_time"].isoformat()
+        return json.dumps(out).encode()
+
+    return [Request("POST", "/score", None, body(tx)) for tx in transactions]
 
 
 def seed_users(n: int, tag: str) -> list[str]:
     """``n`` users ``<tag>-u<i>`` with one transaction each in the online store (drop them
     afterwards with ``OnlineStore.drop_population(tag)``)."""
+    return sorted({str(r["user_id"]) for r in seed_records(n, tag)})
+
+
+def seed_records(n: int, tag: str) -> list[dict[str, Any]]:
+    """The transactions of :func:`seed_users`, written into the online store."""
     from cluster.settings import get_settings
     from features.online import OnlineStore
 
@@ -46,11 +84,14 @@ def seed_users(n: int, tag: str) -> list[str]:
         for i in range(n)
     ]  # fmt: skip
     OnlineStore(get_settings().redis.url.get_secret_value()).update_and_compute(records)
-    return [str(r["user_id"]) for r in records]
+    return records
 
 
-async def open_loop(url: str, key: str, users: list[str], rps: float, seconds: float) -> dict[str, Any]:
-    """``rps`` GET /predict a second for ``seconds``, on schedule whatever the latency.
+async def open_loop(
+    url: str, key: str, requests: list[Request], rps: float, seconds: float
+) -> dict[str, Any]:
+    """``rps`` requests a second for ``seconds`` (``requests`` in turn), on schedule whatever
+    the latency.
 
     The generator shares the box with the server, so it is made light and polite: aiohttp
     (httpx cost ~3x the CPU per request here and became the bottleneck) and, for the duration,
@@ -59,13 +100,15 @@ async def open_loop(url: str, key: str, users: list[str], rps: float, seconds: f
     raised = max(0, RAY_WORKER_NICENESS - os.nice(0))
     os.nice(raised)
     try:
-        return await _open_loop(url, key, users, rps, seconds)
+        return await _open_loop(url, key, requests, rps, seconds)
     finally:
         with contextlib.suppress(PermissionError):  # only root may lower it again
             os.nice(-raised)
 
 
-async def _open_loop(url: str, key: str, users: list[str], rps: float, seconds: float) -> dict[str, Any]:
+async def _open_loop(
+    url: str, key: str, requests: list[Request], rps: float, seconds: float
+) -> dict[str, Any]:
     import aiohttp
 
     latencies: list[float] = []
@@ -73,16 +116,17 @@ async def _open_loop(url: str, key: str, users: list[str], rps: float, seconds: 
     sources: dict[str, int] = {}  # /predict's `source` of the answers: the stream's decision or scored
     connector = aiohttp.TCPConnector(limit=1000, limit_per_host=1000)
     timeout = aiohttp.ClientTimeout(total=30)
-    headers = {"X-API-Key": key}
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
     async with aiohttp.ClientSession(url, headers=headers, connector=connector, timeout=timeout) as http:
 
         async def one(i: int) -> None:
+            req = requests[i % len(requests)]
             t0 = time.perf_counter()
             try:
-                async with http.get("/predict", params={"user_id": users[i % len(users)]}) as r:
+                async with http.request(req.method, req.path, params=req.params, data=req.body) as r:
                     body = await r.read()
                     outcome = "ok" if r.status == 200 else f"http {r.status}"
-                if outcome == "ok":
+                if outcome == "ok" and req.path == "/predict":
                     source = str(json.loads(body).get("source", "?"))
                     sources[source] = sources.get(source, 0) + 1
             except Exception as exc:  # noqa: BLE001 - a failed request is a data point
@@ -93,6 +137,8 @@ async def _open_loop(url: str, key: str, users: list[str], rps: float, seconds: 
                 errors[outcome] = errors.get(outcome, 0) + 1
 
         await asyncio.gather(*(one(i) for i in range(20)))  # warm the connections
+        for measured in (latencies, errors, sources):  # the warm-up is not measured
+            measured.clear()
         tasks = []
         start = time.perf_counter()
         n = int(rps * seconds)
@@ -106,6 +152,7 @@ async def _open_loop(url: str, key: str, users: list[str], rps: float, seconds: 
         wall = time.perf_counter() - start
     lat = np.asarray(latencies) * 1000
     return {
+        "endpoint": f"{requests[0].method} {requests[0].path}",
         "rps_offered": rps, "rps_sent": round(n / sent_s, 1), "rps_done": round(len(lat) / wall, 1),
         "requests": n, "errors": sum(errors.values()), "error_kinds": errors, "sources": sources,
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
@@ -153,6 +200,7 @@ def main() -> None:
     h.add_argument("--rps", type=float, nargs="+", default=[100.0, 300.0])
     h.add_argument("--seconds", type=float, default=20.0)
     h.add_argument("--users", type=int, default=1000)
+    h.add_argument("--endpoint", choices=ENDPOINTS, default="predict")
     d = sub.add_parser("handle")
     d.add_argument("--batch", type=int, nargs="+", default=[1, 100, 1000])
     d.add_argument("--seconds", type=float, default=10.0)
@@ -164,10 +212,15 @@ def main() -> None:
         from features.online import OnlineStore
 
         tag = f"bench-{uuid.uuid4().hex[:6]}"
-        users = seed_users(args.users, tag)
+        records = seed_records(args.users, tag)
+        requests = (
+            score_requests(records)
+            if args.endpoint == "score"
+            else predict_requests([str(r["user_id"]) for r in records])
+        )
         try:
             for rps in args.rps:
-                print(asyncio.run(open_loop(args.url, args.key, users, rps, args.seconds)), flush=True)
+                print(asyncio.run(open_loop(args.url, args.key, requests, rps, args.seconds)), flush=True)
         finally:
             OnlineStore(get_settings().redis.url.get_secret_value()).drop_population(tag)
     else:

@@ -183,12 +183,13 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
             [[n, *(f"{v[b]:,}" for b in sizes)] for n, v in s["models_us_per_tx"].items()],
         )
     if report.get("http"):
-        out += ["", "### HTTP `GET /predict`, open-loop load (benchmarks/http_load.py)", ""]
+        out += ["", "### HTTP, open-loop load (benchmarks/http_load.py)", ""]
         out += _table(
-            ["offered rps", "sent rps", "done rps", "requests", "errors", "p50 ms", "p99 ms",
-             "stream's decision", "load1"],
+            ["endpoint", "offered rps", "sent rps", "done rps", "requests", "errors", "p50 ms",
+             "p99 ms", "stream's decision", "load1"],
             [
                 [
+                    f"`{h.get('endpoint', 'GET /predict')}`",  # older reports: /predict only
                     h["rps_offered"],
                     h.get("rps_sent", "–"),
                     h["rps_done"],

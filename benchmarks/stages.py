@@ -27,7 +27,7 @@ from ingest.serde import TransactionSerde
 from ingest.sinks import KafkaSink, PostgresSink
 from ingest.validation import validate
 
-MODEL_BATCHES = (1, 100, 1000)  # and the consumer's batch size
+MODEL_BATCHES = (1, 100, 1000, 10_000)  # and the consumer's batch size
 
 
 def _timed(fn: Callable[[], Any], rows: int, min_s: float, max_reps: int) -> float:

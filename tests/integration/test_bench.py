@@ -67,13 +67,16 @@ def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_pa
     assert report["ratio_vs_baseline"] > 0
     st = report["stages"]
     assert set(st["us_per_tx"]) == {"decode", "features", "score", "sink_pg", "sink_kafka"}
-    batches = {"1", "100", "1000", str(serve_app_settings.consumer.batch_size)}
+    batches = {"1", "100", "1000", "10000", str(serve_app_settings.consumer.batch_size)}
     assert all(set(v) == batches for v in st["models_us_per_tx"].values())
     assert st["limit_tx_per_s"] > 0 and report["fraction_of_limit"] > 0
 
     if importlib.util.find_spec("benchmarks.http_load") is not None:
-        (http,) = report["http"]
-        assert http["requests"] == 20 and http["errors"] == 0 and http["p99_ms"] >= http["p50_ms"] > 0
+        predict, score = report["http"]
+        assert (predict["endpoint"], score["endpoint"]) == ("GET /predict", "POST /score")
+        for http in (predict, score):
+            assert http["requests"] == 20 and http["errors"] == 0 and http["p99_ms"] >= http["p50_ms"] > 0
+        assert sum(predict["sources"].values()) == 20
 
     md = tmp_path / "docs" / "benchmarks.md"
     md.parent.mkdir()

@@ -36,7 +36,7 @@ def test_replica_rows_and_a_skipped_count() -> None:
     assert "| 2 | skipped: 0.30 CPUs free | – | – | 21.0 | – |" in text
 
 
-def test_http_rows_show_the_share_of_answers_that_were_the_streams_decision() -> None:
+def test_http_rows_show_the_endpoint_and_the_share_of_answers_that_were_the_streams_decision() -> None:
     def row(rps: int, sources: dict[str, int] | None) -> dict[str, Any]:
         out = {"rps_offered": rps, "rps_sent": rps, "rps_done": rps, "requests": 10 * rps, "errors": 0,
                "p50_ms": 5.0, "p99_ms": 40.0, "load1": 1.0}  # fmt: skip
@@ -47,8 +47,13 @@ def test_http_rows_show_the_share_of_answers_that_were_the_streams_decision() ->
         "machine": {"cpus": 2, "cpu_model": "x", "commit": "abc", "load1_start": 1.0, "load1_end": 2.0},
         "config": {"command": "fraudray bench", "count": 1000},
         "drain": [_drain(1, 3000.0)],
-        "http": [row(10, {"stream": 97, "scored": 3}), row(30, None)],
+        "http": [
+            row(10, {"stream": 97, "scored": 3}) | {"endpoint": "GET /predict"},
+            row(30, None),  # an older report: /predict only, without sources
+            row(10, None) | {"endpoint": "POST /score"},
+        ],
     }
     text = markdown(report, "img/scaling.png")
-    assert "| 10 | 10 | 10 | 100 | 0 | 5.0 | 40.0 | 97 % | 1.0 |" in text
-    assert "| 30 | 30 | 30 | 300 | 0 | 5.0 | 40.0 | – | 1.0 |" in text  # an older report
+    assert "| `GET /predict` | 10 | 10 | 10 | 100 | 0 | 5.0 | 40.0 | 97 % | 1.0 |" in text
+    assert "| `GET /predict` | 30 | 30 | 30 | 300 | 0 | 5.0 | 40.0 | – | 1.0 |" in text
+    assert "| `POST /score` | 10 | 10 | 10 | 100 | 0 | 5.0 | 40.0 | – | 1.0 |" in text
