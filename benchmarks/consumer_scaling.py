@@ -23,7 +23,9 @@ import os
 import time
 import uuid
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+from cluster.ray_runtime import ray_env
+
+os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
 import psycopg2
 from confluent_kafka.admin import AdminClient, NewTopic

@@ -18,7 +18,9 @@ import os
 import uuid
 from typing import Any
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+from cluster.ray_runtime import ray_env
+
+os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
 from cluster.ports import free_port
 from cluster.settings import get_settings
@@ -59,13 +61,13 @@ def main() -> None:
     from ray import serve
 
     from benchmarks.e2e import start_ray
-    from benchmarks.http_load import open_loop, seed_users
+    from benchmarks.http_load import open_loop, predict_requests, seed_users
     from features.online import OnlineStore
 
     settings = get_settings()
     redis_url = settings.redis.url.get_secret_value()
     tag = f"floor{uuid.uuid4().hex[:6]}"
-    users = seed_users(args.users, tag)
+    requests = predict_requests(seed_users(args.users, tag))
     start_ray(settings)  # as `fraudray bench` does: private, no dashboard competing for the cores
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -73,7 +75,7 @@ def main() -> None:
         for what in args.what:
             serve.run(build(what, redis_url), name=f"floor-{what}", route_prefix="/")
             for rps in args.rps:
-                row = asyncio.run(open_loop(f"http://127.0.0.1:{port}", "", users, rps, args.seconds))
+                row = asyncio.run(open_loop(f"http://127.0.0.1:{port}", "", requests, rps, args.seconds))
                 print(json.dumps({"what": what, **row}), flush=True)
             serve.delete(f"floor-{what}")
     finally:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray reads it when first imported
+from cluster.ray_runtime import ray_env
+
+os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
 import time
 from datetime import datetime
@@ -411,7 +413,7 @@ def bench_cmd(
 ) -> None:
     """End-to-end benchmark: backlog drain with 1/2/4 actors and with 1/2 replicas per model,
     latency at fixed offered load, the per-message baseline, each stage alone and HTTP
-    /predict; JSON report, docs table and chart."""
+    /predict and /score; JSON report, docs table and chart."""
     import json
     import sys
 

@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # before anything imports ray
+from cluster.ray_runtime import ray_env
+
+os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
 import threading
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from cluster.ray_runtime import SERVE_FAST_PATH
 from cluster.settings import REPO_ROOT, Settings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -267,6 +268,8 @@ def test_the_dockerfile_copies_what_exists() -> None:
     s = Settings()
     assert exposed == {s.ray.head_port, s.serve.http_port, s.ray.dashboard_port, s.ray.metrics_export_port}
     assert "RAY_AUTH_MODE=token" in text
+    for name, value in SERVE_FAST_PATH.items():  # every Ray process in the image (compose, KubeRay)
+        assert re.search(rf"^\s*(?:ENV )?{name}={value}\b", text, re.M), name
 
 
 def test_the_entrypoint_starts_ray_as_configured() -> None:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from cluster.ray_runtime import SERVE_FAST_PATH
 from cluster.settings import REPO_ROOT, Settings
 
 CONFIG = REPO_ROOT / "ray_cluster.yaml"
@@ -73,6 +74,8 @@ def test_token_auth_on_every_node_and_the_token_reaches_them() -> None:
     assert len(starts) == 2
     for command in starts:
         assert "RAY_AUTH_MODE=token" in command
+        for name, value in SERVE_FAST_PATH.items():  # Serve's processes inherit it from `ray start`
+            assert f"{name}={value}" in command, command
     for command in config["head_start_ray_commands"]:
         if command.split()[:2] != ["ray", "stop"]:
             assert "RAY_AUTH_MODE=token" in command, command
