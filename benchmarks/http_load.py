@@ -7,6 +7,9 @@ slow server shows up as latency, not as a lower offered rate (closed-loop genera
     # against a running app (fraudray serve / make run), users from the online store:
     .venv/bin/python -m benchmarks.http_load http --url http://127.0.0.1:8000 --key KEY \\
         --rps 100 300 --seconds 20 [--endpoint score]
+    # closed loop, 1/4/16 clients in flight, with every process's CPU per answered request:
+    .venv/bin/python -m benchmarks.http_load http --key KEY --endpoint score --in-flight 1 4 16 \\
+        --seconds 8 --cpu
     # handle throughput (rows/s) at batch 1, 100, 1000 (the Ensemble, as the consumer calls it):
     .venv/bin/python -m benchmarks.http_load handle --batch 1 100 1000 --seconds 10
 
@@ -20,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -160,6 +165,69 @@ async def _open_loop(
     }  # fmt: skip
 
 
+async def closed_loop(
+    url: str, key: str, requests: list[Request], in_flight: int, seconds: float
+) -> dict[str, Any]:
+    """``in_flight`` clients, each sending its next request when the last one is answered, for
+    ``seconds``: the throughput a server sustains at that concurrency (open_loop shows latency
+    at a given rate instead)."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    headers = {"X-API-Key": key, "Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=in_flight)
+    async with aiohttp.ClientSession(url, headers=headers, connector=connector) as http:
+
+        async def client(first: int, until: float) -> None:
+            i = first
+            while time.perf_counter() < until:
+                req = requests[i % len(requests)]
+                i += in_flight
+                t0 = time.perf_counter()
+                try:
+                    async with http.request(req.method, req.path, params=req.params, data=req.body) as r:
+                        await r.read()
+                        outcome = "ok" if r.status == 200 else f"http {r.status}"
+                except Exception as exc:  # noqa: BLE001 - a failed request is a data point
+                    outcome = type(exc).__name__
+                if outcome == "ok":
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[outcome] = errors.get(outcome, 0) + 1
+
+        await asyncio.gather(*(client(i, time.perf_counter() + 1.0) for i in range(in_flight)))  # warm
+        latencies.clear()
+        errors.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i, start + seconds) for i in range(in_flight)))
+        wall = time.perf_counter() - start
+    lat = np.asarray(latencies) * 1000
+    return {
+        "endpoint": f"{requests[0].method} {requests[0].path}", "in_flight": in_flight,
+        "rps_done": round(len(lat) / wall, 1), "requests": len(lat) + sum(errors.values()),
+        "errors": sum(errors.values()), "error_kinds": errors,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+    }  # fmt: skip
+
+
+def with_box_cpu(run: Callable[[], dict[str, Any]], top: int = 8) -> dict[str, Any]:
+    """``run()``'s row plus the CPU every process on the box used meanwhile, in ms per
+    answered request: the ``top`` groups and the total (``procstat.box_snapshot``)."""
+    from benchmarks import procstat
+
+    before, t0 = procstat.box_snapshot(), time.monotonic()
+    row = run()
+    used = procstat.usage(before, procstat.box_snapshot(), time.monotonic() - t0)
+    done = max(1, row["requests"] - row["errors"])
+    per = {g: round(1000 * u["cpu_s"] / done, 2) for g, u in used.items()}
+    return row | {
+        "cpu_ms_per_request": dict(list(per.items())[:top]),
+        "cpu_ms_per_request_total": round(sum(per.values()), 1),
+    }
+
+
 def handle_throughput(batch: int, seconds: float, concurrency: int) -> dict[str, Any]:
     from ray import serve
 
@@ -201,6 +269,11 @@ def main() -> None:
     h.add_argument("--seconds", type=float, default=20.0)
     h.add_argument("--users", type=int, default=1000)
     h.add_argument("--endpoint", choices=ENDPOINTS, default="predict")
+    h.add_argument(
+        "--in-flight", type=int, nargs="+", default=[],
+        help="closed loop with N clients each (for --seconds) instead of the --rps sweep",
+    )  # fmt: skip
+    h.add_argument("--cpu", action="store_true", help="add every process's CPU per request")
     d = sub.add_parser("handle")
     d.add_argument("--batch", type=int, nargs="+", default=[1, 100, 1000])
     d.add_argument("--seconds", type=float, default=10.0)
@@ -218,9 +291,19 @@ def main() -> None:
             if args.endpoint == "score"
             else predict_requests([str(r["user_id"]) for r in records])
         )
+
+        def closed(n: int) -> dict[str, Any]:
+            return asyncio.run(closed_loop(args.url, args.key, requests, n, args.seconds))
+
+        def opened(rps: float) -> dict[str, Any]:
+            return asyncio.run(open_loop(args.url, args.key, requests, rps, args.seconds))
+
+        runs = [functools.partial(closed, n) for n in args.in_flight] or [
+            functools.partial(opened, rps) for rps in args.rps
+        ]
         try:
-            for rps in args.rps:
-                print(asyncio.run(open_loop(args.url, args.key, requests, rps, args.seconds)), flush=True)
+            for run in runs:
+                print(with_box_cpu(run) if args.cpu else run(), flush=True)
         finally:
             OnlineStore(get_settings().redis.url.get_secret_value()).drop_population(tag)
     else:

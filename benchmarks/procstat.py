@@ -88,6 +88,24 @@ def snapshot(services: dict[str, int]) -> dict[int, Proc]:
     return procs
 
 
+def box_snapshot() -> dict[int, Proc]:
+    """Every process on the machine, Ray's by their titles and the others by program name
+    (``redis-server``, ``java``, ``postgres``, ``haproxy`` …): for a server someone else
+    started (``fraudray serve``), where this driver's tree holds none of it."""
+    procs: dict[int, Proc] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            cmd = cmdline(int(entry.name))
+            if not cmd:  # kernel threads
+                continue
+            if cmd.startswith("ray::") or "/ray/" in cmd:
+                group = _group(cmd)
+            else:  # "postgres: fraudray …" is a PostgreSQL backend
+                group = Path(cmd.split(maxsplit=1)[0]).name.rstrip(":")
+            procs[int(entry.name)] = Proc(group, st[1], st[2])
+    return procs
+
+
 def usage(before: dict[int, Proc], after: dict[int, Proc], seconds: float) -> dict[str, dict[str, float]]:
     """Per group: cores used over ``seconds`` (CPU-seconds / wall), RSS in MiB at the end, and
     how many processes. A process born during the interval counts from zero."""
