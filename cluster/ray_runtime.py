@@ -15,6 +15,7 @@ docs/serving.md. A variable already set in the environment wins (``=0`` turns a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -50,13 +51,29 @@ SERVE_FAST_PATH = {
     # with "No event loop running". Measured: the router on its own loop keeps most of the
     # gain (a scored /score 29 ms of CPU instead of 28; with 4 clients 95 rps instead of 119).
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+    # And its gRPC transport between deployments: it brings grpcio's fork handlers into every
+    # process that uses a handle, and a PostgreSQL started afterwards by such a process (the
+    # test suite's private one) died in them with SIGABRT (`make test`, 2026-12-03 19:45).
+    # Without it a scored request costs ~41 ms of CPU instead of ~30 (55 with the defaults).
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
 }
+# HAProxy's stats and metrics ports are fixed (8404, 9101) and not the API's: a second Serve
+# on the machine (a benchmark's private Ray next to `make run`, a test suite's) could not start
+# its HAProxy. Each process that starts Ray picks free ones (nothing here scrapes them).
+_HAPROXY_PORTS = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+@functools.cache
+def _free_haproxy_ports() -> dict[str, str]:
+    return {name: str(free_port()) for name in _HAPROXY_PORTS}
 
 
 def ray_env() -> dict[str, str]:
-    """Environment for Ray clients and the Ray processes we start: token auth (always) and
-    Serve's fast path (unless the environment already says otherwise)."""
-    return {**SERVE_FAST_PATH, **{k: os.environ[k] for k in SERVE_FAST_PATH if k in os.environ},
+    """Environment for Ray clients and the Ray processes we start: token auth (always),
+    Serve's fast path and free HAProxy stats/metrics ports (unless the environment already
+    says otherwise; this process's first call picks the ports)."""
+    defaults = SERVE_FAST_PATH | _free_haproxy_ports()
+    return {**defaults, **{k: os.environ[k] for k in defaults if k in os.environ},
             "RAY_AUTH_MODE": "token"}  # fmt: skip
 
 
