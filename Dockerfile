@@ -41,12 +41,11 @@ RUN pip install --no-deps -e . && chown -R ray:ray /opt/fraudray
 USER ray
 # Token auth for every Ray process and client in the container; the token itself is
 # generated at first start (compose) or comes from a Kubernetes Secret (KubeRay). Serve's fast
-# path (HAProxy ingress, gRPC between deployments) as cluster/ray_runtime.py sets it on one box.
+# path (HAProxy ingress straight into the ingress replica) as cluster/ray_runtime.py sets it.
 ENV RAY_AUTH_MODE=token \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
     RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1 \
-    RAY_SERVE_USE_GRPC_BY_DEFAULT=0 \
     FRAUDRAY_STACK_VAR_DIR=/var/lib/fraudray
 # Ray GCS (the settings' head port), Serve HTTP, Ray dashboard, Ray metrics.
 EXPOSE 6380 8000 8265 8080

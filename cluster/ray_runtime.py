@@ -51,11 +51,6 @@ SERVE_FAST_PATH = {
     # with "No event loop running". Measured: the router on its own loop keeps most of the
     # gain (a scored /score 29 ms of CPU instead of 28; with 4 clients 95 rps instead of 119).
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
-    # And its gRPC transport between deployments: it brings grpcio's fork handlers into every
-    # process that uses a handle, and a PostgreSQL started afterwards by such a process (the
-    # test suite's private one) died in them with SIGABRT (`make test`, 2026-12-03 19:45).
-    # Without it a scored request costs ~41 ms of CPU instead of ~30 (55 with the defaults).
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
 }
 # HAProxy's stats and metrics ports are fixed (8404, 9101) and not the API's: a second Serve
 # on the machine (a benchmark's private Ray next to `make run`, a test suite's) could not start

@@ -139,17 +139,23 @@ class Service:
         for d in (self.pid_file.parent, self.log_file.parent):
             d.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
-        user, group = (self.run_as, pwd.getpwnam(self.run_as).pw_gid) if self.run_as else (None, None)
+        command = self.command()
+        if self.run_as:
+            # setpriv (util-linux) switches user, not Popen(user=…): that makes Python fork()
+            # instead of vfork(), and fork() runs in the child the gRPC fork handlers that come
+            # with Ray in a process using it (a test process, a benchmark driver), where they
+            # aborted PostgreSQL before it started ("epoll_wait error: Bad file descriptor",
+            # SIGABRT; two `make test` runs on 2026-12-03).
+            gid = pwd.getpwnam(self.run_as).pw_gid
+            command = ["setpriv", f"--reuid={self.run_as}", f"--regid={gid}", "--init-groups", *command]
         proc = subprocess.Popen(
-            self.command(),
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=self.data_dir,
             env={**os.environ, **self.env},
-            user=user,
-            group=group,
         )
         log.close()
         self.pid_file.write_text(str(proc.pid))

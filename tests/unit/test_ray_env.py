@@ -16,7 +16,6 @@ def test_token_auth_and_serves_fast_path_by_default(monkeypatch: pytest.MonkeyPa
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",  # handles work from synchronous code
-        "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",  # no grpcio fork handlers in our processes
     }
 
 
