@@ -92,6 +92,46 @@ def seed_records(n: int, tag: str) -> list[dict[str, Any]]:
     return records
 
 
+class _Tally:
+    """What both generators record per request: latency of the answered ones, errors by kind,
+    and /predict's `source` of each answer (the stream's decision or scored)."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.sources: dict[str, int] = {}
+
+    def clear(self) -> None:  # after a warm-up
+        self.latencies.clear()
+        self.errors.clear()
+        self.sources.clear()
+
+    async def send(self, http: Any, req: Request) -> None:
+        t0 = time.perf_counter()
+        try:
+            async with http.request(req.method, req.path, params=req.params, data=req.body) as r:
+                body = await r.read()
+                outcome = "ok" if r.status == 200 else f"http {r.status}"
+            if outcome == "ok" and req.path == "/predict":
+                source = str(json.loads(body).get("source", "?"))
+                self.sources[source] = self.sources.get(source, 0) + 1
+        except Exception as exc:  # noqa: BLE001 - a failed request is a data point
+            outcome = type(exc).__name__
+        if outcome == "ok":
+            self.latencies.append(time.perf_counter() - t0)
+        else:
+            self.errors[outcome] = self.errors.get(outcome, 0) + 1
+
+    def row(self, endpoint: Request, wall: float) -> dict[str, Any]:
+        lat = np.asarray(self.latencies) * 1000
+        return {
+            "endpoint": f"{endpoint.method} {endpoint.path}", "rps_done": round(len(lat) / wall, 1),
+            "errors": sum(self.errors.values()), "error_kinds": self.errors,
+            "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+        }  # fmt: skip
+
+
 async def open_loop(
     url: str, key: str, requests: list[Request], rps: float, seconds: float
 ) -> dict[str, Any]:
@@ -116,34 +156,13 @@ async def _open_loop(
 ) -> dict[str, Any]:
     import aiohttp
 
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    sources: dict[str, int] = {}  # /predict's `source` of the answers: the stream's decision or scored
+    tally = _Tally()
     connector = aiohttp.TCPConnector(limit=1000, limit_per_host=1000)
     timeout = aiohttp.ClientTimeout(total=30)
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
     async with aiohttp.ClientSession(url, headers=headers, connector=connector, timeout=timeout) as http:
-
-        async def one(i: int) -> None:
-            req = requests[i % len(requests)]
-            t0 = time.perf_counter()
-            try:
-                async with http.request(req.method, req.path, params=req.params, data=req.body) as r:
-                    body = await r.read()
-                    outcome = "ok" if r.status == 200 else f"http {r.status}"
-                if outcome == "ok" and req.path == "/predict":
-                    source = str(json.loads(body).get("source", "?"))
-                    sources[source] = sources.get(source, 0) + 1
-            except Exception as exc:  # noqa: BLE001 - a failed request is a data point
-                outcome = type(exc).__name__
-            if outcome == "ok":
-                latencies.append(time.perf_counter() - t0)
-            else:
-                errors[outcome] = errors.get(outcome, 0) + 1
-
-        await asyncio.gather(*(one(i) for i in range(20)))  # warm the connections
-        for measured in (latencies, errors, sources):  # the warm-up is not measured
-            measured.clear()
+        await asyncio.gather(*(tally.send(http, requests[i % len(requests)]) for i in range(20)))  # warm
+        tally.clear()
         tasks = []
         start = time.perf_counter()
         n = int(rps * seconds)
@@ -151,18 +170,16 @@ async def _open_loop(
             delay = start + i / rps - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
+            tasks.append(asyncio.create_task(tally.send(http, requests[i % len(requests)])))
         sent_s = time.perf_counter() - start
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1000
-    return {
-        "endpoint": f"{requests[0].method} {requests[0].path}",
-        "rps_offered": rps, "rps_sent": round(n / sent_s, 1), "rps_done": round(len(lat) / wall, 1),
-        "requests": n, "errors": sum(errors.values()), "error_kinds": errors, "sources": sources,
-        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
-    }  # fmt: skip
+    return tally.row(requests[0], wall) | {
+        "rps_offered": rps,
+        "rps_sent": round(n / sent_s, 1),
+        "requests": n,
+        "sources": tally.sources,
+    }
 
 
 async def closed_loop(
@@ -173,8 +190,7 @@ async def closed_loop(
     at a given rate instead)."""
     import aiohttp
 
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
+    tally = _Tally()
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
     connector = aiohttp.TCPConnector(limit=in_flight)
     async with aiohttp.ClientSession(url, headers=headers, connector=connector) as http:
@@ -182,34 +198,18 @@ async def closed_loop(
         async def client(first: int, until: float) -> None:
             i = first
             while time.perf_counter() < until:
-                req = requests[i % len(requests)]
+                await tally.send(http, requests[i % len(requests)])
                 i += in_flight
-                t0 = time.perf_counter()
-                try:
-                    async with http.request(req.method, req.path, params=req.params, data=req.body) as r:
-                        await r.read()
-                        outcome = "ok" if r.status == 200 else f"http {r.status}"
-                except Exception as exc:  # noqa: BLE001 - a failed request is a data point
-                    outcome = type(exc).__name__
-                if outcome == "ok":
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors[outcome] = errors.get(outcome, 0) + 1
 
         await asyncio.gather(*(client(i, time.perf_counter() + 1.0) for i in range(in_flight)))  # warm
-        latencies.clear()
-        errors.clear()
+        tally.clear()
         start = time.perf_counter()
         await asyncio.gather(*(client(i, start + seconds) for i in range(in_flight)))
         wall = time.perf_counter() - start
-    lat = np.asarray(latencies) * 1000
-    return {
-        "endpoint": f"{requests[0].method} {requests[0].path}", "in_flight": in_flight,
-        "rps_done": round(len(lat) / wall, 1), "requests": len(lat) + sum(errors.values()),
-        "errors": sum(errors.values()), "error_kinds": errors,
-        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
-        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
-    }  # fmt: skip
+    return tally.row(requests[0], wall) | {
+        "in_flight": in_flight,
+        "requests": len(tally.latencies) + sum(tally.errors.values()),
+    }
 
 
 def with_box_cpu(run: Callable[[], dict[str, Any]], top: int = 8) -> dict[str, Any]:
