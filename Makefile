@@ -21,7 +21,7 @@ test: setup ## lint, type-check and the whole test suite on the real local stack
 	@bash cluster/run_tests.sh
 
 lint: setup ## ruff (lint + format check) and mypy
-	@$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy .
+	@$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy . && $(BIN)/lint-imports --no-cache
 
 format: setup ## apply ruff's formatting and safe fixes
 	@$(BIN)/ruff format . && $(BIN)/ruff check --fix .

@@ -18,7 +18,7 @@ import httpx
 import psycopg2
 from confluent_kafka import Consumer
 
-from cluster.settings import Settings
+from core.settings import Settings
 from ingest.serde import TransactionSerde, event_time_ms
 from ingest.validation import validate
 

@@ -23,18 +23,21 @@ import os
 import time
 import uuid
 
-from cluster.ray_runtime import ray_env
+from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
 import psycopg2
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster import ray_runtime, serving
-from cluster.settings import ServeSettings, Settings, get_settings
+from core import ray_client
+from core.settings import ServeSettings, Settings, get_settings
 from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
+from ingest.simulator.frames import simulated_frame
+from serve_deployments import deploy as serving
+from training import quick
 
 
 def _decisions(settings: Settings, ids: list[str]) -> int:
@@ -70,7 +73,8 @@ def main() -> None:
     ids = [r["transaction_id"] for r in records]
     print(f"produced {args.count:,} in {time.perf_counter() - t0:.1f} s")
 
-    ray_runtime.init(settings, local=True, log_to_driver=False)
+    ray_client.init(settings, local=True, log_to_driver=False)
+    quick.ensure_models(settings, simulated_frame)
     serving.deploy(settings)
     results = []
     try:

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 
-from cluster.ray_runtime import ray_env
+from core.procs import service_pids
+from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
@@ -42,7 +43,7 @@ import psycopg2
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks import baseline, procstat, stages
-from cluster.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from features.online import OnlineStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,9 +197,7 @@ def check(settings: Settings, ids: list[str]) -> dict[str, Any]:
 
 
 def services(settings: Settings) -> dict[str, int]:
-    from cluster import stack
-
-    return {str(r["service"]): int(str(r["pid"])) for r in stack.status(settings) if r["pid"]}
+    return service_pids(settings.var_dir)
 
 
 def drain_run(
@@ -279,7 +278,7 @@ def pin_replicas(
     returns the seconds it took."""
     from ray import serve
 
-    from cluster import serving
+    from serve_deployments import deploy as serving
 
     serving.configure(
         settings,
@@ -330,8 +329,11 @@ def deploy(settings: Settings, api_key: str, timeout_s: float = 600.0, attempts:
     from ray import serve
     from ray.exceptions import RayError
 
-    from cluster import serving
+    from ingest.simulator.frames import simulated_frame
+    from serve_deployments import deploy as serving
+    from training import quick
 
+    quick.ensure_models(settings, simulated_frame)
     for attempt in range(attempts):
         try:
             return serving.deploy(settings, api_keys=[api_key])
@@ -364,11 +366,11 @@ def attach(settings: Settings, app: RunningApp) -> None:
     import ray
     from ray import serve
 
-    from cluster import ray_runtime
-    from cluster.errors import ModelNotReady
+    from core import ray_client
+    from core.errors import ModelNotReady
 
     if not ray.is_initialized():
-        address = ray_runtime.head_address(settings)
+        address = ray_client.head_address(settings)
         host, _, port = address.rpartition(":")
         if port.isdigit():  # host:port of a GCS (not "auto" or ray://): fail fast when nobody listens
             try:
@@ -378,7 +380,7 @@ def attach(settings: Settings, app: RunningApp) -> None:
                     f"no Ray cluster answers at {address} (start the app with `make run` or"
                     " `fraudray serve`, or set RAY_ADDRESS)"
                 ) from None
-        ray_runtime.init(settings, log_to_driver=False)
+        ray_client.init(settings, log_to_driver=False)
     status = serve.status().applications.get(settings.serve.app_name)
     if status is None or status.status != "RUNNING":
         state = "not deployed" if status is None else status.status
@@ -479,8 +481,8 @@ def _replicas_step(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]
     """A backlog drain per replica count, the models pinned there; the app's autoscaling after."""
     import ray
 
-    from cluster import serving
     from ingest.consumer import ACTOR_CPUS
+    from serve_deployments import deploy as serving
 
     config, settings = ctx.config, ctx.settings
     actors = config.replica_actors

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from cluster.settings import Settings
+from core.settings import Settings
 from features.kernel import to_ms
 from features.online import OnlineStore
 

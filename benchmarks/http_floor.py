@@ -18,12 +18,12 @@ import os
 import uuid
 from typing import Any
 
-from cluster.ray_runtime import ray_env
+from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
-from cluster.ports import free_port
-from cluster.settings import get_settings
+from core.ports import free_port
+from core.settings import get_settings
 
 
 def build(what: str, redis_url: str) -> Any:

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from cluster.ray_runtime import ray_env
+from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 RAY_WORKER_NICENESS = 15  # Ray starts its worker processes at this niceness
@@ -77,7 +77,7 @@ def seed_users(n: int, tag: str) -> list[str]:
 
 def seed_records(n: int, tag: str) -> list[dict[str, Any]]:
     """The transactions of :func:`seed_users`, written into the online store."""
-    from cluster.settings import get_settings
+    from core.settings import get_settings
     from features.online import OnlineStore
 
     now = datetime.now(UTC)
@@ -231,11 +231,11 @@ def with_box_cpu(run: Callable[[], dict[str, Any]], top: int = 8) -> dict[str, A
 def handle_throughput(batch: int, seconds: float, concurrency: int) -> dict[str, Any]:
     from ray import serve
 
-    from cluster.settings import get_settings
+    from core.families import SCORER_DEPLOYMENT
+    from core.settings import get_settings
     from features.catalogue import FEATURE_NAMES
-    from serve_deployments.app import SCORER_NAME
 
-    handle = serve.get_deployment_handle(SCORER_NAME, get_settings().serve.app_name)
+    handle = serve.get_deployment_handle(SCORER_DEPLOYMENT, get_settings().serve.app_name)
     rows = np.random.default_rng(0).normal(size=(batch, len(FEATURE_NAMES))).astype(np.float32)
     handle.score.remote(rows).result()  # warm
     done = 0
@@ -281,7 +281,7 @@ def main() -> None:
     d.add_argument("--address", default="", help="Ray GCS address (default: the settings' cluster)")
     args = parser.parse_args()
     if args.cmd == "http":
-        from cluster.settings import get_settings
+        from core.settings import get_settings
         from features.online import OnlineStore
 
         tag = f"bench-{uuid.uuid4().hex[:6]}"
@@ -307,15 +307,15 @@ def main() -> None:
         finally:
             OnlineStore(get_settings().redis.url.get_secret_value()).drop_population(tag)
     else:
-        from cluster import ray_runtime
-        from cluster.settings import get_settings
+        from core import ray_client
+        from core.settings import get_settings
 
         if args.address:
             import ray
 
             ray.init(address=args.address, namespace=get_settings().ray.namespace, log_to_driver=False)
         else:
-            ray_runtime.init(get_settings(), log_to_driver=False)
+            ray_client.init(get_settings(), log_to_driver=False)
         for batch in args.batch:
             print(handle_throughput(batch, args.seconds, args.in_flight), flush=True)
 

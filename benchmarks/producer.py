@@ -23,11 +23,11 @@ import numpy as np
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster.settings import Settings, get_settings
-from ingest.batch import SCENARIOS
+from core.settings import Settings, get_settings
 from ingest.labels import LabelProducer, LabelQueue
 from ingest.producer import FastTransactionProducer
 from ingest.simulator import SimConfig, Simulator
+from ingest.simulator.batch import SCENARIOS
 from ingest.stream import Pacer, RatePacer, Unpaced, run_stream
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from benchmarks import stages
 from benchmarks.e2e import Topics, Workload, check, deploy, produce, start_ray, with_kafka
 from benchmarks.procstat import cmdline
-from cluster.settings import Settings
+from core.settings import Settings
 
 
 def actor_pids() -> list[int]:

@@ -20,7 +20,7 @@ import numpy as np
 import psycopg2
 import redis
 
-from cluster.settings import Settings
+from core.settings import Settings
 from features.online import OnlineStore
 from ingest.producer import producer_config
 from ingest.serde import TransactionSerde
@@ -79,12 +79,11 @@ def models_us(settings: Settings, matrix: np.ndarray, *, quick: bool) -> dict[st
     """µs/tx of each member deployment and of the Ensemble per batch size (Serve handle calls)."""
     from ray import serve
 
-    from serve_deployments.app import SCORER_NAME
-    from serve_deployments.models import DEPLOYMENT_NAMES
+    from core.families import DEPLOYMENT_NAMES, SCORER_DEPLOYMENT
 
     app = settings.serve.app_name
     live = set(serve.status().applications[app].deployments)
-    names = [n for n in DEPLOYMENT_NAMES.values() if n in live] + [SCORER_NAME]
+    names = [n for n in DEPLOYMENT_NAMES.values() if n in live] + [SCORER_DEPLOYMENT]
     out: dict[str, dict[str, float]] = {}
     for name in names:
         handle = serve.get_deployment_handle(name, app_name=app)
@@ -179,7 +178,7 @@ def measure(
     settings: Settings, records: list[dict[str, Any]], namespace: str, *, quick: bool
 ) -> dict[str, Any]:
     """Every stage alone; ``limit_tx_per_s`` = 1e6 / the serial sum of one consumer's stages."""
-    from serve_deployments.app import SCORER_NAME
+    from core.families import SCORER_DEPLOYMENT
 
     decode = decode_us(records, settings.consumer.batch_size)
     feats, matrix = features_us(settings, records, namespace)
@@ -188,7 +187,7 @@ def measure(
     serial = {
         "decode": round(decode, 1),
         "features": round(feats, 1),
-        "score": models[SCORER_NAME][str(settings.consumer.batch_size)],
+        "score": models[SCORER_DEPLOYMENT][str(settings.consumer.batch_size)],
         **sinks,
     }
     total = sum(serial.values())

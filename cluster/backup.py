@@ -25,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg2
 from psycopg2 import sql
 
-from cluster.errors import FraudrayError
-from cluster.settings import Settings
+from core.errors import FraudrayError
+from core.settings import Settings
 
 BACKUP_TABLES = ("transactions", "decisions", "labels")
 DUMP_GLOB = "fraudray-*.dump"

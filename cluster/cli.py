@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from cluster.ray_runtime import ray_env
+from core import ray_client
+from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
@@ -18,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster import stack as stack_mod
-from cluster.errors import FraudrayError
-from cluster.settings import get_settings
+from core.errors import FraudrayError
+from core.settings import get_settings
 from ingest import cli as ingest_cli
 
 if TYPE_CHECKING:
@@ -94,12 +95,15 @@ def stack_status() -> None:
 @app.command("serve")
 def serve_cmd() -> None:
     """Deploy the Serve app `fraud` (HTTP API) on the Ray cluster and keep it running."""
-    from cluster import ray_runtime, serving
+    from cluster import ray_runtime
+    from cluster.first_start import ensure_models
+    from serve_deployments import deploy as serving
 
     settings = get_settings()
     try:
         ray_runtime.start_head(settings)
-        ray_runtime.init(settings)
+        ray_client.init(settings)
+        ensure_models(settings)
         url = serving.deploy(settings)
     except FraudrayError as exc:
         raise _fail(exc) from exc
@@ -118,12 +122,11 @@ def consume_cmd(
     """Run the consumer actors (one group) against the deployed Serve app until Ctrl-C."""
     from rich.live import Live
 
-    from cluster import ray_runtime
     from cluster.drift import production_reference
     from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
 
     settings = get_settings()
-    ray_runtime.init(settings, log_to_driver=False)
+    ray_client.init(settings, log_to_driver=False)
     import ray
 
     n = actors or max(1, min(settings.kafka.partitions, int(ray.cluster_resources().get("CPU", 1))))
@@ -192,10 +195,10 @@ def train_cmd(
     Without --csv the data are the feature store's point-in-time frames of the transactions
     and labels in PostgreSQL (train on the earlier days, validate and test on the later ones).
     """
+    from cluster.first_start import train_quick_models
     from features.catalogue import FEATURE_NAMES
     from training.data import frame_from_csv, frame_from_store, temporal_split
     from training.pipeline import ensure_ray, report_json, train_all
-    from training.quick import train_quick_models
 
     settings = get_settings()
     if quick:
@@ -299,14 +302,14 @@ def _tune(
 
 def _hot_swap(settings: Any) -> None:
     """Push the production versions to the running Serve app; never fails the command."""
-    from cluster import ray_runtime, serving
+    from serve_deployments import deploy as serving
 
     later = "the next `fraudray serve` picks the production versions up"
     try:
         if not settings.ray.address:  # the managed local head: is anything listening at all?
             import socket
 
-            host, port = ray_runtime.head_address(settings).rsplit(":", 1)
+            host, port = ray_client.head_address(settings).rsplit(":", 1)
             try:
                 socket.create_connection((host, int(port)), timeout=2).close()
             except OSError:
@@ -415,9 +418,7 @@ def bench_cmd(
     latency at fixed offered load, the per-message baseline, each stage alone and HTTP
     /predict and /score; JSON report, docs table and chart."""
     import json
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/ is not installed
     from benchmarks import e2e
     from benchmarks.report import write_docs
 

@@ -20,10 +20,13 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from cluster import ray_runtime, serving, stack
+from cluster import ray_runtime, stack
 from cluster.drift import production_reference
-from cluster.settings import Settings
+from cluster.first_start import ensure_models
+from core import ray_client
+from core.settings import Settings
 from dashboards import launch
+from serve_deployments import deploy as serving
 
 if TYPE_CHECKING:
     from ingest.consumer import ConsumerPool
@@ -139,7 +142,7 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
     with console.status("starting Ray"):
         head_started = ray_runtime.start_head(settings) == "started"
         # Actor and replica logs would tear the live display; they stay in Ray's log folder.
-        ray_runtime.init(settings, log_to_driver=False)
+        ray_client.init(settings, log_to_driver=False)
     # Ctrl-C and `kill` (SIGTERM, as process managers stop things) both end in the clean stop
     # below, also when this process was started with SIGINT ignored (`make run &` from a script,
     # nohup: Python then installs no Ctrl-C handler). After ray.init: Ray's driver installs a
@@ -150,7 +153,9 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
     pool: ConsumerPool | None = None
     dashboard = None
     try:
-        with console.status("deploying Serve app (training a quick model if the registry is empty)"):
+        with console.status("checking the registry (training quick models if it has none)"):
+            ensure_models(settings)
+        with console.status("deploying Serve app"):
             serving.deploy(settings, api_keys=[key])
         pool = ConsumerPool(settings, actors, drift_reference=production_reference)
         with console.status(f"starting the analyst dashboard on {launch.url()}"):

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cluster.errors import ModelNotReady
-from cluster.settings import Settings
+from core.errors import ModelNotReady
+from core.settings import Settings
 
 FAMILIES = ("xgb", "if", "ae")
 

@@ -7,8 +7,8 @@ BIN=.venv/bin
 export RAY_AUTH_MODE=token
 t0=$(date +%s)
 
-echo "== lint: ruff + mypy"
-$BIN/ruff check . && $BIN/ruff format --check . && $BIN/mypy . || exit 1
+echo "== lint: ruff + mypy + import layers"
+$BIN/ruff check . && $BIN/ruff format --check . && $BIN/mypy . && $BIN/lint-imports --no-cache || exit 1
 
 was_up=0
 $BIN/fraudray stack status >/dev/null 2>&1 && was_up=1

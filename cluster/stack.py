@@ -14,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import time
@@ -24,33 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.errors import StackError
-from cluster.settings import REPO_ROOT, Settings
+from core.errors import StackError
+from core.procs import pid_alive, port_open
+from core.settings import REPO_ROOT, Settings
 
 SERVICE_NAMES = ("kafka", "redis", "postgres", "prometheus", "alertmanager")
-
-
-def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _http_ok(url: str) -> bool:
@@ -96,7 +73,7 @@ class Service:
         return self.var / self.name
 
     @property
-    def pid_file(self) -> Path:
+    def pid_file(self) -> Path:  # core.procs.service_pids reads these
         return self.var / "run" / f"{self.name}.pid"
 
     @property
@@ -422,7 +399,7 @@ class Postgres(Service):
         import psycopg2
         from psycopg2 import sql
 
-        from cluster.migrations import apply_migrations
+        from core.db import apply_migrations
 
         pg = self.settings.postgres
         conn = psycopg2.connect(self._admin_dsn())

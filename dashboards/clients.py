@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from cluster.settings import Settings
+from core.settings import Settings
 
 EXPLAIN_TIMEOUT_S = 10.0
 PROMETHEUS_TIMEOUT_S = 2.0

@@ -12,7 +12,7 @@ import pandas as pd
 import psycopg2
 import streamlit as st
 
-from cluster.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from dashboards import timerange
 from dashboards.timerange import CUSTOM, DEFAULT_PRESET, PRESETS, Window
 

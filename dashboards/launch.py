@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from cluster.settings import Settings
+from core.settings import Settings
 
 DEFAULT_PORT = 8501
 DEFAULT_ADDRESS = "127.0.0.1"

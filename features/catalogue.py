@@ -47,7 +47,7 @@ NIGHT_END_HOUR = 6  # night = 00:00-05:59 UTC
 
 CHANNELS: dict[str, int] = {"card_present": 1, "online": 2, "contactless": 3, "mobile": 4, "atm": 5}
 CARD_NOT_PRESENT = frozenset({"online", "mobile"})
-# The simulator's categories (ingest/world.py) first, then common extras; unknown names are "other".
+# The simulator's categories (ingest/simulator/world.py) first, then common extras; unknown names are "other".
 CATEGORIES: dict[str, int] = {
     name: i + 1
     for i, name in enumerate(

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from cluster.errors import FraudrayError, StoreUnavailable
+from core.errors import FraudrayError, StoreUnavailable
 from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES
 from features.kernel import (

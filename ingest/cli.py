@@ -22,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cluster.errors import FraudrayError
-from cluster.settings import get_settings
+from core.errors import FraudrayError
+from core.settings import get_settings
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -211,8 +211,8 @@ def produce(  # noqa: PLR0917 - typer: one parameter per CLI option
     labels_topic: Annotated[str | None, typer.Option(help="labels topic (default from settings)")] = None,
 ) -> None:
     """Simulated card traffic with labelled fraud to Kafka (or Parquet with --to-file)."""
-    from ingest.scenarios import DEFAULT_MIX
     from ingest.simulator import SimConfig, Simulator, parse_mix, write_parquet
+    from ingest.simulator.scenarios import DEFAULT_MIX
 
     if to_file is None and count is None and duration is None:
         raise _fail(ValueError("give --count or --duration (Ctrl-C also stops)"))

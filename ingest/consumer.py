@@ -30,8 +30,9 @@ import psycopg2
 import ray
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from cluster.errors import FraudrayError, StoreUnavailable
-from cluster.settings import Settings
+from core.errors import FraudrayError, StoreUnavailable
+from core.families import SCORER_DEPLOYMENT
+from core.settings import Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
 from ingest.labels import Label, LabelError, iso_ms, parse_label
@@ -553,11 +554,10 @@ class ConsumerPool:
 
     def add(self) -> Any:
         """Start one more member (the group rebalances)."""
-        from serve_deployments.app import SCORER_NAME
-
         actor = ConsumerActor.remote(  # type: ignore[attr-defined]
-            self.settings, self.settings.serve.app_name, SCORER_NAME, self.group_id, self.drift_reference
-        )
+            self.settings, self.settings.serve.app_name, SCORER_DEPLOYMENT, self.group_id,
+            self.drift_reference,
+        )  # fmt: skip
         self.actors.append(actor)
         self.runs.append(actor.run.remote(**self.run_kwargs))
         return actor

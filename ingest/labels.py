@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cluster.settings import Settings
+from core.settings import Settings
 from ingest.producer import TopicProducer
 
 LabelMode = Literal["all", "fraud", "none"]

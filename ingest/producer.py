@@ -12,7 +12,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from cluster.settings import Settings
+from core.settings import Settings
 from ingest.serde import FastRecordEncoder, TransactionSerde, registry_from_settings
 
 log = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from cluster.errors import FraudrayError
-from ingest.population import SALT_LABEL, hash01
+from core.errors import FraudrayError
+from ingest.simulator.population import SALT_LABEL, hash01
 from ingest.validation import validate
 
 REQUIRED: tuple[str, ...] = ("transaction_id", "user_id", "merchant_id", "amount", "currency", "event_time",

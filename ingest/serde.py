@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import fastavro
 
-from cluster.errors import DecodeError, FraudrayError
+from core.errors import DecodeError, FraudrayError
 
 if TYPE_CHECKING:
-    from cluster.settings import Settings
+    from core.settings import Settings
 
 SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 MAGIC = 0

@@ -26,7 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, Val
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from cluster.errors import (
+from core.errors import (
     FraudrayError,
     ModelNotReady,
     PayloadTooLarge,
@@ -34,7 +34,8 @@ from cluster.errors import (
     Unauthorized,
     UnknownUser,
 )
-from cluster.settings import PostgresSettings, Settings, get_settings
+from core.families import DEPLOYMENT_NAMES, MEMBER_KEYS, SCORER_DEPLOYMENT
+from core.settings import PostgresSettings, Settings, get_settings
 from features.online import FEATURE_NAMES, OnlineStore
 from monitoring.metrics import HttpMetricsMiddleware, shared_metrics
 from serve_deployments import explain as xp
@@ -42,9 +43,7 @@ from serve_deployments import models as member_models
 
 log = logging.getLogger(__name__)
 
-# The deployment the consumer actors call (`serve.get_deployment_handle(SCORER_NAME, app)`).
-SCORER_NAME = "Ensemble"
-FAMILIES = ("if", "xgb", "ae")
+FAMILIES = MEMBER_KEYS
 MAX_SCORE_BATCH = 1000
 # Concurrent HTTP requests share one Ensemble call: on this box every handle hop costs ~8 ms of
 # Ray round trip, so per-request calls cap the API near 10 rps; merged, a batch pays it once.
@@ -60,14 +59,12 @@ LIVE_VERSIONS_MAX_AGE_S = 5.0
 def autoscaling_configs() -> dict[str, dict[str, float]]:
     """The code's ``autoscaling_config`` of each autoscaled deployment, by deployment name.
 
-    Every config fraudray deploys lists them (``cluster.serving``, ``config.yaml``): Ray 2.60
+    Every config fraudray deploys lists them (``serve_deployments.deploy``, ``config.yaml``): Ray 2.60
     folds the number of deployments with an ``autoscaling_config`` entry into the app's code
     version, so an app deployed without them would restart every replica the first time
     ``serving.configure`` gives one; with them listed, a new autoscaling config applies in place."""
-    members = {
-        name: dict(member_models.MEMBER_AUTOSCALING) for name in member_models.DEPLOYMENT_NAMES.values()
-    }
-    return {**members, SCORER_NAME: dict(SCORER_AUTOSCALING)}
+    members = {name: dict(member_models.MEMBER_AUTOSCALING) for name in DEPLOYMENT_NAMES.values()}
+    return {**members, SCORER_DEPLOYMENT: dict(SCORER_AUTOSCALING)}
 
 
 class UnknownTransaction(FraudrayError):
@@ -89,7 +86,7 @@ def decide(
 
 
 @serve.deployment(
-    name=SCORER_NAME,
+    name=SCORER_DEPLOYMENT,
     ray_actor_options={"num_cpus": 0.1},
     # The consumer pipelines one call per micro-batch; Serve's default of 5 would make the
     # router back off while the members are merely batching.
@@ -508,33 +505,26 @@ class FraudApi:
 
 
 # -- application builder ---------------------------------------------------------------------
-def production_versions(settings: Settings, *, train_missing: bool = True) -> dict[str, dict[str, str]]:
+def production_versions(settings: Settings) -> dict[str, dict[str, str]]:
     """``{family: {"uri", "version"}}`` of the registry's production models (``if`` at least).
-
-    Missing families are trained quickly first (``training.quick``) when ``train_missing``.
-    """
+    Serving only loads: ``cluster.first_start`` trains the first-start models."""
     from training.registry import Registry
 
     registry = Registry(settings)
 
-    def read() -> dict[str, dict[str, str]]:
-        found = {}
-        for name in (*FAMILIES, "ensemble"):
-            try:
-                mv = registry.production(name)
-            except ModelNotReady:
-                continue
-            if name == "ensemble" or mv.feature_names == list(FEATURE_NAMES):
-                found[name] = {"uri": mv.uri, "version": mv.version}
-        return found
-
-    if train_missing:  # a few registry reads when the production models are all usable
-        from training.quick import ensure_models
-
-        ensure_models(settings)
-    found = read()
+    found = {}
+    for name in (*FAMILIES, "ensemble"):
+        try:
+            mv = registry.production(name)
+        except ModelNotReady:
+            continue
+        if name == "ensemble" or mv.feature_names == list(FEATURE_NAMES):
+            found[name] = {"uri": mv.uri, "version": mv.version}
     if "if" not in found:
-        raise ModelNotReady("no production Isolation Forest on the current features: run `fraudray train`")
+        raise ModelNotReady(
+            "no production Isolation Forest on the current features: run `fraudray train --quick`"
+            " (first-start models) or `fraudray train`"
+        )
     return found
 
 
@@ -547,7 +537,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     ``api_keys`` (list or comma-separated) or ``api_key_digests``, and ``llm`` (``base_url``,
     ``model``, ``timeout_s``). What is missing comes from the settings (FRAUDRAY_*) and the
     registry's production models. Config files may override each deployment's ``user_config``
-    (``{"uri", "version"}``): that is how ``cluster.serving.hot_swap`` swaps versions.
+    (``{"uri", "version"}``): that is how ``serve_deployments.deploy.hot_swap`` swaps versions.
     """
     args = dict(args or {})
     settings = get_settings()
@@ -583,7 +573,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     }
     members = {
         fam: member_models.ModelScorer.options(  # type: ignore[attr-defined]
-            name=member_models.DEPLOYMENT_NAMES[fam], user_config=versions[fam]
+            name=DEPLOYMENT_NAMES[fam], user_config=versions[fam]
         ).bind(fam)
         for fam in FAMILIES
         if fam in versions

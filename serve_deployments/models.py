@@ -15,17 +15,14 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from cluster.errors import ModelNotReady
+from core.errors import ModelNotReady
+from core.families import DEPLOYMENT_NAMES, METRIC_NAMES
 from features.catalogue import FEATURE_NAMES
 from monitoring.metrics import shared_metrics
 
-# family -> deployment name (also the name of its section in config files)
-DEPLOYMENT_NAMES: dict[str, str] = {"if": "IsolationForest", "xgb": "XGBoost", "ae": "Autoencoder"}
-METRIC_NAMES: dict[str, str] = {"if": "isolation_forest", "xgb": "xgboost", "ae": "autoencoder"}
-
 MAX_BATCH_SIZE = 64  # calls per batch; a consumer call under backlog carries up to 2,000 rows
 BATCH_WAIT_S = 0.002  # at 300 HTTP rps a 2 ms window merges ~1-3 calls and costs <1 ms of p50
-# Each model deployment's autoscaling; cluster/serving.py and serve_deployments/config.yaml
+# Each model deployment's autoscaling; serve_deployments/deploy.py and serve_deployments/config.yaml
 # list it in the configs they deploy (see autoscaling_configs in serve_deployments/app.py).
 MEMBER_AUTOSCALING: dict[str, float] = {
     "min_replicas": 1,

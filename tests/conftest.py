@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from cluster.ray_runtime import ray_env
+from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
@@ -22,8 +22,8 @@ import ray
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import stack
-from cluster.ports import free_port
-from cluster.settings import Settings
+from core.ports import free_port
+from core.settings import Settings
 from tests.helpers import API_KEY, TEST_TAG
 
 _ray_init = ray.init
@@ -116,8 +116,9 @@ def fake_llm(serve_app: str) -> Any:
 def _start_shared_app(local_stack: Settings) -> None:
     from ray import serve
 
-    from cluster import ray_runtime, serving
-    from cluster.settings import REPO_ROOT
+    from core import ray_client
+    from core.settings import REPO_ROOT
+    from serve_deployments import deploy as serving
     from tests.integration.serve_support import FakeOpenAIServer, ensure_all
 
     ensure_all(local_stack)  # the app takes the registry's production models
@@ -136,7 +137,7 @@ def _start_shared_app(local_stack: Settings) -> None:
     port = free_port()
     s = local_stack.model_copy(update={"serve": local_stack.serve.model_copy(update={"http_port": port})})
     _shared["settings"] = s
-    ray_runtime.init(s, local=True, log_to_driver=False)
+    ray_client.init(s, local=True, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})  # the config's port is 8000
     run = subprocess.run(
         [str(Path(sys.executable).parent / "serve"), "run", "serve_deployments/config.yaml",

@@ -12,8 +12,8 @@ from typing import Any
 import psycopg2
 
 from cluster import stack
-from cluster.ports import free_port
-from cluster.settings import PostgresSettings, Settings, StackSettings
+from core.ports import free_port
+from core.settings import PostgresSettings, Settings, StackSettings
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
 

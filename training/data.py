@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cluster.errors import FraudrayError
-from cluster.settings import Settings
+from core.errors import FraudrayError
+from core.settings import Settings
 
 LABEL = "is_fraud"
 TIME = "event_time"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.settings import Settings
+from core.settings import Settings
 from training.autoencoder import AutoencoderModel
 from training.base import FraudModel
 from training.data import Split
@@ -49,11 +49,11 @@ def ensure_ray(settings: Settings) -> None:
 
     if ray.is_initialized():
         return
-    from cluster import ray_runtime
-    from cluster.errors import StackError
+    from core import ray_client
+    from core.errors import StackError
 
     try:
-        ray_runtime.init(settings, local=not settings.ray.address, log_to_driver=False)
+        ray_client.init(settings, local=not settings.ray.address, log_to_driver=False)
     except Exception as exc:  # Ray raises a bare Exception when its node cannot start
         raise StackError(
             f"Ray did not start ({exc}); retry on a quieter machine, or train in this process "

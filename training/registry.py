@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import psycopg2
 
-from cluster.errors import ModelNotReady
-from cluster.settings import Settings
+from core.errors import ModelNotReady
+from core.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ case "$role" in
   head)
     # PostgreSQL may still be starting even after its health check: retry the migrations.
     for attempt in $(seq 1 30); do
-      if python -c 'from cluster.settings import get_settings as g; from cluster.migrations import apply_migrations as m; m(g().postgres.dsn.get_secret_value())'; then
+      if python -c 'from core.settings import get_settings as g; from core.db import apply_migrations as m; m(g().postgres.dsn.get_secret_value())'; then
         break
       fi
       [ "$attempt" = 30 ] && { echo "PostgreSQL migrations failed" >&2; exit 1; }
@@ -26,7 +26,7 @@ case "$role" in
     ray start --head --port 6380 --node-ip-address "$(hostname -i | awk '{print $1}')" \
       --dashboard-host 0.0.0.0 --dashboard-port 8265 --metrics-export-port 8080 \
       --num-cpus "${HEAD_NUM_CPUS:-4}" --disable-usage-stats
-    python -c 'from cluster.settings import get_settings as g; from training.quick import ensure_model as e; print("production model", e(g()).version)'
+    python -c 'from core.settings import get_settings as g; from cluster.first_start import ensure_models as e; print("production models", {f: v.version for f, v in e(g()).items()})'
     serve deploy deploy/serve_config.yaml --address http://127.0.0.1:8265
     exec fraudray consume --actors "${CONSUMER_ACTORS:-2}"
     ;;

@@ -35,10 +35,11 @@ import ray
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cluster import ray_runtime, stack
-from cluster.ports import free_port
-from cluster.ray_runtime import process_table, with_descendants
-from cluster.settings import (
+from cluster import stack
+from core import ray_client
+from core.ports import free_port
+from core.procs import process_table, with_descendants
+from core.settings import (
     REPO_ROOT,
     KafkaSettings,
     PostgresSettings,
@@ -191,7 +192,7 @@ def _run(cmd: list[str], env: dict[str, str], cleanup: Callable[[], None], attem
 @pytest.fixture(scope="package")
 def fault_ray(fault_stack: FaultStack) -> Iterator[FaultRay]:
     s = fault_stack.settings
-    token = ray_runtime.ensure_token()
+    token = ray_client.ensure_token()
     temp_dir = Path(tempfile.mkdtemp(prefix="frf-", dir="/tmp"))  # short: socket paths < 108 bytes
     gcs_port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -298,7 +299,7 @@ def _deploy_serve(s: Settings) -> None:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
-    from cluster import serving
+    from serve_deployments import deploy as serving
     from serve_deployments.app import production_versions
 
     v = dict(production_versions(Settings())["if"])
@@ -345,12 +346,12 @@ class SpreadPool(ConsumerPool):
     def add(self) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from serve_deployments.app import SCORER_NAME
+        from core.families import SCORER_DEPLOYMENT
 
         node = self.nodes[len(self.actors) % len(self.nodes)]
         actor = ConsumerActor.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)
-        ).remote(self.settings, self.settings.serve.app_name, SCORER_NAME, self.group_id)
+        ).remote(self.settings, self.settings.serve.app_name, SCORER_DEPLOYMENT, self.group_id)
         self.actors.append(actor)
         self.runs.append(actor.run.remote(**self.run_kwargs))
         return actor

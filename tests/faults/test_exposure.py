@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.settings import Settings
+from core.settings import Settings
 from tests.faults.conftest import FaultEnv, cluster_pids, unless_left_out
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]

@@ -94,11 +94,11 @@ def test_kill_9_a_consumer_actor(fault_env: FaultEnv) -> None:
 
 
 def test_kill_a_serve_replica(fault_env: FaultEnv) -> None:
-    from serve_deployments.app import SCORER_NAME
+    from core.families import SCORER_DEPLOYMENT
 
     def inject(_pool: SpreadPool) -> dict[str, Any]:
         # Ray names a replica's process after it: ray::ServeReplica:<app>:<deployment>.
-        title = f"ray::ServeReplica:{fault_env.stack.settings.serve.app_name}:{SCORER_NAME}"
+        title = f"ray::ServeReplica:{fault_env.stack.settings.serve.app_name}:{SCORER_DEPLOYMENT}"
         pids = [
             pid
             for pid in cluster_pids(fault_env.ray.temp_dir, fault_env.ray.gcs_port)

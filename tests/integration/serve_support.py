@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cluster.settings import Settings
+from core.settings import Settings
 from features.online import FEATURE_NAMES
 from training.data import temporal_split
 from training.pipeline import TrainResult, train_all
@@ -86,17 +86,17 @@ def train_small(
 
 def ensure_all(settings: Settings) -> dict[str, Any]:
     """Production versions of all four families (small ones trained when any is missing)."""
-    from cluster.errors import ModelNotReady
+    from core.errors import ModelNotReady
     from serve_deployments.app import production_versions
 
     try:
-        found = production_versions(settings, train_missing=False)
+        found = production_versions(settings)
     except ModelNotReady:
         found = {}
     if {"if", "xgb", "ae", "ensemble"} <= found.keys():
         return found
     train_small(settings)
-    return production_versions(settings, train_missing=False)
+    return production_versions(settings)
 
 
 def fuzz_api(

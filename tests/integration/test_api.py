@@ -14,7 +14,7 @@ import httpx
 import psycopg2
 import pytest
 
-from cluster.settings import Settings
+from core.settings import Settings
 from tests.helpers import API_KEY
 from tests.integration.serve_support import fuzz_api
 

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from typer.testing import CliRunner
 
 from cluster import backup
-from cluster.settings import Settings
+from core.settings import Settings
 from ingest.sinks import PostgresSink
 from tests.helpers import private_postgres, with_topics
 

@@ -13,8 +13,8 @@ import pytest
 
 from benchmarks import e2e
 from benchmarks.report import BEGIN, END, write_docs
-from cluster import serving
-from cluster.settings import Settings
+from core.settings import Settings
+from serve_deployments import deploy as serving
 from tests.helpers import API_KEY
 
 

@@ -19,7 +19,7 @@ import ray
 from confluent_kafka import Consumer, Producer
 
 from cluster import stack
-from cluster.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
 from ingest.consumer import ConsumerPool

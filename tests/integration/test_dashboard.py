@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from cluster.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from dashboards import analysis, launch, queries, screenshot
 from dashboards.timerange import Window
 from ingest.simulator import demo_transactions
@@ -38,7 +38,7 @@ BURSTS = 3  # one burst of transactions per hour: several hour buckets
 PER_BURST = 300
 FRAUD_USERS = 3
 # demo_transactions needs a few hundred users: with 30 or 100 its compressed scenario clock makes
-# an empty random range (ValueError: low >= high in ingest/scenarios.py), as of 3f979f9.
+# an empty random range (ValueError: low >= high in ingest/simulator/scenarios.py), as of 3f979f9.
 USERS = 200
 
 

@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from cluster.demo import api_key
-from cluster.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -20,12 +20,12 @@ import httpx
 import pytest
 import yaml
 
-from cluster import ray_runtime
-from cluster.ports import free_port
-from cluster.settings import REPO_ROOT, Settings
-from serve_deployments.app import SCORER_NAME
+from cluster.first_start import ensure_models
+from core import ray_client
+from core.families import SCORER_DEPLOYMENT
+from core.ports import free_port
+from core.settings import REPO_ROOT, Settings
 from tests.integration.test_multinode import RAY, SERVE, run_checked, stop_nodes, wait_for
-from training.quick import ensure_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,7 +47,7 @@ def head(local_stack: Settings) -> Iterator[Head]:
     gcs, dashboard = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FRAUDRAY_"))}
     # What ray_cluster.yaml's env file and the compose file give every node.
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_runtime.ensure_token(), FRAUDRAY_API_KEYS=API_KEY)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=ray_client.ensure_token(), FRAUDRAY_API_KEYS=API_KEY)
     try:
         run_checked([RAY, "start", "--head", "--port", str(gcs), "--num-cpus", "2",
                      "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp_dir),
@@ -92,7 +92,7 @@ def test_serve_deploy_of_the_config_through_the_token_protected_dashboard(head: 
 
     wait_for(healthy, 180, "Serve app fraud healthy after serve deploy")
     status = run_checked([SERVE, "status", "--address", head.dashboard], head.env).stdout
-    assert SCORER_NAME in status and "RUNNING" in status, status
+    assert SCORER_DEPLOYMENT in status and "RUNNING" in status, status
 
     tx = {"transaction_id": "deploy-test-1", "user_id": "u-deploy", "merchant_id": "m1", "amount": 42.5,
           "currency": "EUR", "event_time": datetime.now(UTC).isoformat(), "country": "DE"}  # fmt: skip

@@ -21,8 +21,8 @@ import psycopg2.extras
 import pytest
 import redis
 
-from cluster.errors import StoreUnavailable
-from cluster.settings import Settings
+from core.errors import StoreUnavailable
+from core.settings import Settings
 from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES, FEATURES
 from features.offline import build_frame, frame_from_records

@@ -24,8 +24,8 @@ import redis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cluster.errors import ModelNotReady
-from cluster.settings import Settings
+from core.errors import ModelNotReady
+from core.settings import Settings
 from dashboards import queries
 from dashboards.timerange import Window
 from features.catalogue import FEATURE_NAMES

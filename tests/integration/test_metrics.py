@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from cluster.drift import production_reference
-from cluster.settings import Settings
+from core.settings import Settings
 from ingest.consumer import ConsumerPool, group_lag
 from ingest.producer import TransactionProducer
 from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, retag

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from cluster.ports import free_port
+from core.ports import free_port
 from monitoring.alertmanager_config import TEMPLATE, render_alertmanager_config
 
 pytestmark = [pytest.mark.integration]

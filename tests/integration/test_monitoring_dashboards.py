@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cluster.settings import Settings
+from core.settings import Settings
 from monitoring.dashboards import DASHBOARD_DIR, promql_for_prometheus
 from monitoring.metrics import CATALOGUE, DLQ, RETRIES
 

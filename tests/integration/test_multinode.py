@@ -31,14 +31,13 @@ import ray
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from cluster import ray_runtime
-from cluster.ports import free_port
-from cluster.settings import REPO_ROOT, Settings
+from cluster.first_start import ensure_models
+from core import ray_client
+from core.families import DEPLOYMENT_NAMES, SCORER_DEPLOYMENT
+from core.ports import free_port
+from core.settings import REPO_ROOT, Settings
 from ingest.consumer import ConsumerActor, ConsumerPool
-from serve_deployments.app import SCORER_NAME
-from serve_deployments.models import DEPLOYMENT_NAMES
 from tests.helpers import API_KEY, count_rows, produce, with_topics
-from training.quick import ensure_models
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -115,7 +114,7 @@ def stop_nodes(temp_dir: Path, gcs_port: int) -> None:
 @pytest.fixture
 def two_nodes(local_stack: Settings) -> Iterator[TwoNodes]:
     """Head (resource node_a) and a second node (node_b), 1 CPU each, token auth on."""
-    token = ray_runtime.ensure_token()  # the driver below reads it from ~/.ray/auth_token
+    token = ray_client.ensure_token()  # the driver below reads it from ~/.ray/auth_token
     # Short path: Ray's Unix socket paths under the temp dir must stay below 108 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="frmn-", dir="/tmp"))
     gcs_port = free_port()
@@ -155,7 +154,7 @@ class PinnedPool(ConsumerPool):
     def add(self) -> Any:
         node = self.nodes[len(self.actors)]
         actor = ConsumerActor.options(resources={node: 0.01}).remote(  # type: ignore[attr-defined]
-            self.settings, self.settings.serve.app_name, SCORER_NAME, self.group_id
+            self.settings, self.settings.serve.app_name, SCORER_DEPLOYMENT, self.group_id
         )
         self.actors.append(actor)
         self.runs.append(actor.run.remote(**self.run_kwargs))
@@ -173,7 +172,7 @@ def _serve_config(settings: Settings, http_port: int) -> dict[str, Any]:
     # Every family pinned: the config lists all the model deployments, so the app must bind them.
     app["args"] = {"models": models, "api_keys": [API_KEY]}
     by_name = {d["name"]: d for d in app["deployments"]}
-    by_name[SCORER_NAME].update(
+    by_name[SCORER_DEPLOYMENT].update(
         num_replicas=2, max_replicas_per_node=1, autoscaling_config=None, ray_actor_options={"num_cpus": 0.25}
     )
     # The models: one small replica each, wherever it fits (per node at most 0.25 Ensemble +
@@ -192,7 +191,7 @@ def _scored_by_replicas(port: int) -> float:
         for family in text_string_to_metric_families(text)
         if family.name == "ray_serve_deployment_request_counter"
         for sample in family.samples
-        if sample.name.endswith("_total") and sample.labels.get("deployment") == SCORER_NAME
+        if sample.name.endswith("_total") and sample.labels.get("deployment") == SCORER_DEPLOYMENT
     )
 
 

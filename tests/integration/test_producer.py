@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 from typer.testing import CliRunner
 
-from cluster.settings import Settings
+from core.settings import Settings
 from ingest.cli import app
 from ingest.labels import Label, LabelProducer, LabelQueue
 from ingest.producer import FastTransactionProducer, TransactionProducer, producer_config

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import ray
 
-from cluster import serving
-from cluster.settings import Settings
+from core.settings import Settings
 from features.online import FEATURE_NAMES, OnlineStore
+from serve_deployments import deploy as serving
 from tests.helpers import API_KEY
 from tests.integration.serve_support import FAKE_REPLY, FakeOpenAIServer, train_small
 
@@ -125,18 +125,19 @@ def test_explain_falls_back_to_the_template_when_the_llm_is_slow_or_down(
 def test_batching_merges_concurrent_calls_and_matches_the_unbatched_path(app: tuple[str, Settings]) -> None:
     from ray import serve
 
-    from serve_deployments.app import SCORER_NAME, production_versions
+    from core.families import SCORER_DEPLOYMENT
+    from serve_deployments.app import production_versions
     from serve_deployments.models import load_family
 
     _, s = app
     rows = np.random.default_rng(3).normal(size=(200, len(FEATURE_NAMES))).astype(np.float32)
     member = serve.get_deployment_handle("IsolationForest", s.serve.app_name)
-    scorer = serve.get_deployment_handle(SCORER_NAME, s.serve.app_name)
+    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, s.serve.app_name)
     responses = [member.score.remote(rows[i : i + 1]) for i in range(len(rows))]
     batched = np.concatenate([r.result()["scores"] for r in responses])
     stats = member.stats.remote().result()
     assert max(stats["calls_per_batch"]) > 1, stats
-    versions = production_versions(s, train_missing=False)
+    versions = production_versions(s)
     unbatched = load_family("if", versions["if"]["uri"]).score(rows)
     np.testing.assert_allclose(batched, unbatched, rtol=1e-9)
     whole = scorer.score.remote(rows).result()  # the consumer's call: one matrix

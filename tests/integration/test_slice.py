@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 import redis
 
-from cluster.settings import ConsumerSettings, Settings
+from core.settings import ConsumerSettings, Settings
 from features.online import FEATURE_NAMES, OnlineStore
 from ingest.consumer import ConsumerPool
 from tests.helpers import API_KEY, count_rows, produce, with_topics

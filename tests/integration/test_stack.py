@@ -15,9 +15,10 @@ import redis
 from confluent_kafka import Consumer, Producer
 
 from cluster import stack
-from cluster.errors import StackError
-from cluster.ports import free_port
-from cluster.settings import (
+from core import procs
+from core.errors import StackError
+from core.ports import free_port
+from core.settings import (
     REPO_ROOT,
     AlertmanagerSettings,
     KafkaSettings,
@@ -119,10 +120,10 @@ def test_up_status_down_leaves_nothing_behind(isolated_settings: Settings) -> No
 
     stack.down(s)
     for pid in pids:
-        assert not stack.pid_alive(pid), f"pid {pid} survived `down`"
+        assert not procs.pid_alive(pid), f"pid {pid} survived `down`"
     for port in (s.kafka.port, s.kafka.controller_port, s.redis.port, s.postgres.port,
                  s.prometheus.port, s.alertmanager.port):  # fmt: skip
-        assert not stack.port_open(port), f"port {port} still open after `down`"
+        assert not procs.port_open(port), f"port {port} still open after `down`"
     assert not any(r["pid"] for r in stack.status(s))
 
 

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cluster.errors import ModelNotReady
-from cluster.ports import free_port
-from cluster.settings import Settings, get_settings
+from core.errors import ModelNotReady
+from core.ports import free_port
+from core.settings import Settings, get_settings
 from features.catalogue import FEATURE_NAMES
 from monitoring.drift import DriftWindow
 from training.data import DataError, Split, frame_from_store, temporal_split

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cluster.settings import Settings
+from core.settings import Settings
 from training.autoencoder import AutoencoderModel
 from training.data import DataError, Split, frame_from_csv, temporal_split
 from training.ensemble import Ensemble

@@ -14,7 +14,7 @@ import pytest
 import ray
 import xgboost as xgb
 
-from cluster.settings import Settings
+from core.settings import Settings
 from training.autoencoder import AutoencoderModel
 from training.data import Split, temporal_split
 from training.evaluate import evaluate

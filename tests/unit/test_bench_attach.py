@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cluster.cli import app
-from cluster.settings import get_settings
+from core.settings import get_settings
 
 
 def test_attach_without_a_cluster_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

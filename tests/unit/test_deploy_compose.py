@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from cluster.ray_runtime import SERVE_FAST_PATH
-from cluster.settings import REPO_ROOT, Settings
+from core.ray_client import SERVE_FAST_PATH
+from core.settings import REPO_ROOT, Settings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 PROMETHEUS = REPO_ROOT / "deploy" / "compose" / "prometheus.yml"

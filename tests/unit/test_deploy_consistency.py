@@ -19,7 +19,8 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from cluster.cli import app as cli_app
-from cluster.settings import REPO_ROOT, Settings
+from core.families import DEPLOYMENT_NAMES, SCORER_DEPLOYMENT
+from core.settings import REPO_ROOT, Settings
 
 SERVE_CONFIG = REPO_ROOT / "deploy" / "serve_config.yaml"
 FILES_WITH_COMMANDS = [
@@ -52,10 +53,10 @@ def test_the_config_names_the_real_app_and_deployments() -> None:
     deployments = {
         obj.name for obj in vars(module).values() if isinstance(obj, serve.Deployment)
     }  # the deployments the builder binds, plus one ModelScorer per family under its own name
-    assert deployments == {module.SCORER_NAME, "FraudApi"}
+    assert deployments == {SCORER_DEPLOYMENT, "FraudApi"}
     models = importlib.import_module("serve_deployments.models")
     assert isinstance(models.ModelScorer, serve.Deployment)
-    expected = deployments | set(models.DEPLOYMENT_NAMES.values())
+    expected = deployments | set(DEPLOYMENT_NAMES.values())
     assert {d["name"] for d in app["deployments"]} == expected
     one_box = yaml.safe_load((REPO_ROOT / "serve_deployments" / "config.yaml").read_text())
     (local,) = one_box["applications"]
@@ -69,14 +70,14 @@ def test_deployed_configs_list_the_codes_autoscaling() -> None:
     deployment's autoscaling config, equal to the code's: with them listed, a later
     `serving.configure` of one applies in place (Ray counts such entries into the app's code
     version)."""
-    from cluster import serving
     from serve_deployments import app as app_module
+    from serve_deployments import deploy as serving
     from serve_deployments import models
 
     code = app_module.autoscaling_configs()
     declared: dict[str, Any] = {
-        app_module.SCORER_NAME: app_module.Ensemble,
-        **dict.fromkeys(models.DEPLOYMENT_NAMES.values(), models.ModelScorer),
+        SCORER_DEPLOYMENT: app_module.Ensemble,
+        **dict.fromkeys(DEPLOYMENT_NAMES.values(), models.ModelScorer),
     }
     for name, deployment in declared.items():
         live = deployment._deployment_config.autoscaling_config.model_dump(exclude_unset=True)

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from cluster.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 KUBERAY = REPO_ROOT / "deploy" / "kuberay"
 TOKEN_SECRET = "fraudray-ray-token"

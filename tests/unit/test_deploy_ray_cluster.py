@@ -14,8 +14,8 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster.ray_runtime import SERVE_FAST_PATH
-from cluster.settings import REPO_ROOT, Settings
+from core.ray_client import SERVE_FAST_PATH
+from core.settings import REPO_ROOT, Settings
 
 CONFIG = REPO_ROOT / "ray_cluster.yaml"
 

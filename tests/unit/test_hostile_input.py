@@ -18,7 +18,7 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cluster.errors import DecodeError
+from core.errors import DecodeError
 from features.catalogue import FEATURE_NAMES
 from features.online import records_features
 from ingest.serde import MAGIC, FastRecordEncoder, TransactionSerde, event_time_ms

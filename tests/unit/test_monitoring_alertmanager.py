@@ -149,7 +149,7 @@ def test_env_from_settings_unwraps_secrets_and_skips_empty_fields() -> None:
 
 
 def test_every_template_variable_is_an_alertmanager_setting() -> None:
-    from cluster.settings import AlertmanagerSettings
+    from core.settings import AlertmanagerSettings
 
     fields = set(AlertmanagerSettings.model_fields)
     assert {n.removeprefix(P).lower() for n in ENV_NAMES} <= fields

@@ -63,8 +63,8 @@ def test_rendered_config_passes_promtool_check_config(tmp_path: Path) -> None:
 
 
 def test_config_as_the_stack_renders_it_passes_promtool(tmp_path: Path) -> None:
-    from cluster.settings import Settings
     from cluster.stack import Prometheus
+    from core.settings import Settings
 
     base = Settings()
     ray_temp = tmp_path / "ray"  # not there yet, as /tmp/ray on a fresh machine

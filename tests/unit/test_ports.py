@@ -1,4 +1,4 @@
-"""cluster.ports.free_port: a bindable port below the kernel's ephemeral range, where outgoing
+"""core.ports.free_port: a bindable port below the kernel's ephemeral range, where outgoing
 connections cannot take it between the pick and the server's bind."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster import ports
+from core import ports
 
 
 def test_free_port_is_below_the_ephemeral_range_and_bindable() -> None:

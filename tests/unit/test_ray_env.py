@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.ray_runtime import SERVE_FAST_PATH, ray_env
+from core.ray_client import SERVE_FAST_PATH, ray_env
 
 
 def test_token_auth_and_serves_fast_path_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

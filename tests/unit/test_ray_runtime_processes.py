@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from cluster.ray_runtime import process_table, with_descendants
+from core.procs import process_table, with_descendants
 
 
 def test_with_descendants_finds_the_whole_tree_and_only_it() -> None:

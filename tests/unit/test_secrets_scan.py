@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from pydantic import SecretStr
 
-from cluster.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 # Provider formats: a match is a secret whatever the context.
 TOKEN_PATTERNS = {

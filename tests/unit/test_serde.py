@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from cluster.errors import DecodeError
+from core.errors import DecodeError
 from ingest.serde import TransactionSerde, event_time_ms
 from ingest.simulator import demo_transactions
 

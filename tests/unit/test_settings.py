@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cluster import stack
-from cluster.settings import Settings
+from core.settings import Settings
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from ingest import world
-from ingest.batch import SCENARIO_CODE, SCENARIOS, Columns
-from ingest.population import build_population
-from ingest.scenarios import SCENARIO_TYPES, Context
 from ingest.serde import TransactionSerde
-from ingest.simulator import SimConfig, Simulator, demo_transactions, parse_mix, retag, write_parquet
+from ingest.simulator import SimConfig, Simulator, demo_transactions, parse_mix, retag, world, write_parquet
+from ingest.simulator.batch import SCENARIO_CODE, SCENARIOS, Columns
+from ingest.simulator.population import build_population
+from ingest.simulator.scenarios import SCENARIO_TYPES, Context
 from ingest.validation import validate
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday

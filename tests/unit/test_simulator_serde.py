@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from cluster.errors import DecodeError
-from cluster.settings import KafkaSettings, Settings
+from core.errors import DecodeError
+from core.settings import KafkaSettings, Settings
 from ingest.labels import Label, encode_labels
 from ingest.serde import (
     FastRecordEncoder,

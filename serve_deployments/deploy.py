@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.settings import Settings
+from core.settings import Settings
 
 IMPORT_PATH = "serve_deployments.app:build_app"
 DEPLOY_TIMEOUT_S = 300.0
@@ -29,12 +29,12 @@ def _deployments(versions: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
     """Per-deployment overrides carrying the model versions (``user_config``) and the code's
     autoscaling configs (listed so that ``configure`` applies in place; see
     ``serve_deployments.app.autoscaling_configs``)."""
-    from serve_deployments.app import SCORER_NAME, autoscaling_configs
-    from serve_deployments.models import DEPLOYMENT_NAMES
+    from core.families import DEPLOYMENT_NAMES, SCORER_DEPLOYMENT
+    from serve_deployments.app import autoscaling_configs
 
     scaling = autoscaling_configs()
     names = {DEPLOYMENT_NAMES[f]: v for f, v in versions.items() if f in DEPLOYMENT_NAMES}
-    names[SCORER_NAME] = versions.get("ensemble", {})
+    names[SCORER_DEPLOYMENT] = versions.get("ensemble", {})
     return [{"name": n, "user_config": v, "autoscaling_config": scaling[n]} for n, v in names.items()]
 
 
@@ -66,7 +66,7 @@ def _wait_running(app_name: str, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
 
     from ray import serve
 
-    from cluster.errors import ModelNotReady
+    from core.errors import ModelNotReady
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -107,10 +107,11 @@ def deploy(
 ) -> str:
     """Start Serve's HTTP proxy on the configured host/port and (re)deploy the app.
 
-    Returns the base URL. The models are the registry's production versions (trained quickly
-    first when the registry has none). ``api_keys`` (only their digests reach the cluster) and
-    ``llm`` (``base_url``, ``model``, ``timeout_s``) override the settings. ``blocking`` keeps
-    this process alive afterwards (Ctrl-C to leave; the app keeps running on the cluster).
+    Returns the base URL. The models are the registry's production versions
+    (``cluster.first_start.ensure_models`` trains first-start ones beforehand). ``api_keys``
+    (only their digests reach the cluster) and ``llm`` (``base_url``, ``model``, ``timeout_s``)
+    override the settings. ``blocking`` keeps this process alive afterwards (Ctrl-C to leave;
+    the app keeps running on the cluster).
     """
     import time
 
@@ -150,19 +151,19 @@ def hot_swap(settings: Settings) -> dict[str, str]:
     """
     import ray
 
-    from cluster import ray_runtime
-    from cluster.errors import ModelNotReady
+    from core import ray_client
+    from core.errors import ModelNotReady
     from serve_deployments.app import production_versions
 
     if not ray.is_initialized():
-        ray_runtime.init(settings, log_to_driver=False)
-    versions = production_versions(settings, train_missing=False)
+        ray_client.init(settings, log_to_driver=False)
+    versions = production_versions(settings)
     ours, others = _live(settings)
     if ours is None:
         raise ModelNotReady(
             f"Serve app {settings.serve.app_name!r} is not running (deploy it with `fraudray serve`)"
         )
-    from serve_deployments.models import DEPLOYMENT_NAMES
+    from core.families import DEPLOYMENT_NAMES
 
     args = dict(ours.get("args") or {})
     members = {DEPLOYMENT_NAMES[f] for f in versions if f in DEPLOYMENT_NAMES}
@@ -202,7 +203,7 @@ def configure(settings: Settings, deployments: dict[str, dict[str, Any]]) -> Non
     an ``autoscaling_config`` to a deployment that had none (``FraudApi``, or an app deployed
     from a config without them) replaces every replica of the app (observed: ~43 s here).
     ``user_config`` changes (``hot_swap``) stay in place."""
-    from cluster.errors import ModelNotReady
+    from core.errors import ModelNotReady
 
     ours, others = _live(settings)
     if ours is None:

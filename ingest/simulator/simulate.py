@@ -4,7 +4,7 @@ Genuine traffic: every user is a Poisson process whose rate follows their archet
 and weekly curve in their local time; amounts are log-normal around the user's profile and the
 merchant's category; users pay mostly at home (regular shops, known devices, home IP) and
 sometimes travel (4-day blocks abroad, never two places at once). Fraud: the scenarios of
-:mod:`ingest.scenarios`, started so that each makes up its share of the stream
+:mod:`ingest.simulator.scenarios`, started so that each makes up its share of the stream
 (``fraud_rate × mix``) from the first record on.
 
 The stream is cut into event-time windows; each window is one vectorised step. Same
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from ingest import world
-from ingest.batch import ARROW_SCHEMA, SCENARIOS, Columns, TxBatch, id_prefix
-from ingest.population import (
+from ingest.simulator import world
+from ingest.simulator.batch import ARROW_SCHEMA, SCENARIOS, Columns, TxBatch, id_prefix
+from ingest.simulator.population import (
     DAY_MS,
     HOUR_MS,
     MASK40,
@@ -46,7 +46,7 @@ from ingest.population import (
     hash64,
     hour_of_week,
 )
-from ingest.scenarios import DEFAULT_MIX, SCENARIO_TYPES, Context, Scenario, _ip
+from ingest.simulator.scenarios import DEFAULT_MIX, SCENARIO_TYPES, Context, Scenario, _ip
 
 TRAVEL_GAP_MS = 20 * HOUR_MS  # no payments while flying out or back (Sydney–New York is ~20 h)
 NEW_DEVICE_PROB = 0.003  # a genuine user on a new phone/browser (per user-day)

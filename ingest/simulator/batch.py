@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ingest import world
-from ingest.population import Population, hash64
+from ingest.simulator import world
+from ingest.simulator.population import Population, hash64
 
 GENUINE = 0
 SCENARIOS: tuple[str, ...] = (

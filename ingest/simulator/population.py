@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest import world
+from ingest.simulator import world
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

@@ -26,9 +26,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from ingest import world
-from ingest.batch import SCENARIO_CODE, Columns
-from ingest.population import (
+from ingest.simulator import world
+from ingest.simulator.batch import SCENARIO_CODE, Columns
+from ingest.simulator.population import (
     DAY_MS,
     HOUR_MS,
     MASK40,
