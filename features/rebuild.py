@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg2
 
-from cluster.settings import Settings
+from core.settings import Settings
 from features import catalogue as cat
 from features.online import OnlineStore
 
