@@ -8,18 +8,16 @@ from collections.abc import Mapping
 import numpy as np
 
 from core.errors import ModelNotReady
+from core.families import MEMBER_KEYS
 from core.settings import Settings
-
-FAMILIES = ("xgb", "if", "ae")
+from training.registry import Registry
 
 
 def production_reference(settings: Settings) -> Mapping[str, np.ndarray] | None:
     """Per feature, a sample of the production version's training window (first family that
     has one), or None when no production model carries a reference."""
-    from training.registry import Registry
-
     registry = Registry(settings)
-    for family in FAMILIES:
+    for family in MEMBER_KEYS:
         try:
             return registry.drift_reference(family)
         except (ModelNotReady, AttributeError, KeyError, TypeError, ValueError):

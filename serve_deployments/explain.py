@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 import numpy as np
@@ -33,27 +33,6 @@ DESCRIPTIONS: dict[str, str] = {f.name: f.description for f in FEATURES}
 TOP_K = 5
 
 RationaleSource = Literal["llm", "template"]
-
-
-def isolation_forest_credit(forest: Any, row: np.ndarray) -> np.ndarray:
-    """Per-feature isolation credit of one row for a fitted sklearn ``IsolationForest``.
-
-    Every split on the row's path credits its feature with ``log(n_parent / n_child)``: how much
-    of the node's training sample that split cut away from the row. A feature on which the row
-    is extreme sends it to a near-empty child at once and collects most of the credit. Averaged
-    over trees.
-    """
-    x = np.asarray(row, dtype=np.float32).reshape(1, -1)
-    credit = np.zeros(x.shape[1], dtype=np.float64)
-    for tree, features in zip(forest.estimators_, forest.estimators_features_, strict=True):
-        t = tree.tree_
-        path = tree.decision_path(x[:, features]).indices  # root first
-        if len(path) < 2:
-            continue
-        parents, children = path[:-1], path[1:]
-        gain = np.log(t.n_node_samples[parents] / np.maximum(t.n_node_samples[children], 1))
-        np.add.at(credit, features[t.feature[parents]], gain)
-    return credit / max(1, len(forest.estimators_))
 
 
 def _shares(values: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from core.errors import ModelNotReady
 from core.families import DEPLOYMENT_NAMES, METRIC_NAMES
 from features.catalogue import FEATURE_NAMES
 from monitoring.metrics import shared_metrics
+from training import families
 
 MAX_BATCH_SIZE = 64  # calls per batch; a consumer call under backlog carries up to 2,000 rows
 BATCH_WAIT_S = 0.002  # at 300 HTTP rps a 2 ms window merges ~1-3 calls and costs <1 ms of p50
@@ -34,24 +35,12 @@ MEMBER_AUTOSCALING: dict[str, float] = {
 
 
 def load_family(family: str, uri: str) -> Any:
-    from training.autoencoder import AutoencoderModel
-    from training.isolation_forest import IsolationForestModel
-    from training.xgboost_model import XGBoostModel
-
-    cls: Any = {"if": IsolationForestModel, "xgb": XGBoostModel, "ae": AutoencoderModel}[family]
-    return cls.load(Path(uri))
+    return families.load(family, Path(uri))
 
 
 def attribution(family: str, model: Any, row: np.ndarray) -> np.ndarray:
-    """Per-feature attribution of one row (see serve_deployments/explain.py)."""
-    from serve_deployments.explain import isolation_forest_credit
-
-    x = np.asarray(row, dtype=np.float32).reshape(1, -1)
-    if family == "xgb":
-        return np.asarray(model.contributions(x)[0, :-1], dtype=np.float64)  # bias column dropped
-    if family == "ae":
-        return np.asarray(model.feature_errors(x)[0], dtype=np.float64)
-    return isolation_forest_credit(model.model, x[0])
+    """Per-feature attribution of one row, as the family defines it (``attribution``)."""
+    return np.asarray(model.attribution(np.asarray(row, dtype=np.float32)), dtype=np.float64)
 
 
 @serve.deployment(

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from training.base import as_matrix, read_meta, write_meta
+from training.data import Split
+from training.evaluate import evaluate
 
 
 class AutoencoderNet(nn.Module):
@@ -136,6 +138,55 @@ class AutoencoderModel:
 
     def score(self, X: np.ndarray) -> np.ndarray:
         return self.feature_errors(X).mean(axis=1)
+
+    def attribution(self, row: np.ndarray) -> np.ndarray:
+        """Squared reconstruction error per feature of one row (standardised units)."""
+        return np.asarray(self.feature_errors(as_matrix(row).reshape(1, -1))[0], dtype=np.float64)
+
+    def fit_distributed(self, *data: np.ndarray | None, **run: Any) -> Self:
+        """Fit as a Ray Train ``TorchTrainer`` run (``training.train_ray.fit_autoencoder``)."""
+        from training.train_ray import fit_autoencoder
+
+        fit_autoencoder(self, *data, **run)  # type: ignore[arg-type]
+        return self
+
+    # -- Ray Tune ------------------------------------------------------------------------------
+    TUNE_MAX_T: ClassVar[int] = 20  # epochs; ASHA stops on validation AUCPR per epoch
+    TUNE_REFIT_KEY: ClassVar[str] = "epochs"  # the best trial's epochs become the refit's
+
+    @staticmethod
+    def tune_space() -> dict[str, Any]:
+        from ray import tune
+
+        return {
+            "hidden": tune.choice([16, 32, 64]),
+            "latent": tune.choice([4, 8, 12]),
+            "lr": tune.loguniform(1e-4, 3e-3),
+            "weight_decay": tune.choice([0.0, 1e-5, 1e-4]),
+        }
+
+    @classmethod
+    def tune_trial(
+        cls, config: dict[str, Any], split: Split, max_t: int, *, ae_workers: int = 0, storage: str = ""
+    ) -> None:
+        """One trial; with ``ae_workers`` > 0 itself a Ray Train ``TorchTrainer`` run whose
+        per-epoch reports reach ASHA."""
+        from ray import tune
+
+        model = cls(split.feature_names, epochs=max_t, **config)
+        if ae_workers > 0:
+            trial = tune.get_context().get_trial_id()
+            model.fit_distributed(
+                split.X_train, split.y_train, split.X_val, split.y_val,
+                storage=Path(storage), name=f"ae-trial-{trial}", workers=ae_workers, in_tune=True,
+            )  # fmt: skip
+            return
+
+        def on_epoch(epoch: int, train_loss: float, _val_loss: float | None) -> None:
+            aucpr = evaluate(model.score(split.X_val), split.y_val).get("aucpr", 0.0)
+            tune.report({"val_aucpr": aucpr, "train_loss": train_loss, "epochs": epoch + 1})
+
+        model.fit(split.X_train, split.y_train, on_epoch=on_epoch)
 
     def params(self) -> dict[str, Any]:
         return dict(self._params)

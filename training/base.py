@@ -16,7 +16,7 @@ import numpy as np
 
 @runtime_checkable
 class FraudModel(Protocol):
-    family: ClassVar[str]  # "if", "xgb", "ae", "ensemble"
+    family: ClassVar[str]  # a key of core.families (the ensemble: "ensemble")
     feature_names: list[str]
 
     def fit(
@@ -39,6 +39,21 @@ class FraudModel(Protocol):
     def load(cls, path: Path) -> Self: ...
 
     def params(self) -> dict[str, Any]: ...
+
+    def attribution(self, row: np.ndarray) -> np.ndarray:
+        """Per-feature contribution to one row's score (``/explain``), one float per feature."""
+        ...
+
+    # Ray Tune (``training.tune``): the search space, one trial, and its budget (rounds, epochs).
+    TUNE_MAX_T: ClassVar[int]
+
+    @staticmethod
+    def tune_space() -> dict[str, Any]: ...
+
+    @classmethod
+    def tune_trial(cls, config: dict[str, Any], split: Any, max_t: int, **kwargs: Any) -> None: ...
+
+    # Optional: ``fit_distributed(X, y, X_val, y_val, **run)`` fits as a Ray Train run.
 
 
 def as_matrix(X: Any) -> np.ndarray:

@@ -11,9 +11,10 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from core.families import MEMBER_KEYS
 from training.evaluate import threshold_for_fpr
 
-MEMBERS = ("if", "xgb", "ae")
+MEMBERS = MEMBER_KEYS  # the stacked members, in stacking order
 
 
 def stack_features(scores: dict[str, np.ndarray]) -> np.ndarray:

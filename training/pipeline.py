@@ -18,17 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from core.families import MEMBER_KEYS
 from core.settings import Settings
-from training.autoencoder import AutoencoderModel
 from training.base import FraudModel
 from training.data import Split
-from training.ensemble import MEMBERS, Ensemble
+from training.ensemble import Ensemble
 from training.evaluate import evaluate, save_curves_png, threshold_for_fpr
+from training.families import build
 from training.isolation_forest import IsolationForestModel
 from training.registry import ModelVersion, Registry, drift_reference
-from training.xgboost_model import XGBoostModel
-
-FAMILIES: dict[str, type[Any]] = {"if": IsolationForestModel, "xgb": XGBoostModel, "ae": AutoencoderModel}
 
 
 @dataclass
@@ -36,11 +34,6 @@ class TrainResult:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> test metrics
     versions: dict[str, ModelVersion] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # family -> fit time
-
-
-def build(family: str, feature_names: list[str], params: dict[str, Any] | None = None) -> FraudModel:
-    model: FraudModel = FAMILIES[family](feature_names, **(params or {}))
-    return model
 
 
 def ensure_ray(settings: Settings) -> None:
@@ -62,20 +55,15 @@ def ensure_ray(settings: Settings) -> None:
 
 
 def _fit(model: FraudModel, split: Split, settings: Settings, workers: int, cpus: float) -> None:
-    """In this process, or with ``workers`` > 0 as a Ray Train run (autoencoder, XGBoost)."""
+    """In this process, or with ``workers`` > 0 as a Ray Train run where the family has one
+    (``fit_distributed``: the autoencoder, XGBoost)."""
     data = (split.X_train, split.y_train, split.X_val, split.y_val)
     run: dict[str, Any] = {"storage": settings.var_dir / "train", "workers": workers, "cpus_per_worker": cpus,
                            "name": f"{model.family}-{time.strftime('%Y%m%dT%H%M%S')}"}  # fmt: skip
-    if workers > 0 and isinstance(model, AutoencoderModel):
-        from training.train_ray import fit_autoencoder
-
+    fit_distributed = getattr(model, "fit_distributed", None)
+    if workers > 0 and fit_distributed is not None:
         ensure_ray(settings)
-        fit_autoencoder(model, *data, **run)
-    elif workers > 0 and isinstance(model, XGBoostModel):
-        from training.train_ray import fit_xgboost
-
-        ensure_ray(settings)
-        fit_xgboost(model, *data, **run)
+        fit_distributed(*data, **run)
     else:
         model.fit(*data)
 
@@ -85,7 +73,7 @@ def train_all(
     settings: Settings,
     *,
     params: dict[str, dict[str, Any]] | None = None,
-    families: tuple[str, ...] = MEMBERS,
+    families: tuple[str, ...] = MEMBER_KEYS,
     target_fpr: float = 0.01,
     source: str = "",
     register: bool = True,
@@ -138,8 +126,8 @@ def train_all(
             result.metrics[fam] = metrics
             save(fam, model, metrics, model.params())
             run_metrics.update(_headline(metrics), version=_version(result, fam))
-    if set(MEMBERS) <= set(families) and split.y_val.sum() > 0:
-        members = {f: result.versions[f].version for f in MEMBERS} if result.versions else {}
+    if set(MEMBER_KEYS) <= set(families) and split.y_val.sum() > 0:
+        members = {f: result.versions[f].version for f in MEMBER_KEYS} if result.versions else {}
         with _run(registry, "ensemble", {"source": source, "members": members}) as run_metrics:
             ens = Ensemble(members, target_fpr).fit(val_scores, split.y_val)
             metrics = evaluate(ens.predict(test_scores), split.y_test, ens.threshold, split.scenario_test) | {

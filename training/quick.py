@@ -13,16 +13,16 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import ModelNotReady
+from core.families import ALL_KEYS, MEMBER_KEYS
 from core.settings import Settings
 from features.catalogue import FEATURE_NAMES
 from training.data import temporal_split
-from training.ensemble import MEMBERS
 from training.pipeline import train_all
 from training.registry import ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 
-FAMILIES = (*MEMBERS, "ensemble")
+FAMILIES = ALL_KEYS
 SOURCE = "quick:simulated"
 
 
@@ -57,7 +57,7 @@ def ensure_models(settings: Settings, make_frame: Callable[[], pd.DataFrame]) ->
             return train_quick_models(settings, make_frame())
         versions[family] = mv
     try:  # the drift reference the consumers compare live features with (an older format: retrain)
-        for family in MEMBERS:
+        for family in MEMBER_KEYS:
             registry.drift_reference(family)
     except (ModelNotReady, AttributeError, KeyError, TypeError, ValueError):
         return train_quick_models(settings, make_frame())

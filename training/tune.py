@@ -1,4 +1,5 @@
-"""Ray Tune searches for the three model families.
+"""Ray Tune searches for the model families: each family class declares its ``tune_space``,
+``tune_trial`` and ``TUNE_MAX_T`` (``training.families``).
 
 Search spaces (documented in docs/training.md):
 - ``xgb``: max_depth 3–8, learning_rate log-uniform 0.02–0.3, subsample 0.6–1, colsample_bytree
@@ -22,77 +23,13 @@ from typing import Any
 import pandas as pd
 
 from training.data import Split
-from training.evaluate import evaluate
-
-
-def _spaces() -> dict[str, dict[str, Any]]:
-    from ray import tune
-
-    return {
-        "xgb": {
-            "max_depth": tune.randint(3, 9),
-            "learning_rate": tune.loguniform(0.02, 0.3),
-            "subsample": tune.uniform(0.6, 1.0),
-            "colsample_bytree": tune.uniform(0.5, 1.0),
-            "min_child_weight": tune.loguniform(0.5, 10.0),
-        },
-        "ae": {
-            "hidden": tune.choice([16, 32, 64]),
-            "latent": tune.choice([4, 8, 12]),
-            "lr": tune.loguniform(1e-4, 3e-3),
-            "weight_decay": tune.choice([0.0, 1e-5, 1e-4]),
-        },
-        "if": {
-            "n_estimators": tune.choice([100, 200, 400]),
-            "max_samples": tune.choice([128, 256, 512]),
-            "max_features": tune.uniform(0.5, 1.0),
-        },
-    }
+from training.families import model_class
 
 
 def _trainable(
     config: dict[str, Any], *, family: str, split: Split, max_t: int, ae_workers: int = 0, storage: str = ""
 ) -> None:
-    from ray import tune
-
-    if family == "xgb":
-        import xgboost as xgb
-
-        from training.xgboost_model import XGBoostModel
-
-        class Report(xgb.callback.TrainingCallback):
-            def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
-                tune.report({"val_aucpr": float(evals_log["val"]["aucpr"][-1]), "rounds": epoch + 1})
-                return False
-
-        XGBoostModel(split.feature_names, n_estimators=max_t, nthread=1, **config).fit(
-            split.X_train, split.y_train, split.X_val, split.y_val, callbacks=[Report()]
-        )
-    elif family == "ae" and ae_workers > 0:
-        from training.autoencoder import AutoencoderModel
-        from training.train_ray import fit_autoencoder
-
-        trial = tune.get_context().get_trial_id()
-        fit_autoencoder(
-            AutoencoderModel(split.feature_names, epochs=max_t, **config),
-            split.X_train, split.y_train, split.X_val, split.y_val,
-            storage=Path(storage), name=f"ae-trial-{trial}", workers=ae_workers, in_tune=True,
-        )  # fmt: skip
-    elif family == "ae":
-        from training.autoencoder import AutoencoderModel
-
-        model = AutoencoderModel(split.feature_names, epochs=max_t, **config)
-
-        def on_epoch(epoch: int, train_loss: float, _val_loss: float | None) -> None:
-            aucpr = evaluate(model.score(split.X_val), split.y_val).get("aucpr", 0.0)
-            tune.report({"val_aucpr": aucpr, "train_loss": train_loss, "epochs": epoch + 1})
-
-        model.fit(split.X_train, split.y_train, on_epoch=on_epoch)
-    else:
-        from training.isolation_forest import IsolationForestModel
-
-        m = IsolationForestModel(split.feature_names, **config).fit(split.X_train, split.y_train)
-        tune.report({"val_aucpr": evaluate(m.score(split.X_val), split.y_val).get("aucpr", 0.0)})
+    model_class(family).tune_trial(config, split, max_t, ae_workers=ae_workers, storage=storage)
 
 
 def search(
@@ -113,12 +50,13 @@ def search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    max_t = max_t or {"xgb": 300, "ae": 20, "if": 1}[family]
+    cls = model_class(family)
+    max_t = max_t or cls.TUNE_MAX_T
     scheduler = (
         ASHAScheduler(
             time_attr="training_iteration", max_t=max_t, grace_period=max(1, max_t // 10), reduction_factor=3
         )
-        if family in ("xgb", "ae")
+        if max_t > 1
         else None
     )
     trainable = tune.with_parameters(
@@ -129,7 +67,7 @@ def search(
     resources = {"cpu": 0.0} if family == "ae" and ae_workers > 0 else {"cpu": 0.5}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space=_spaces()[family],
+        param_space=cls.tune_space(),
         tune_config=tune.TuneConfig(
             metric="val_aucpr",
             mode="max",
@@ -143,6 +81,7 @@ def search(
     grid = tuner.fit()
     best = grid.get_best_result(metric="val_aucpr", mode="max")
     params = dict(best.config or {})
-    if family == "ae":  # refit for as many epochs as the best trial survived
-        params["epochs"] = int((best.metrics or {}).get("epochs", max_t))
+    refit_key = getattr(cls, "TUNE_REFIT_KEY", None)  # e.g. as many epochs as the best trial survived
+    if refit_key:
+        params[refit_key] = int((best.metrics or {}).get(refit_key, max_t))
     return params, grid.get_dataframe(filter_metric="val_aucpr", filter_mode="max")

@@ -9,6 +9,7 @@ import numpy as np
 import xgboost as xgb
 
 from training.base import as_matrix, read_meta, write_meta
+from training.data import Split
 
 
 class XGBoostModel:
@@ -104,6 +105,45 @@ class XGBoostModel:
             raise RuntimeError("model is not fitted")
         out = self.booster.predict(self._dmatrix(X), pred_contribs=True, iteration_range=self._range())
         return np.asarray(out, dtype=np.float64)
+
+    def attribution(self, row: np.ndarray) -> np.ndarray:
+        """TreeSHAP contributions of one row (the bias column dropped)."""
+        return np.asarray(self.contributions(as_matrix(row).reshape(1, -1))[0, :-1], dtype=np.float64)
+
+    def fit_distributed(self, *data: np.ndarray | None, **run: Any) -> Self:
+        """Fit as a Ray Train ``XGBoostTrainer`` run (``training.train_ray.fit_xgboost``)."""
+        from training.train_ray import fit_xgboost
+
+        fit_xgboost(self, *data, **run)  # type: ignore[arg-type]
+        return self
+
+    # -- Ray Tune ------------------------------------------------------------------------------
+    TUNE_MAX_T: ClassVar[int] = 300  # boosting rounds; ASHA stops on validation AUCPR per round
+
+    @staticmethod
+    def tune_space() -> dict[str, Any]:
+        from ray import tune
+
+        return {
+            "max_depth": tune.randint(3, 9),
+            "learning_rate": tune.loguniform(0.02, 0.3),
+            "subsample": tune.uniform(0.6, 1.0),
+            "colsample_bytree": tune.uniform(0.5, 1.0),
+            "min_child_weight": tune.loguniform(0.5, 10.0),
+        }
+
+    @classmethod
+    def tune_trial(cls, config: dict[str, Any], split: Split, max_t: int, **_: Any) -> None:
+        from ray import tune
+
+        class Report(xgb.callback.TrainingCallback):
+            def after_iteration(self, model: Any, epoch: int, evals_log: dict[str, Any]) -> bool:
+                tune.report({"val_aucpr": float(evals_log["val"]["aucpr"][-1]), "rounds": epoch + 1})
+                return False
+
+        cls(split.feature_names, n_estimators=max_t, nthread=1, **config).fit(
+            split.X_train, split.y_train, split.X_val, split.y_val, callbacks=[Report()]
+        )
 
     def params(self) -> dict[str, Any]:
         return dict(self._params, best_iteration=self.best_iteration)

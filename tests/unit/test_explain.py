@@ -12,6 +12,7 @@ from sklearn.ensemble import IsolationForest
 
 from features.catalogue import FEATURE_NAMES
 from serve_deployments import explain as xp
+from training.isolation_forest import isolation_credit
 
 NAMES = list(FEATURE_NAMES)
 
@@ -22,7 +23,7 @@ def test_isolation_credit_points_at_the_unusual_feature() -> None:
     forest = IsolationForest(n_estimators=100, random_state=0).fit(X)
     row = np.zeros(6, dtype=np.float32)
     row[4] = 12.0  # far outside the training range on feature 4 only
-    credit = xp.isolation_forest_credit(forest, row)
+    credit = isolation_credit(forest, row)
     assert credit.shape == (6,) and int(np.argmax(credit)) == 4
     assert credit[4] > 2 * np.delete(credit, 4).max()
 
