@@ -518,8 +518,52 @@ def cleanup_cmd(
         console.print(f"  topic {topic}: retention.ms={ms} ({ms / 3_600_000:g} h)")
 
 
+@app.command("config")
+def config_cmd() -> None:
+    """The effective settings as FRAUDRAY_* variables (environment, .env, defaults), secrets masked."""
+    from core.settings import effective
+
+    for name, value in effective(get_settings()):
+        typer.echo(f"{name}={value}")
+
+
+def service_error(exc: BaseException) -> str | None:
+    """One line for an error of a service we connect to (PostgreSQL, Kafka, Redis), or ``None``
+    for any other error (a bug: its traceback stays)."""
+    import psycopg2
+    import redis
+    from confluent_kafka import KafkaException
+
+    settings = get_settings()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, psycopg2.OperationalError):
+        pg = settings.postgres
+        return f"PostgreSQL ({pg.user}@…:{pg.port}/{pg.database}, FRAUDRAY_POSTGRES_DSN) unavailable: {first}"
+    if isinstance(exc, KafkaException):
+        return f"Kafka ({settings.kafka.bootstrap}, FRAUDRAY_KAFKA_BOOTSTRAP) unavailable: {first}"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        return f"Redis (port {settings.redis.port}, FRAUDRAY_REDIS_URL) unavailable: {first}"
+    return None
+
+
 def main() -> None:
-    app()
+    """The `fraudray` entry point: settings errors and unreachable services are one-line errors
+    (exit 2 and 1), not tracebacks."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(map(str, err["loc"]))
+            console.print(f"[red]error:[/red] settings: {where}: {err['msg']}", highlight=False)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        message = service_error(exc)
+        if message is None:
+            raise
+        console.print(f"[red]error:[/red] {message}", highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -8,14 +8,25 @@ directory is read too. Defaults point at the local stack (``fraudray stack up``)
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "FRAUDRAY_"
+# FRAUDRAY_* variables that are switches of the test suite and the fault runs, not settings.
+RUN_SWITCHES = frozenset({
+    "FRAUDRAY_FAULTS", "FRAUDRAY_FAULTS_KEEP_LOGS", "FRAUDRAY_FAULTS_REPORT",
+    "FRAUDRAY_MONITORING_REQUIRE_DATA", "FRAUDRAY_TEST_HARD_EXIT",
+})  # fmt: skip
+MASK = "**********"
 
 
 class _Section(BaseModel):
@@ -110,8 +121,10 @@ class ServeSettings(_Section):
 
 
 class ApiSettings(_Section):
-    # Comma-separated keys accepted in the X-API-Key header; empty disables auth.
+    # Comma-separated keys accepted in the X-API-Key header. Without any, the API refuses every
+    # request but /health, unless auth is "off" (a deliberate choice, e.g. behind a gateway).
     keys: SecretStr = SecretStr("")
+    auth: Literal["on", "off"] = "on"
 
     def key_list(self) -> list[str]:
         return [k.strip() for k in self.keys.get_secret_value().split(",") if k.strip()]
@@ -166,9 +179,26 @@ class Settings(BaseSettings):
         env_file=".env",
         env_nested_delimiter="_",
         env_nested_max_split=1,
-        extra="forbid",
+        # The .env file is shared with docker compose (HEAD_NUM_CPUS, …): keys without our prefix
+        # are not ours. An unknown FRAUDRAY_* variable is still an error (__init__), and a section
+        # refuses unknown fields, so a typo never passes silently.
+        extra="ignore",
         frozen=True,
     )
+
+    def __init__(self, **values: Any) -> None:
+        env_file = self.model_config.get("env_file")
+        unknown = _unknown_variables(Path(str(env_file)) if env_file else None, type(self).model_fields)
+        try:
+            if unknown:
+                raise ValidationError.from_exception_data(type(self).__name__, [{
+                    "type": PydanticCustomError("unknown_variable", "not a fraudray setting ({where}); "
+                                                "`fraudray config` lists them", {"where": where}),
+                    "loc": (name,), "input": MASK,
+                } for name, where in unknown])  # fmt: skip
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _named_by_variable(exc, type(self).__name__) from None
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -185,6 +215,72 @@ class Settings(BaseSettings):
     @property
     def var_dir(self) -> Path:
         return self.stack.var_dir
+
+
+def _unknown_variables(env_file: Path | None, sections: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(variable, where)`` of every FRAUDRAY_* variable that names no section (a section's
+    unknown field is refused by the section itself)."""
+    found = dict.fromkeys(os.environ, "environment")
+    if env_file is not None and env_file.is_file():
+        found |= {k: str(env_file) for k in dotenv_values(env_file) if k not in found}
+    unknown = []
+    for name, where in sorted(found.items()):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in RUN_SWITCHES:
+            continue
+        section = upper.removeprefix(ENV_PREFIX).split("_", 1)[0].lower()
+        if section not in sections:
+            unknown.append((name, f"set in {where}"))
+    return unknown
+
+
+def variable_name(loc: tuple[int | str, ...]) -> str:
+    """The environment variable of a settings location: ``("kafka", "bootstrap")`` ->
+    ``FRAUDRAY_KAFKA_BOOTSTRAP``. A location that is a variable already stays as it is."""
+    first = str(loc[0]) if loc else ""
+    if first.upper().startswith(ENV_PREFIX):
+        return first
+    return ENV_PREFIX + "_".join(str(part) for part in loc[:2]).upper()
+
+
+def _named_by_variable(exc: ValidationError, title: str) -> ValidationError:
+    """The same errors, located by the FRAUDRAY_* variable that sets each field (what a user
+    writes in .env or the environment), never showing a secret's value."""
+    errors = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        field = _field(loc)
+        secret = field is not None and field.annotation is SecretStr
+        errors.append({
+            # The message as pydantic wrote it (no context: it is not formatted again).
+            "type": PydanticCustomError(err["type"], err["msg"]),
+            "loc": (variable_name(loc), *loc[2:]), "input": MASK if secret else err.get("input"),
+        })  # fmt: skip
+    return ValidationError.from_exception_data(title, errors)  # type: ignore[arg-type]
+
+
+def _field(loc: tuple[int | str, ...]) -> Any:
+    if len(loc) < 2 or loc[0] not in Settings.model_fields:
+        return None
+    section = Settings.model_fields[str(loc[0])].annotation
+    return getattr(section, "model_fields", {}).get(str(loc[1]))
+
+
+def effective(settings: Settings) -> list[tuple[str, str]]:
+    """``(FRAUDRAY_* variable, value)`` of every setting, secrets masked (``fraudray config``)."""
+    rows = []
+    for section_name in type(settings).model_fields:
+        section = getattr(settings, section_name)
+        for field_name in type(section).model_fields:
+            value = getattr(section, field_name)
+            if isinstance(value, SecretStr):
+                text = MASK if value.get_secret_value() else ""
+            elif isinstance(value, tuple | list | frozenset | set):
+                text = ",".join(map(str, value))
+            else:
+                text = str(value)
+            rows.append((variable_name((section_name, field_name)), text))
+    return rows
 
 
 @lru_cache(maxsize=1)

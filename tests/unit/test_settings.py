@@ -84,4 +84,76 @@ def test_unknown_setting_is_rejected(clean_env: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
-        Settings(kafka={"bootstrapp": "typo:9092"})  # type: ignore[arg-type]
+        Settings(kafka={"bootstrapp": "typo:9092"})
+
+
+def test_dotenv_keys_of_other_tools_are_ignored(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """docker compose reads HEAD_NUM_CPUS from the same .env: it must not break our commands."""
+    (tmp_path / ".env").write_text("HEAD_NUM_CPUS=4\nCONSUMER_ACTORS=2\nFRAUDRAY_KAFKA_PARTITIONS=12\n")
+    assert Settings().kafka.partitions == 12
+
+
+@pytest.mark.parametrize("where", ["environment", ".env"])
+def test_an_unknown_fraudray_variable_is_an_error_naming_it(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    from pydantic import ValidationError
+
+    for name in ("FRAUDRAY_KAKFA_BOOTSTRAP", "FRAUDRAY_KAFKA_BOOTSTRAPP"):  # unknown section, unknown field
+        if where == ".env":
+            (tmp_path / ".env").write_text(f"{name}=127.0.0.1:9092\n")
+        else:
+            clean_env.setenv(name, "127.0.0.1:9092")
+        with pytest.raises(ValidationError) as caught:
+            Settings()
+        assert name in str(caught.value)
+        clean_env.delenv(name, raising=False)
+        (tmp_path / ".env").unlink(missing_ok=True)
+
+
+def test_validation_errors_name_the_variable_and_hide_secrets(clean_env: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    clean_env.setenv("FRAUDRAY_KAFKA_PARTITIONS", "six")
+    clean_env.setenv("FRAUDRAY_API_AUTH", "maybe")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    text = str(caught.value)
+    assert "FRAUDRAY_KAFKA_PARTITIONS" in text and "FRAUDRAY_API_AUTH" in text
+    assert "kafka.partitions" not in text
+    with pytest.raises(ValidationError) as caught:
+        Settings(redis={"url": 42})
+    assert "FRAUDRAY_REDIS_URL" in str(caught.value) and "42" not in str(caught.value)
+
+
+def test_run_switches_are_not_settings_but_allowed(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("FRAUDRAY_FAULTS", "1")
+    clean_env.setenv("FRAUDRAY_MONITORING_REQUIRE_DATA", "1")
+    assert Settings().api.auth == "on"
+
+
+def test_fraudray_config_prints_the_effective_settings_masked(clean_env: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    env = {
+        "FRAUDRAY_POSTGRES_DSN": "postgresql://u:hunter2@db.example:5432/db",
+        "FRAUDRAY_API_KEYS": "topsecretkey",
+        "FRAUDRAY_KAFKA_PARTITIONS": "12",
+    }
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    fraudray = Path(sys.executable).parent / "fraudray"
+    out = subprocess.run([str(fraudray), "config"], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split("=", 1) for line in out.stdout.splitlines() if line.startswith("FRAUDRAY_"))
+    assert lines["FRAUDRAY_KAFKA_PARTITIONS"] == "12"
+    assert lines["FRAUDRAY_POSTGRES_DSN"] == lines["FRAUDRAY_API_KEYS"] == "**********"
+    assert lines["FRAUDRAY_LLM_API_KEY"] == ""  # unset secrets show as empty
+    assert "hunter2" not in out.stdout and "topsecretkey" not in out.stdout
+
+    clean_env.setenv("FRAUDRAY_KAFKA_PARTITIONS", "six")
+    bad = subprocess.run([str(fraudray), "config"], capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2
+    assert "FRAUDRAY_KAFKA_PARTITIONS" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
