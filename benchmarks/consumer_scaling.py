@@ -27,10 +27,9 @@ from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
 
-import psycopg2
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from core import ray_client
+from core import db, ray_client
 from core.settings import ServeSettings, Settings, get_settings
 from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
 from ingest.producer import TransactionProducer
@@ -41,10 +40,9 @@ from training import quick
 
 
 def _decisions(settings: Settings, ids: list[str]) -> int:
-    with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
         cur.execute("SELECT count(*) FROM decisions WHERE transaction_id = ANY(%s)", (ids,))
         (n,) = cur.fetchone()
-    conn.close()
     return int(n)
 
 

@@ -39,10 +39,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks import baseline, procstat, stages
+from core import db
 from core.settings import Settings, get_settings
 from features.online import OnlineStore
 
@@ -168,7 +168,7 @@ def produce(settings: Settings, records: list[dict[str, Any]]) -> float:
 
 def check(settings: Settings, ids: list[str]) -> dict[str, Any]:
     """Exactly-once in PostgreSQL: one transaction row and one decision per workload id."""
-    with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
         cur.execute(
             "SELECT count(*), count(DISTINCT transaction_id) FROM decisions WHERE transaction_id = ANY(%s)",
             (ids,),
@@ -182,7 +182,6 @@ def check(settings: Settings, ids: list[str]) -> dict[str, Any]:
             (ids,),
         )
         pct, worst = cur.fetchone()
-    conn.close()
     return {
         "workload": len(ids),
         "decisions": int(decisions),

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import psycopg2
 import redis
 
+from core import db
 from core.settings import Settings
 from features.online import OnlineStore
 from ingest.producer import producer_config
@@ -168,10 +168,9 @@ def sinks_us(settings: Settings, records: list[dict[str, Any]], scores: np.ndarr
 
 def delete_rows(settings: Settings, ids: list[str]) -> None:
     """Remove benchmark rows (decisions first: they reference transactions)."""
-    with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
         cur.execute("DELETE FROM decisions WHERE transaction_id = ANY(%s)", (ids,))
         cur.execute("DELETE FROM transactions WHERE transaction_id = ANY(%s)", (ids,))
-    conn.close()
 
 
 def measure(

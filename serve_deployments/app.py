@@ -26,6 +26,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, Val
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from core import db
+from core.contracts import ScoreResult
 from core.errors import (
     FraudrayError,
     ModelNotReady,
@@ -124,12 +126,9 @@ class Ensemble:
         calls = [getattr(h, method).remote(arg) for h in self.members.values()]
         return dict(zip(self.members, await asyncio.gather(*calls), strict=True))
 
-    async def score(self, matrix: np.ndarray) -> dict[str, Any]:
-        """``{"scores", "is_fraud", "threshold", "model_version", "model_scores", "model_versions"}``.
-
-        ``scores`` is the decision score (ensemble probability, or the IF score without an
-        ensemble); ``model_scores`` holds each member's raw score.
-        """
+    async def score(self, matrix: np.ndarray) -> ScoreResult:
+        """The decision of every row (``core.contracts.ScoreResult``): the ensemble's probability,
+        or the IF score without an ensemble; ``model_scores`` holds each member's raw score."""
         matrix = np.atleast_2d(np.asarray(matrix, dtype=np.float32))
         ensemble, version = self.ensemble, self.version  # one snapshot per call
         results = await self._members("score", matrix)
@@ -138,14 +137,14 @@ class Ensemble:
         scores, threshold, stacked = decide(ensemble, model_scores, results["if"]["threshold"])
         if stacked:
             versions["ensemble"] = version
-        return {
-            "scores": scores,
-            "is_fraud": scores > threshold,
-            "threshold": threshold,
-            "model_version": version if stacked else versions["if"],
-            "model_scores": model_scores,
-            "model_versions": versions,
-        }
+        return ScoreResult(
+            scores=scores,
+            is_fraud=scores > threshold,
+            threshold=threshold,
+            model_version=version if stacked else versions["if"],
+            model_scores=model_scores,
+            model_versions=versions,
+        )
 
     async def explain(self, row: np.ndarray) -> dict[str, Any]:
         """The score of one row plus each member's per-feature attribution."""
@@ -435,12 +434,11 @@ class FraudApi:
         import psycopg2
 
         try:
-            with psycopg2.connect(self.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+            with db.transaction(self.dsn, timeout_s=5) as cur:
                 query = f"SELECT {_TX_COLUMNS} FROM transactions WHERE transaction_id = %s"  # noqa: S608
                 cur.execute(query, (transaction_id,))
                 row = cur.fetchone()
                 names = [d[0] for d in cur.description]
-            conn.close()
         except psycopg2.Error as exc:
             raise StoreUnavailable(f"PostgreSQL: {type(exc).__name__}") from exc
         if row is None:

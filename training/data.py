@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core import db
 from core.errors import FraudrayError
 from core.settings import Settings
 
@@ -141,21 +142,17 @@ def frame_from_store(
     dsn = settings.postgres.dsn.get_secret_value()
     try:
         frame = build_frame(dsn, start, end)
-        conn = psycopg2.connect(dsn, connect_timeout=10)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(_LABELLED_SQL, {"start": start, "end": end})
-                rows = cur.fetchall()
-                labelled = {row[0] for row in rows}
-                genuine_labels = any(not row[1] for row in rows)
-                cur.execute(
-                    "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY l.labelled_at - t.event_time),"
-                    " max(l.labelled_at) FROM labels l JOIN transactions t USING (transaction_id)"
-                    " WHERE l.is_fraud"
-                )
-                p95_delay, last_label = cur.fetchone()
-        finally:
-            conn.close()
+        with db.transaction(dsn) as cur:
+            cur.execute(_LABELLED_SQL, {"start": start, "end": end})
+            rows = cur.fetchall()
+            labelled = {row[0] for row in rows}
+            genuine_labels = any(not row[1] for row in rows)
+            cur.execute(
+                "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY l.labelled_at - t.event_time),"
+                " max(l.labelled_at) FROM labels l JOIN transactions t USING (transaction_id)"
+                " WHERE l.is_fraud"
+            )
+            p95_delay, last_label = cur.fetchone()
     except psycopg2.Error as exc:
         raise DataError(f"cannot read training data from PostgreSQL: {exc}".strip()) from exc
     if id_prefix is not None:

@@ -15,15 +15,15 @@ import builtins
 import json
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg2
 
+from core import db
 from core.errors import ModelNotReady
 from core.settings import Settings
 
@@ -101,8 +101,8 @@ class Registry:
         self.settings = settings
         self.root = settings.var_dir / "models"
 
-    def _connect(self) -> Any:
-        return psycopg2.connect(self.settings.postgres.dsn.get_secret_value())
+    def _transaction(self) -> AbstractContextManager[Any]:
+        return db.transaction(self.settings.postgres.dsn.get_secret_value())
 
     def new_version_dir(self, name: str) -> tuple[str, Path]:
         version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -129,19 +129,15 @@ class Registry:
             params["training_window"] = window
         if reference is not None:
             params["drift_reference"] = reference
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO models (name, version, uri, metrics, params, feature_names)"
-                    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name, version) DO NOTHING",
-                    (name, version, str(path), json.dumps(metrics, default=float),
-                     json.dumps(params, default=float), json.dumps(feature_names)),
-                )  # fmt: skip
-                if promote:
-                    self._promote(cur, name, version)
-        finally:
-            conn.close()
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO models (name, version, uri, metrics, params, feature_names)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name, version) DO NOTHING",
+                (name, version, str(path), json.dumps(metrics, default=float),
+                 json.dumps(params, default=float), json.dumps(feature_names)),
+            )  # fmt: skip
+            if promote:
+                self._promote(cur, name, version)
         return self.get(name, version)
 
     @staticmethod
@@ -167,12 +163,8 @@ class Registry:
             )
 
     def promote(self, name: str, version: str) -> None:
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                self._promote(cur, name, version)
-        finally:
-            conn.close()
+        with self._transaction() as cur:
+            self._promote(cur, name, version)
 
     def rollback(self, name: str) -> tuple[str, str]:
         """Put the version that was in production before the current one back into production
@@ -181,37 +173,33 @@ class Registry:
         "Before" follows ``promoted_at``: the restored version is the one whose last promotion
         is the latest before the current version's, so rolling back twice goes two steps back.
         """
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT version, params->'promoted_at'->>-1 FROM models"
+                " WHERE name = %s AND stage = 'production' FOR UPDATE",
+                (name,),
+            )
+            current = cur.fetchone()
+            if current is None:
+                raise ModelNotReady(f"no production version of model {name!r} to roll back")
+            cur.execute(
+                "SELECT version FROM models WHERE name = %s AND version <> %s"
+                " AND params ? 'promoted_at' AND stage <> 'production'"
+                " AND (%s::text IS NULL OR params->'promoted_at'->>-1 < %s::text)"
+                " ORDER BY params->'promoted_at'->>-1 DESC LIMIT 1",
+                (name, current[0], current[1], current[1]),
+            )
+            previous = cur.fetchone()
+            if previous is None and current[1] is None:  # versions from before promoted_at
                 cur.execute(
-                    "SELECT version, params->'promoted_at'->>-1 FROM models"
-                    " WHERE name = %s AND stage = 'production' FOR UPDATE",
+                    "SELECT version FROM models WHERE name = %s AND stage = 'archived'"
+                    " ORDER BY created_at DESC LIMIT 1",
                     (name,),
                 )
-                current = cur.fetchone()
-                if current is None:
-                    raise ModelNotReady(f"no production version of model {name!r} to roll back")
-                cur.execute(
-                    "SELECT version FROM models WHERE name = %s AND version <> %s"
-                    " AND params ? 'promoted_at' AND stage <> 'production'"
-                    " AND (%s::text IS NULL OR params->'promoted_at'->>-1 < %s::text)"
-                    " ORDER BY params->'promoted_at'->>-1 DESC LIMIT 1",
-                    (name, current[0], current[1], current[1]),
-                )
                 previous = cur.fetchone()
-                if previous is None and current[1] is None:  # versions from before promoted_at
-                    cur.execute(
-                        "SELECT version FROM models WHERE name = %s AND stage = 'archived'"
-                        " ORDER BY created_at DESC LIMIT 1",
-                        (name,),
-                    )
-                    previous = cur.fetchone()
-                if previous is None:
-                    raise ModelNotReady(f"model {name!r} has no earlier production version than {current[0]}")
-                self._promote(cur, name, previous[0], record=False)
-        finally:
-            conn.close()
+            if previous is None:
+                raise ModelNotReady(f"model {name!r} has no earlier production version than {current[0]}")
+            self._promote(cur, name, previous[0], record=False)
         return current[0], previous[0]
 
     _SELECT = (
@@ -221,13 +209,9 @@ class Registry:
 
     def _rows(self, where: str, args: tuple[Any, ...]) -> list[ModelVersion]:
         """``where`` is one of this class's fixed clauses; values always travel as ``args``."""
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(self._SELECT + where + " ORDER BY created_at DESC", args)
-                return [ModelVersion(*row) for row in cur.fetchall()]
-        finally:
-            conn.close()
+        with self._transaction() as cur:
+            cur.execute(self._SELECT + where + " ORDER BY created_at DESC", args)
+            return [ModelVersion(*row) for row in cur.fetchall()]
 
     def get(self, name: str, version: str) -> ModelVersion:
         rows = self._rows("name = %s AND version = %s", (name, version))
@@ -248,16 +232,12 @@ class Registry:
         """The version's (default: the production version's) training-window reference per
         feature as samples, ready for ``monitoring.drift.DriftWindow(reference, FEATURE_NAMES)``."""
         version = version or self.production(name).version
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    "SELECT params->'drift_reference' FROM models WHERE name = %s AND version = %s",
-                    (name, version),
-                )
-                row = cur.fetchone()
-        finally:
-            conn.close()
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT params->'drift_reference' FROM models WHERE name = %s AND version = %s",
+                (name, version),
+            )
+            row = cur.fetchone()
         if row is None or not row[0]:
             raise ModelNotReady(f"model {name} version {version} has no drift reference")
         return {k: reference_sample(v) for k, v in row[0].items()}
@@ -266,28 +246,19 @@ class Registry:
 
     def start_run(self, model_name: str, config: dict[str, Any]) -> str:
         run_id = f"{model_name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    "INSERT INTO training_runs (run_id, model_name, config) VALUES (%s, %s, %s)",
-                    (run_id, model_name, json.dumps(config, default=str)),
-                )
-        finally:
-            conn.close()
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO training_runs (run_id, model_name, config) VALUES (%s, %s, %s)",
+                (run_id, model_name, json.dumps(config, default=str)),
+            )
         return run_id
 
     def finish_run(self, run_id: str, status: str, metrics: dict[str, Any]) -> None:
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    "UPDATE training_runs SET status = %s, metrics = %s, finished_at = now()"
-                    " WHERE run_id = %s",
-                    (status, json.dumps(metrics, default=float), run_id),
-                )
-        finally:
-            conn.close()
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE training_runs SET status = %s, metrics = %s, finished_at = now() WHERE run_id = %s",
+                (status, json.dumps(metrics, default=float), run_id),
+            )
 
     @contextmanager
     def run(self, model_name: str, config: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -303,16 +274,12 @@ class Registry:
         self.finish_run(run_id, "finished", metrics)
 
     def runs(self, model_name: str | None = None, limit: int = 50) -> builtins.list[dict[str, Any]]:
-        conn = self._connect()
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(
-                    "SELECT run_id, model_name, started_at, finished_at, status, config, metrics"
-                    " FROM training_runs WHERE (%s::text IS NULL OR model_name = %s)"
-                    " ORDER BY started_at DESC LIMIT %s",
-                    (model_name, model_name, limit),
-                )
-                cols = [d[0] for d in cur.description]
-                return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
-        finally:
-            conn.close()
+        with self._transaction() as cur:
+            cur.execute(
+                "SELECT run_id, model_name, started_at, finished_at, status, config, metrics"
+                " FROM training_runs WHERE (%s::text IS NULL OR model_name = %s)"
+                " ORDER BY started_at DESC LIMIT %s",
+                (model_name, model_name, limit),
+            )
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]

@@ -1,12 +1,40 @@
-"""Versioned PostgreSQL schema: ``NNNN_name.sql`` files applied once each, in order."""
+"""PostgreSQL access for every room: ``transaction(dsn)`` (connect, commit or roll back, close;
+a database that cannot be reached becomes ``StoreUnavailable`` with one line) and the versioned
+schema, ``NNNN_name.sql`` files applied once each, in order."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
+from core.errors import StoreUnavailable
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent
+
+
+def connect(dsn: str, timeout_s: int = 10) -> Any:
+    """A new psycopg2 connection; one line of error when PostgreSQL cannot be reached."""
+    try:
+        return psycopg2.connect(dsn, connect_timeout=timeout_s)
+    except psycopg2.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreUnavailable(f"PostgreSQL is unreachable ({reason})") from exc
+
+
+@contextmanager
+def transaction(dsn: str, timeout_s: int = 10) -> Iterator[Any]:
+    """A cursor inside one transaction on a connection of its own: committed when the block
+    ends, rolled back when it raises, and the connection closed either way."""
+    conn = connect(dsn, timeout_s)
+    try:
+        with conn, conn.cursor() as cur:
+            yield cur
+    finally:
+        conn.close()
 
 
 def migration_files() -> list[Path]:
@@ -20,7 +48,7 @@ def apply_migrations(dsn: str) -> list[str]:
     advisory lock keeps two concurrent callers from applying the same file twice.
     """
     applied: list[str] = []
-    conn = psycopg2.connect(dsn)
+    conn = connect(dsn)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(

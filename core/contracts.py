@@ -1,0 +1,103 @@
+"""The shapes that cross room boundaries: PostgreSQL rows (one column tuple each, a typed row),
+the scorer's reply, and the stream's decision as /predict serves it (one JSON shape, built here
+and parsed here)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, NamedTuple, TypedDict
+
+import numpy as np
+
+
+class TxRow(NamedTuple):
+    """A ``transactions`` row (COPY column order)."""
+
+    transaction_id: str
+    user_id: str
+    merchant_id: str
+    amount: float
+    currency: str
+    event_time: Any  # datetime (Avro timestamp-millis)
+    country: str
+    device_id: str | None
+    channel: str | None
+    merchant_category: str | None
+    lat: float | None
+    lon: float | None
+    ip: str | None
+    kafka_partition: int
+    kafka_offset: int
+
+
+class DecisionRow(NamedTuple):
+    """A ``decisions`` row (COPY column order); ``scores`` is the per-model scores' JSON."""
+
+    transaction_id: str
+    user_id: str
+    scores: str
+    ensemble_score: float
+    is_fraud: bool
+    model_version: str
+    latency_ms: float  # pipeline latency: decision time minus the record's Kafka timestamp
+    event_latency_ms: float  # decision time minus event time (meaningful for live traffic only)
+
+
+class LabelRow(NamedTuple):
+    """A ``labels`` row (COPY column order)."""
+
+    transaction_id: str
+    is_fraud: bool
+    scenario: str | None
+    labelled_at: Any  # datetime
+
+
+TX_COLUMNS: tuple[str, ...] = TxRow._fields
+DECISION_COLUMNS: tuple[str, ...] = DecisionRow._fields
+LABEL_COLUMNS: tuple[str, ...] = LabelRow._fields
+
+
+class ScoreResult(TypedDict):
+    """The Ensemble deployment's reply to ``score(matrix)``: one entry per row in each array."""
+
+    scores: np.ndarray  # the decision score (ensemble probability, or the IF score without one)
+    is_fraud: np.ndarray
+    threshold: float
+    model_version: str  # the version that decided (ensemble, or the IF without one)
+    model_scores: dict[str, np.ndarray]  # family -> each member's raw score
+    model_versions: dict[str, str]  # family (and "ensemble" when stacked) -> version
+
+
+# -- the stream's decision, as GET /predict answers it --------------------------------------------
+# {"anomaly_score", "is_fraud", "model_scores", "threshold", "model_version", "model_versions"}
+# The consumer builds one per user and batch, so the parts shared by the batch are encoded once.
+
+
+def _json_float(x: float) -> str:
+    """``json.dumps(x)`` for a float, faster: JSON writes finite floats as their repr."""
+    return repr(x) if math.isfinite(x) else json.dumps(x)
+
+
+def decision_tail(threshold: float, model_version: str, model_versions: dict[str, str]) -> str:
+    """The part of every decision of one batch that the batch shares (ends the JSON object)."""
+    shared = {"threshold": float(threshold), "model_version": model_version, "model_versions": model_versions}
+    return json.dumps(shared)[1:]
+
+
+def decision_json(score: float, is_fraud: bool, model_scores_json: str, tail: str) -> str:
+    """One decision's JSON from its own parts and its batch's ``decision_tail``."""
+    flag = "true" if is_fraud else "false"
+    return (
+        f'{{"anomaly_score": {_json_float(score)}, "is_fraud": {flag}, '
+        f'"model_scores": {model_scores_json}, {tail}'
+    )
+
+
+def parse_decision(text: str | bytes) -> dict[str, Any] | None:
+    """A stored decision, or None when the entry is not a JSON object (a junk entry is scored)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
