@@ -120,9 +120,8 @@ class Service:
         if self.run_as:
             # setpriv (util-linux) switches user, not Popen(user=…): that makes Python fork()
             # instead of vfork(), and fork() runs in the child the gRPC fork handlers that come
-            # with Ray in a process using it (a test process, a benchmark driver), where they
-            # aborted PostgreSQL before it started ("epoll_wait error: Bad file descriptor",
-            # SIGABRT; two `make test` runs on 2026-12-03).
+            # with Ray in a process using it (a test process, a benchmark driver), which can
+            # abort the service before it starts (docs/reliability.md, "Starting services").
             gid = pwd.getpwnam(self.run_as).pw_gid
             command = ["setpriv", f"--reuid={self.run_as}", f"--regid={gid}", "--init-groups", *command]
         proc = subprocess.Popen(

@@ -41,8 +41,8 @@ SERVE_FAST_PATH = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     # Except one part of it: the throughput mode would route handle calls on the caller's event
     # loop, so that a handle used from synchronous code (a script, a test, `.result()`) fails
-    # with "No event loop running". Measured: the router on its own loop keeps most of the
-    # gain (a scored /score 29 ms of CPU instead of 28; with 4 clients 95 rps instead of 119).
+    # with "No event loop running". The router on its own loop keeps most of the gain
+    # (docs/serving.md, "Serve's fast path").
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
 }
 # HAProxy's stats and metrics ports are fixed (8404, 9101) and not the API's: a second Serve

@@ -201,7 +201,7 @@ def configure(settings: Settings, deployments: dict[str, dict[str, Any]]) -> Non
     deployments: every config fraudray deploys (``deploy``, ``config.yaml``) already lists one
     for each. Ray 2.60 folds the number of such entries into the app's code version, so giving
     an ``autoscaling_config`` to a deployment that had none (``FraudApi``, or an app deployed
-    from a config without them) replaces every replica of the app (observed: ~43 s here).
+    from a config without them) replaces every replica of the app (tens of seconds; docs/serving.md).
     ``user_config`` changes (``hot_swap``) stay in place."""
     from core.errors import ModelNotReady
 
