@@ -197,7 +197,7 @@ def restore(settings: Settings, dump: Path, target_dsn: str) -> dict[str, dict[s
 _SELECT = {
     "transactions": "SELECT * FROM transactions WHERE transaction_id = ANY(%s) ORDER BY transaction_id",
     "decisions": "SELECT transaction_id, user_id, scores::text AS scores, ensemble_score, is_fraud,"
-    " model_version, scored_at, latency_ms FROM decisions WHERE transaction_id = ANY(%s)"
+    " model_version, scored_at, latency_ms, event_latency_ms FROM decisions WHERE transaction_id = ANY(%s)"
     " ORDER BY transaction_id",
     "labels": "SELECT * FROM labels WHERE transaction_id = ANY(%s) ORDER BY transaction_id",
 }

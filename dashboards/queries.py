@@ -76,6 +76,11 @@ SELECT
         FILTER (WHERE scored_at >= %(now)s - interval '5 minutes') AS latency_p50_ms,
     percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms)
         FILTER (WHERE scored_at >= %(now)s - interval '5 minutes') AS latency_p95_ms,
+    count(event_latency_ms) FILTER (WHERE scored_at >= %(now)s - interval '5 minutes') AS live_5min,
+    percentile_cont(0.5) WITHIN GROUP (ORDER BY event_latency_ms)
+        FILTER (WHERE scored_at >= %(now)s - interval '5 minutes') AS event_latency_p50_ms,
+    percentile_cont(0.95) WITHIN GROUP (ORDER BY event_latency_ms)
+        FILTER (WHERE scored_at >= %(now)s - interval '5 minutes') AS event_latency_p95_ms,
     (SELECT max(scored_at) FROM decisions WHERE scored_at < %(now)s) AS last_scored_at
 FROM decisions
 WHERE scored_at >= %(now)s - interval '1 hour' AND scored_at < %(now)s
@@ -84,7 +89,9 @@ WHERE scored_at >= %(now)s - interval '1 hour' AND scored_at < %(now)s
 
 def overview(dsn: str, now: datetime) -> pd.DataFrame:
     """One row: decisions in the last 60 s and hour before ``now``, alerts in the hour,
-    event→decision latency p50/p95 over the last 5 minutes, and the last decision's time."""
+    pipeline latency (Kafka timestamp → decision) p50/p95 over the last 5 minutes, the number
+    of live decisions in those 5 minutes and their event→decision p50/p95 (NULL without live
+    traffic), and the last decision's time."""
     return _frame(dsn, _OVERVIEW, {"now": now})
 
 

@@ -41,6 +41,7 @@ from ingest.serde import TransactionSerde, event_time_ms
 from ingest.sinks import KafkaSink, PostgresSink
 from ingest.validation import validate
 from monitoring.drift import DriftWindow
+from monitoring.latency import decision_latencies_ms, kafka_timestamps_ms
 from monitoring.metrics import PipelineMetrics
 
 log = logging.getLogger(__name__)
@@ -293,10 +294,10 @@ class ScoringLoop:
                     out.rejects.append((m, "LabelError", str(exc)))
         return out
 
-    async def _score(self, batch: _Decoded) -> np.ndarray:
+    async def _score(self, batch: _Decoded) -> tuple[np.ndarray, np.ndarray]:
         """Features (state before each transaction, then the batch applied, idempotent per id)
         and one Serve call for the batch; fills the batch's rows and decisions; returns the
-        event-to-decision latencies in seconds."""
+        pipeline and the event-to-decision latencies in seconds (monitoring/latency.py)."""
         records = batch.records
         with self.timed("features"):
             matrix = await asyncio.to_thread(self.store.update_and_compute, records)
@@ -307,6 +308,9 @@ class ScoringLoop:
         per_model = result["model_scores"]  # each member's raw score, kept in decisions.scores
         event_ms = np.fromiter((event_time_ms(r) for r in records), dtype=np.int64, count=len(records))
         done_ms = time.time() * 1000
+        pipeline_ms, event_latency_ms = decision_latencies_ms(
+            done_ms, kafka_timestamps_ms(batch.sources), event_ms
+        )
         batch.tx_rows = [
             (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
              r["event_time"], r["country"], r["device_id"], r["channel"], r["merchant_category"],
@@ -339,9 +343,9 @@ class ScoringLoop:
                 )
             batch.decision_rows.append(
                 (r["transaction_id"], r["user_id"], scores_json, float(scores[i]),
-                 bool(flags[i]), version, done_ms - int(event_ms[i]))
+                 bool(flags[i]), version, float(pipeline_ms[i]), float(event_latency_ms[i]))
             )  # fmt: skip
-        return np.asarray((done_ms - event_ms) / 1000.0)
+        return pipeline_ms / 1000.0, event_latency_ms / 1000.0
 
     def _observe_drift(self, matrix: np.ndarray, model_version: str) -> None:
         """Feed the live features to a PSI window against the production models' training
@@ -370,7 +374,7 @@ class ScoringLoop:
         stage_before = dict(self.stats.stage_s)
         with self.timed("decode"):
             batch = self._decode(msgs)
-        latencies_s = await self._score(batch) if batch.records else np.empty(0)
+        latencies_s, event_latencies_s = await self._score(batch) if batch.records else (np.empty(0),) * 2
         new = alerts = 0
         if batch.tx_rows or batch.labels:
             with self.timed("sink_pg"):
@@ -401,6 +405,7 @@ class ScoringLoop:
                 stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in STAGES},
                 size=len(msgs), scored=len(batch.records), fraud=alerts,
                 dead_letters=[error for _m, error, _r in batch.rejects], latencies_s=latencies_s,
+                event_latencies_s=event_latencies_s,
             )  # fmt: skip
         self.stats.scored += len(batch.records)
         self.stats.labels += len(batch.labels)

@@ -19,6 +19,7 @@ TX_COLUMNS = (
 )  # fmt: skip
 DECISION_COLUMNS = (
     "transaction_id", "user_id", "scores", "ensemble_score", "is_fraud", "model_version", "latency_ms",
+    "event_latency_ms",
 )  # fmt: skip
 LABEL_COLUMNS = ("transaction_id", "is_fraud", "scenario", "labelled_at")
 

@@ -45,7 +45,7 @@ def body() -> None:
             "scored_at": st.column_config.DatetimeColumn("decided (UTC)", format="YYYY-MM-DD HH:mm:ss"),
             "event_time": st.column_config.DatetimeColumn("event (UTC)", format="YYYY-MM-DD HH:mm:ss"),
             "ensemble_score": st.column_config.NumberColumn("score", format="%.3f"),
-            "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%.0f"),
+            "latency_ms": st.column_config.NumberColumn("pipeline latency (ms)", format="%.0f"),
         },
     )
     st.caption(

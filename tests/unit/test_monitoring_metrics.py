@@ -174,6 +174,7 @@ def test_observe_batch_records_once_per_batch(recorded: PipelineMetrics) -> None
         size=500, scored=497, fraud=4,
         dead_letters=["DecodeError", "ValidationError", "ValidationError"],
         latencies_s=np.linspace(0, 10, 500),
+        event_latencies_s=np.r_[np.full(490, np.nan), np.linspace(0, 1, 10)],
     )  # fmt: skip
     assert _calls(recorded, "consumed") == [("inc", 500, {})]
     assert _calls(recorded, "total") == _calls(recorded, "scored") == [("inc", 497, {})]
@@ -185,6 +186,8 @@ def test_observe_batch_records_once_per_batch(recorded: PipelineMetrics) -> None
     stages = [c[2]["stage"] for c in _calls(recorded, "stage")]
     assert "poll" not in stages and stages.count("other") == 1  # zero skipped, unknown bounded
     assert len(_calls(recorded, "latency")) == 64  # a sample, not 500 observations
+    # event -> decision: only the 10 live records (NaN = not live), never a NaN observation
+    assert sorted(c[1] for c in _calls(recorded, "event_latency")) == np.linspace(0, 1, 10).tolist()
     assert _calls(recorded, "batch_size") == [("observe", 500.0, {})]
 
 

@@ -21,7 +21,7 @@ PROM_DIR = ROOT / "monitoring" / "prometheus"
 DOCS = ROOT / "docs" / "monitoring.md"
 REQUIRED = {
     "HighPredictTraffic", "HighFraudRate", "ConsumerLagHigh", "ScoringLatencyP95High", "DLQRateHigh",
-    "FeatureDriftHigh", "ServeReplicaUnhealthy",
+    "FeatureDriftHigh", "ServeReplicaUnhealthy", "PipelineLatencyP95High",
 }  # fmt: skip
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (make setup)")
