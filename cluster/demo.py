@@ -2,7 +2,8 @@
 
 Brings up the stack and a Ray head, deploys Serve (quick model if the registry is empty),
 starts the consumer actors and a producer, shows progress until Ctrl-C, then stops
-everything it started.
+everything it started. Every start-up step says what it does and how long it took, on the
+terminal and in ``var/log/demo.log``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import secrets
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg2
 from rich.console import Console, Group
@@ -47,6 +51,38 @@ def api_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+class Steps:
+    """Start-up steps: each one printed when it starts and with its duration when it ends, on
+    the terminal and appended to ``log_path`` (with wall-clock times), so a slow step is never
+    a silent one."""
+
+    def __init__(self, log_path: Path) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log: TextIO = log_path.open("a", encoding="utf-8")
+        self.log_path = log_path
+        self.t0 = time.monotonic()
+        self.durations: dict[str, float] = {}
+        self.note(f"fraudray demo starting (log: {log_path})")
+
+    def note(self, text: str) -> None:
+        console.print(text, highlight=False)
+        self._log.write(f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S.%f}"[:-3] + f" {text}\n")
+        self._log.flush()
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        self.note(f"[{len(self.durations) + 1}] {what} …")
+        t0 = time.monotonic()
+        with console.status(what):
+            yield
+        seconds = time.monotonic() - t0
+        self.durations[what] = seconds
+        self.note(f"    done in {seconds:.1f} s: {what}")
+
+    def close(self) -> None:
+        self._log.close()
+
+
 class PacedProducer(threading.Thread):
     """Sends demo traffic at ``rate`` tx/s until stopped."""
 
@@ -69,11 +105,33 @@ class PacedProducer(threading.Thread):
 
 
 def _decision_counts(settings: Settings) -> tuple[int, int]:
+    """Decisions and alerts in PostgreSQL, all time (every run so far, this one included)."""
     with psycopg2.connect(settings.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*), count(*) FILTER (WHERE is_fraud) FROM decisions")
         total, fraud = cur.fetchone()
     conn.close()
     return int(total), int(fraud)
+
+
+def counters_table(
+    produced: int, stats: list[dict[str, Any]], tps: float, all_time: tuple[int, int]
+) -> Table:
+    """The live table: this run's counters side by side, all-time totals in a row of their own
+    (never one scope next to the other unlabelled: consumed could then exceed produced)."""
+    consumed = sum(s["polled"] for s in stats)
+    table = Table("scope", "produced", "consumed", "scored", "DLQ", "alerts", "tx/s", title="counters")
+    table.add_row(
+        "this run", f"{produced:,}", f"{consumed:,}", f"{sum(s['scored'] for s in stats):,}",
+        f"{sum(s['dead_lettered'] for s in stats):,}", f"{sum(s['alerts'] for s in stats):,}", f"{tps:,.0f}",
+    )  # fmt: skip
+    total, fraud = all_time
+    table.add_row("all time (PostgreSQL)", "", "", f"{total:,}", "", f"{fraud:,}", "")
+    if consumed > produced:
+        table.caption = (
+            f"this run consumed {consumed - produced:,} records more than it produced: "
+            "a backlog left in Kafka by earlier runs"
+        )
+    return table
 
 
 def _urls(settings: Settings, key: str) -> Table:
@@ -98,26 +156,17 @@ def _live(
 ) -> None:
     """Refresh the URLs and the pipeline's counters every second until ``duration`` or Ctrl-C."""
     t0 = time.monotonic()
-    last_total, last_t = 0, t0
+    last_scored, last_t = 0, t0
     tps = 0.0
     with Live(console=console, refresh_per_second=2) as live:
         while duration is None or time.monotonic() - t0 < duration:
             time.sleep(1.0)
             stats = pool.stats()
-            total, fraud = _decision_counts(settings)
+            scored = sum(s["scored"] for s in stats)
             now = time.monotonic()
-            tps = (total - last_total) / (now - last_t)
-            last_total, last_t = total, now
-            table = Table("produced", "consumed", "scored", "DLQ", "alerts", "decisions in PG", "tx/s")
-            table.add_row(
-                str(producer.sent),
-                str(sum(s["polled"] for s in stats)),
-                str(sum(s["scored"] for s in stats)),
-                str(sum(s["dead_lettered"] for s in stats)),
-                str(fraud),
-                str(total),
-                f"{tps:,.0f}",
-            )
+            tps = (scored - last_scored) / (now - last_t)
+            last_scored, last_t = scored, now
+            table = counters_table(producer.sent, stats, tps, _decision_counts(settings))
             live.update(
                 Group(
                     Panel(_urls(settings, key), title="fraudray is running — Ctrl-C stops everything"),
@@ -130,19 +179,28 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _bring_up(settings: Settings, steps: Steps) -> tuple[list[str], bool]:
+    """The stack and Ray: returns the services that were up before and whether the head is ours."""
+    with steps.step("local stack (PostgreSQL, Redis, Kafka, Prometheus, Alertmanager)"):
+        already_up = [name for name, svc in stack.services(settings).items() if svc.pid() is not None]
+        stack.up(settings)
+    with steps.step("Ray head"):
+        head_started = ray_runtime.start_head(settings) == "started"
+    steps.note(f"    Ray head {'started' if head_started else 'already running: reused'}")
+    with steps.step("connecting to Ray"):
+        # Actor and replica logs would tear the live display; they stay in Ray's log folder.
+        ray_client.init(settings, log_to_driver=False)
+    return already_up, head_started
+
+
 def run(settings: Settings, *, rate: float, actors: int, seed: int | None, duration: float | None) -> None:
     import ray
 
     from ingest.consumer import ConsumerPool
 
     key = api_key(settings)
-    with console.status("starting the local stack"):
-        already_up = [name for name, svc in stack.services(settings).items() if svc.pid() is not None]
-        stack.up(settings)
-    with console.status("starting Ray"):
-        head_started = ray_runtime.start_head(settings) == "started"
-        # Actor and replica logs would tear the live display; they stay in Ray's log folder.
-        ray_client.init(settings, log_to_driver=False)
+    steps = Steps(settings.var_dir / "log" / "demo.log")
+    already_up, head_started = _bring_up(settings, steps)
     # Ctrl-C and `kill` (SIGTERM, as process managers stop things) both end in the clean stop
     # below, also when this process was started with SIGINT ignored (`make run &` from a script,
     # nohup: Python then installs no Ctrl-C handler). After ray.init: Ray's driver installs a
@@ -153,21 +211,25 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
     pool: ConsumerPool | None = None
     dashboard = None
     try:
-        with console.status("checking the registry (training quick models if it has none)"):
+        with steps.step("models: checking the registry (training quick models if it has none)"):
             ensure_models(settings)
-        with console.status("deploying Serve app"):
-            serving.deploy(settings, api_keys=[key])
-        pool = ConsumerPool(settings, actors, drift_reference=production_reference)
-        with console.status(f"starting the analyst dashboard on {launch.url()}"):
+        with steps.step(f"Serve app {settings.serve.app_name!r}: deploying"):
+            serving.deploy(settings, api_keys=[key], report=steps.note)
+        with steps.step(f"consumer actors: starting {actors}"):
+            pool = ConsumerPool(settings, actors, drift_reference=production_reference)
+            pool.assignments()  # returns once every actor is constructed (consumer built)
+        with steps.step(f"analyst dashboard on {launch.url()}"):
             dashboard = launch.start(settings, env={"FRAUDRAY_API_KEYS": key})
             launch.wait_ready(dashboard)
-        # Transaction ids derive from the seed: a fixed seed on a second run would replay
-        # ids the database already has, and the idempotent sinks would (rightly) ignore them.
-        producer = PacedProducer(settings, rate, seed if seed is not None else secrets.randbelow(2**31))
-        producer.start()
+        with steps.step(f"producer: {rate:,.0f} tx/s of simulated traffic"):
+            # Transaction ids derive from the seed: a fixed seed on a second run would replay
+            # ids the database already has, and the idempotent sinks would (rightly) ignore them.
+            producer = PacedProducer(settings, rate, seed if seed is not None else secrets.randbelow(2**31))
+            producer.start()
+        steps.note(f"ready in {time.monotonic() - steps.t0:.1f} s")
         _live(settings, key, pool, producer, duration)
     except KeyboardInterrupt:
-        console.print("stopping …")
+        steps.note("stopping …")
     finally:
         if producer is not None:
             producer.stop_event.set()
@@ -187,6 +249,7 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
         if started:
             stack.down(settings, only=started)
         kept = f" (left running as found: {', '.join(already_up)})" if already_up else ""
-        console.print(
+        steps.note(
             f"stopped producer, consumers, dashboard, Serve, Ray and the stack{kept}; data kept in var/"
         )
+        steps.close()

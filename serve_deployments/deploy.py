@@ -11,6 +11,7 @@ replica.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from core.settings import Settings
@@ -104,6 +105,7 @@ def deploy(
     *,
     blocking: bool = False,
     llm: dict[str, Any] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> str:
     """Start Serve's HTTP proxy on the configured host/port and (re)deploy the app.
 
@@ -111,7 +113,8 @@ def deploy(
     (``cluster.first_start.ensure_models`` trains first-start ones beforehand). ``api_keys``
     (only their digests reach the cluster) and ``llm`` (``base_url``, ``model``, ``timeout_s``)
     override the settings. ``blocking`` keeps this process alive afterwards (Ctrl-C to leave;
-    the app keeps running on the cluster).
+    the app keeps running on the cluster). ``report`` gets one line saying what kind of update
+    Serve will make (see ``change_kind``) before it waits for the app.
     """
     import time
 
@@ -133,11 +136,29 @@ def deploy(
         "args": args,
         "deployments": _deployments(versions),
     }
-    _, others = _live(settings)
+    ours, others = _live(settings)
+    if report is not None:
+        report(change_kind(ours, app))
     _apply(settings, app, others)
     while blocking:
         time.sleep(3600)
     return f"http://{settings.serve.http_host}:{settings.serve.http_port}"
+
+
+def change_kind(live: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """What Serve does when ``new`` replaces the app's ``live`` declarative config: Serve
+    derives the code version from the import path and ``args``, so a change there replaces
+    every replica of the app (minutes on a busy 2-core box: each imports torch, XGBoost and
+    sklearn again); ``user_config`` alone reconfigures the live replicas in place."""
+    if live is None:
+        return "no app deployed yet (or one from serve.run): every replica starts"
+    changed = sorted(k for k in {*live.get("args", {}), *new["args"]}
+                     if live.get("args", {}).get(k) != new["args"].get(k))  # fmt: skip
+    if live.get("import_path") != new["import_path"] or changed:
+        return f"args changed ({', '.join(changed) or 'import path'}): Serve replaces every replica"
+    if live.get("deployments") != new["deployments"]:
+        return "only user_config/options changed: the live replicas reconfigure in place"
+    return "unchanged: nothing to redeploy"
 
 
 def hot_swap(settings: Settings) -> dict[str, str]:

@@ -22,6 +22,8 @@ from core.settings import REPO_ROOT, Settings
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FRAUDRAY = str(Path(sys.executable).parent / "fraudray")
+STEPS = ("local stack", "Ray head", "connecting to Ray", "models:", "Serve app", "consumer actors",
+         "analyst dashboard", "producer:")  # fmt: skip
 
 
 def _listening(port: int) -> bool:
@@ -80,4 +82,12 @@ def test_make_run_scores_a_stream_and_stops_cleanly_on_sigterm(local_stack: Sett
             proc.wait()
     assert proc.returncode == 0, out[-3000:]
     assert "stopped producer, consumers, dashboard, Serve, Ray and the stack" in out, out[-3000:]
+    # Every start-up step says what it does, then how long it took, in order, on the terminal
+    # and in var/log/demo.log (issue #26: a silent 4-minute Serve redeploy).
+    log = (s.var_dir / "log" / "demo.log").read_text()
+    for text in (out, log[log.rindex("fraudray demo starting") :]):
+        at = [text.find(f"] {step}") for step in STEPS]
+        assert -1 not in at and at == sorted(at), (at, text[-3000:])
+        assert text.count("done in ") >= len(STEPS), text[-3000:]
+        assert text.find("ready in ") > at[-1]
     assert not _listening(s.ray.head_port) and not _listening(s.serve.http_port)
