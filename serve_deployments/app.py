@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from fastapi.security import APIKeyHeader
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -38,6 +39,7 @@ from core.errors import (
 )
 from core.families import DEPLOYMENT_NAMES, MEMBER_KEYS, SCORER_DEPLOYMENT
 from core.settings import PostgresSettings, Settings, get_settings
+from features import validation as rules
 from features.online import FEATURE_NAMES, OnlineStore
 from monitoring.metrics import HttpMetricsMiddleware, shared_metrics
 from serve_deployments import explain as xp
@@ -174,23 +176,32 @@ TEXT = r"^[^\x00-\x1f\x7f]*$"
 
 
 class TransactionIn(BaseModel):
-    """A transaction as on the Kafka topic (same fields as ingest/schemas/transaction.avsc)."""
+    """A transaction as on the Kafka topic (same fields as ingest/schemas/transaction.avsc),
+    checked by the stream's own rules (features/validation.py): what the stream would
+    dead-letter, ``/score`` refuses with 422 and the same reason."""
 
     model_config = ConfigDict(extra="forbid")
 
-    transaction_id: str = Field(min_length=1, max_length=128, pattern=TEXT)
-    user_id: str = Field(min_length=1, max_length=128, pattern=TEXT)
-    merchant_id: str = Field(min_length=1, max_length=128, pattern=TEXT)
-    amount: float = Field(gt=0, le=1e9, allow_inf_nan=False)
-    currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO-4217")
-    event_time: AwareDatetime
-    country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO-3166 alpha-2")
-    device_id: str | None = Field(None, max_length=128, pattern=TEXT)
+    transaction_id: str = Field(description=f"1..{rules.MAX_ID_LEN} characters")
+    user_id: str = Field(description=f"1..{rules.MAX_ID_LEN} characters")
+    merchant_id: str = Field(description=f"1..{rules.MAX_ID_LEN} characters")
+    amount: float = Field(description=f"0, or {rules.MIN_AMOUNT:g} to {rules.MAX_AMOUNT:g}")
+    currency: str = Field(description="ISO-4217")
+    event_time: AwareDatetime = Field(description="at most a day ahead of the server's clock")
+    country: str = Field(description="ISO-3166 alpha-2")
+    device_id: str | None = None
     channel: Literal["card_present", "online"] | None = None
-    merchant_category: str | None = Field(None, max_length=64, pattern=TEXT)
-    lat: float | None = Field(None, ge=-90, le=90, allow_inf_nan=False)
-    lon: float | None = Field(None, ge=-180, le=180, allow_inf_nan=False)
-    ip: str | None = Field(None, max_length=64, pattern=TEXT)
+    merchant_category: str | None = None
+    lat: float | None = Field(None, description="with lon, or neither")
+    lon: float | None = None
+    ip: str | None = None
+
+    @model_validator(mode="after")
+    def _stream_rules(self) -> "TransactionIn":
+        reason = rules.validate(self.model_dump(), int(time.time() * 1000))
+        if reason is not None:
+            raise ValueError(reason)
+        return self
 
 
 class ScoreOut(BaseModel):
@@ -271,7 +282,13 @@ def digest(key: str) -> str:
 
 
 _PROTECTED: dict[int | str, dict[str, Any]] = {401: {"model": ErrorBody}, 503: {"model": ErrorBody}}
-ApiKey = Annotated[str | None, Header(description="one of FRAUDRAY_API_KEYS (when set)")]
+# A security scheme (not a plain header parameter): /docs shows an Authorize button for it.
+# auto_error=False: the replica answers a missing key itself, as a wrong one (401, ErrorBody).
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", scheme_name="ApiKey", auto_error=False,
+    description="one of FRAUDRAY_API_KEYS; every route but /health needs it (unless FRAUDRAY_API_AUTH=off)",
+)  # fmt: skip
+ApiKey = Annotated[str | None, Security(API_KEY_HEADER)]
 
 _TX_COLUMNS = (
     "transaction_id, user_id, merchant_id, amount, currency, event_time, country, device_id, "
@@ -284,7 +301,8 @@ _TX_COLUMNS = (
 class FraudApi:
     def __init__(self, scorer: DeploymentHandle, config: dict[str, Any]) -> None:
         """``config``: ``redis_url``, ``postgres_dsn``, ``api_key_digests`` (sha256 hex; only
-        digests reach the replicas) and the ``llm`` section (``base_url``, ``model``,
+        digests reach the replicas), ``auth`` (``on``: without digests every protected route
+        refuses; ``off``: no key asked) and the ``llm`` section (``base_url``, ``model``,
         ``api_key``, ``timeout_s``)."""
         from training.registry import Registry
 
@@ -294,12 +312,17 @@ class FraudApi:
         self.dsn = config["postgres_dsn"]
         self.registry = Registry(Settings(postgres=PostgresSettings(dsn=SecretStr(self.dsn))))
         self._key_digests = [bytes.fromhex(d) for d in config.get("api_key_digests", [])]
+        self._auth = config.get("auth", "on")
         self.llm = xp.LlmConfig(**config.get("llm", {}))
         self._live: tuple[dict[str, str], float] | None = None  # (model versions, when seen)
 
     def _check_key(self, key: str | None) -> None:
-        if not self._key_digests:
+        if self._auth == "off":
             return
+        if not self._key_digests:  # auth on without keys: closed, never open by accident
+            raise Unauthorized(
+                "this API has no keys: set FRAUDRAY_API_KEYS (or FRAUDRAY_API_AUTH=off) where it is deployed"
+            )
         offered = hashlib.sha256((key or "").encode()).digest()
         # Constant-time comparison against every digest (no early exit on a match).
         if not sum(hmac.compare_digest(offered, d) for d in self._key_digests):
@@ -533,9 +556,10 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     with a production version), ``models`` (``{family: {"uri", "version"}}``; the legacy
     ``model_uri``/``model_version`` pin the Isolation Forest), ``redis_url``, ``postgres_dsn``,
     ``api_keys`` (list or comma-separated) or ``api_key_digests``, and ``llm`` (``base_url``,
-    ``model``, ``timeout_s``). What is missing comes from the settings (FRAUDRAY_*) and the
-    registry's production models. Config files may override each deployment's ``user_config``
-    (``{"uri", "version"}``): that is how ``serve_deployments.deploy.hot_swap`` swaps versions.
+    ``model``, ``timeout_s``), ``auth`` (``on``/``off``). What is missing comes from the
+    settings (FRAUDRAY_*) and the registry's production models. Config files may override each
+    deployment's ``user_config`` (``{"uri", "version"}``): that is how
+    ``serve_deployments.deploy.hot_swap`` swaps versions.
     """
     args = dict(args or {})
     settings = get_settings()
@@ -556,6 +580,14 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         if isinstance(keys, str):
             keys = [k for k in keys.split(",") if k]
         digests = [digest(k) for k in keys]
+    auth = str(args.get("auth", settings.api.auth))
+    if auth not in ("on", "off"):
+        raise ValueError(f"auth must be 'on' or 'off', not {auth!r}")
+    if auth == "on" and not digests:
+        log.warning(
+            "no API keys (FRAUDRAY_API_KEYS): every route but /health answers 401; "
+            "set FRAUDRAY_API_KEYS, or FRAUDRAY_API_AUTH=off to serve without auth"
+        )
     llm = settings.llm
     llm_default = {
         "base_url": llm.base_url,
@@ -567,6 +599,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         "redis_url": args.get("redis_url", settings.redis.url.get_secret_value()),
         "postgres_dsn": args.get("postgres_dsn", settings.postgres.dsn.get_secret_value()),
         "api_key_digests": digests,
+        "auth": auth,
         "llm": llm_default | dict(args.get("llm") or {}),
     }
     members = {

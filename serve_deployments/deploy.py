@@ -124,7 +124,11 @@ def deploy(
 
     versions = production_versions(settings)
     serve.start(http_options={"host": settings.serve.http_host, "port": settings.serve.http_port})
-    args: dict[str, Any] = {"families": sorted(f for f in versions if f != "ensemble")}
+    # The deploying process's auth choice, not whatever environment the cluster's nodes have.
+    args: dict[str, Any] = {
+        "families": sorted(f for f in versions if f != "ensemble"),
+        "auth": settings.api.auth,
+    }
     if api_keys is not None:
         args["api_key_digests"] = [digest(k) for k in api_keys]
     if llm is not None:

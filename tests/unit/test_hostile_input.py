@@ -148,7 +148,8 @@ def test_hostile_records_decode_then_validate_with_a_clear_reason(rec: dict[str,
     # Accepted: every business rule really holds, and the feature row is finite.
     for key in ("transaction_id", "user_id", "merchant_id"):
         assert 1 <= len(decoded[key]) <= MAX_ID_LEN
-    assert math.isfinite(decoded["amount"]) and MIN_AMOUNT <= decoded["amount"] <= MAX_AMOUNT
+    amount = decoded["amount"]
+    assert math.isfinite(amount) and (amount == 0 or MIN_AMOUNT <= amount <= MAX_AMOUNT)
     assert MIN_EVENT_MS <= event_time_ms(decoded) <= NOW_MS + MAX_FUTURE_MS
     matrix = records_features([decoded], np.array([event_time_ms(decoded)]))
     assert matrix.shape == (1, len(FEATURE_NAMES))
@@ -160,7 +161,7 @@ def test_hostile_records_decode_then_validate_with_a_clear_reason(rec: dict[str,
 def test_every_invalid_amount_is_named_in_the_reason(amount: float) -> None:
     rec = SERDE.decode(_encode({**_valid(), "amount": amount}))
     reason = validate(rec, NOW_MS)
-    ok = math.isfinite(amount) and MIN_AMOUNT <= amount <= MAX_AMOUNT
+    ok = math.isfinite(amount) and (amount == 0 or MIN_AMOUNT <= amount <= MAX_AMOUNT)  # 0: issue #23
     assert (reason is None) == ok
     if not ok:
         assert reason is not None and reason.startswith("amount must be")
