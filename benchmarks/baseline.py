@@ -68,12 +68,7 @@ def run(
     early (``complete`` false) after ``timeout_s``.
     """
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": f"bench-base-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+        settings.kafka.client_config("consumer", **{"group.id": f"bench-base-{uuid.uuid4().hex[:8]}"})
     )
     consumer.subscribe([settings.kafka.transactions_topic])
     serde = TransactionSerde()

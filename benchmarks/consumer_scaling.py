@@ -58,7 +58,7 @@ def main() -> None:
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     kafka = base.kafka.model_copy(update={"transactions_topic": topic})
     settings = Settings(kafka=kafka, serve=ServeSettings(http_port=18001))
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin = AdminClient(kafka.client_config("admin"))
     admin.create_topics([NewTopic(topic, num_partitions=kafka.partitions, replication_factor=1)])[
         topic
     ].result()

@@ -134,7 +134,7 @@ class Topics:
     """Fresh topics for a benchmark, all deleted by ``close``."""
 
     def __init__(self, settings: Settings) -> None:
-        self.admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+        self.admin = AdminClient(settings.kafka.client_config("admin"))
         self.partitions = settings.kafka.partitions
         self.created: list[str] = []
 

@@ -32,9 +32,7 @@ from ingest.stream import Pacer, RatePacer, Unpaced, run_stream
 
 
 def _watermarks(settings: Settings, topic: str) -> int:
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka.bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"}
-    )
+    consumer = Consumer(settings.kafka.client_config("consumer", **{"group.id": f"bench-{uuid.uuid4().hex}"}))
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         return sum(
@@ -45,7 +43,7 @@ def _watermarks(settings: Settings, topic: str) -> int:
 
 
 def kafka_run(settings: Settings, pacer: Pacer, seconds: float, labels: bool) -> dict[str, Any]:
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin = AdminClient(settings.kafka.client_config("admin"))
     tx_topic, label_topic = f"bench-tx-{uuid.uuid4().hex[:8]}", f"bench-labels-{uuid.uuid4().hex[:8]}"
     for fut in admin.create_topics(
         [NewTopic(t, num_partitions=6, replication_factor=1) for t in (tx_topic, label_topic)]

@@ -293,7 +293,7 @@ def apply_topic_retention(settings: Settings) -> dict[str, int]:
 
     k = settings.kafka
     wanted = k.retention_ms_by_topic()
-    admin = AdminClient({"bootstrap.servers": k.bootstrap})
+    admin = AdminClient(k.client_config("admin"))
     existing = set(admin.list_topics(timeout=10).topics)
     resources = [
         ConfigResource(

@@ -2,7 +2,9 @@
 
 Each service runs as a plain child process (no systemd) with its data, pid file and log
 under ``var/``. ``up`` is idempotent, ``down`` stops only what ``up`` started (by pid
-file), ``status`` reports port, pid and health. Ports come from the settings.
+file), ``status`` reports port, pid and health. Ports come from the settings. A service whose
+configured address is not on this machine (``FRAUDRAY_KAFKA_BOOTSTRAP``, ``…_REDIS_URL``,
+``…_POSTGRES_DSN``) is external: never started nor stopped here (``fraudray init`` prepares it).
 """
 
 from __future__ import annotations
@@ -19,15 +21,35 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from core.errors import StackError
 from core.procs import pid_alive, port_open
 from core.settings import REPO_ROOT, Settings
 
 SERVICE_NAMES = ("kafka", "redis", "postgres", "prometheus", "alertmanager")
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", ""})  # noqa: S104 - compared, not bound
+
+
+def is_local(addresses: Iterable[str]) -> bool:
+    """Whether every ``host:port`` or URL of ``addresses`` is on this machine."""
+    for address in addresses:
+        host = urlsplit(address if "//" in address else f"//{address}").hostname or ""
+        if host not in LOCAL_HOSTS and not host.startswith("127."):
+            return False
+    return True
+
+
+def configured_addresses(settings: Settings) -> dict[str, list[str]]:
+    """The address each stack service is configured at (the others are always local)."""
+    return {
+        "kafka": settings.kafka.bootstrap.split(","),
+        "redis": [settings.redis.url.get_secret_value()],
+        "postgres": [settings.postgres.dsn.get_secret_value()],
+    }
 
 
 def _http_ok(url: str) -> bool:
@@ -79,6 +101,11 @@ class Service:
     @property
     def log_file(self) -> Path:
         return self.var / "log" / f"{self.name}.log"
+
+    @property
+    def external(self) -> bool:
+        """Configured at an address of another machine: used as it is, never started here."""
+        return not is_local(configured_addresses(self.settings).get(self.name, []))
 
     # -- hooks for subclasses --------------------------------------------------
     def command(self) -> list[str]:
@@ -173,6 +200,9 @@ class Service:
         return "stopped"
 
     def status(self) -> dict[str, object]:
+        if self.external:
+            return {"service": self.name, "port": self.port, "pid": None, "healthy": True,
+                    "log": "external (not managed by the stack)"}  # fmt: skip
         pid = self.pid()
         return {
             "service": self.name,
@@ -247,37 +277,19 @@ class Kafka(Service):
             return False
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka.bootstrap, "log_level": 0})
+        admin = AdminClient(self.settings.kafka.client_config("admin", log_level=0))
         try:
             return bool(admin.list_topics(timeout=2).brokers)
         except Exception:  # noqa: BLE001 - any client error means "not ready yet"
             return False
 
     def after_ready(self) -> None:
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from ingest.topics import TopicError, ensure_topics
 
-        k = self.settings.kafka
-        admin = AdminClient({"bootstrap.servers": k.bootstrap})
-        existing = set(admin.list_topics(timeout=10).topics)
-        retention = k.retention_ms_by_topic()
-        wanted = [
-            NewTopic(
-                t,
-                num_partitions=k.partitions,
-                replication_factor=1,
-                config={"retention.ms": str(retention[t])},
-            )
-            for t in k.topics
-            if t not in existing
-        ]
-        if not wanted:
-            return
-        for topic, fut in admin.create_topics(wanted, operation_timeout=30).items():
-            try:
-                fut.result()
-            except Exception as exc:
-                if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                    raise StackError(f"creating Kafka topic {topic} failed: {exc}") from exc
+        try:
+            ensure_topics(self.settings)
+        except TopicError as exc:
+            raise StackError(str(exc)) from exc
 
 
 class Redis(Service):
@@ -502,10 +514,11 @@ def up(
     only: list[str] | None = None,
     on_event: Callable[[str, str, float], None] | None = None,
 ) -> None:
-    """Start every service (or ``only`` these) and wait until each answers."""
+    """Start every service (or ``only`` these) and wait until each answers. An external one is
+    reported as such and left alone."""
     for svc in _select(settings, only):
         t0 = time.monotonic()
-        result = svc.start()
+        result = "external: used as configured, not started" if svc.external else svc.start()
         if on_event:
             on_event(svc.name, result, time.monotonic() - t0)
 
@@ -518,7 +531,7 @@ def down(
     """Stop what ``up`` started, in reverse order."""
     for svc in reversed(_select(settings, only)):
         t0 = time.monotonic()
-        result = svc.stop()
+        result = "external: left running" if svc.external else svc.stop()
         if on_event:
             on_event(svc.name, result, time.monotonic() - t0)
 

@@ -53,8 +53,25 @@ class KafkaSettings(_Section):
     # Topic retention (retention.ms), set at topic creation and by `fraudray cleanup`.
     retention_hours: int = 168
     dlq_retention_hours: int = 720  # dead letters wait for a human: keep them longer
-    # Confluent-compatible Schema Registry; empty = the file registry in ingest/schemas/
+    # Security, passed through to every client (client_config). Empty = librdkafka's default.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] = ""
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_ca_location: str = ""  # CA bundle (PEM) that signed the brokers' certificates
+    ssl_certificate_location: str = ""  # client certificate (mutual TLS)
+    ssl_key_location: str = ""
+    ssl_key_password: SecretStr = SecretStr("")
+    ssl_endpoint_identification: Literal["https", "none"] = "https"  # check the broker's host name
+    # Confluent-compatible Schema Registry (subject <topic>-value); empty = the file registry in
+    # ingest/schemas/. The local stack has none (docs/deploy.md, "Schema Registry", says why).
     schema_registry_url: str = ""
+    schema_registry_username: str = ""  # HTTP basic auth, when the registry asks for it
+    schema_registry_password: SecretStr = SecretStr("")
+    schema_registry_ca_location: str = ""
+    schema_registry_compatibility: Literal[
+        "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"
+    ] = "BACKWARD"
 
     @property
     def port(self) -> int:
@@ -74,6 +91,78 @@ class KafkaSettings(_Section):
         hour_ms = 3_600_000
         return {t: (self.dlq_retention_hours if t == self.dlq_topic else self.retention_hours) * hour_ms
                 for t in self.topics}  # fmt: skip
+
+    def client_config(self, role: KafkaRole, **overrides: Any) -> dict[str, Any]:
+        """The librdkafka configuration of a ``role``'s client: bootstrap servers, the security
+        settings, the role's defaults, then ``overrides``. Every Kafka client fraudray builds
+        takes its configuration from here. The result holds passwords in clear (librdkafka
+        needs them) but prints them masked."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "client.id": f"fraudray-{role}"}
+        if self.security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.security_protocol.lower()
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        optional = {
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value(),
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value(),
+        }
+        conf |= {k: v for k, v in optional.items() if v}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            conf["ssl.endpoint.identification.algorithm"] = self.ssl_endpoint_identification
+        conf |= _ROLE_DEFAULTS[role](self)
+        conf |= overrides
+        return ClientConfig(conf)
+
+    def schema_registry_config(self) -> dict[str, Any]:
+        """``confluent_kafka.schema_registry.SchemaRegistryClient``'s configuration (the URL,
+        basic auth and CA), printed masked like :meth:`client_config`."""
+        conf: dict[str, Any] = {"url": self.schema_registry_url}
+        if self.schema_registry_username:
+            password = self.schema_registry_password.get_secret_value()
+            conf["basic.auth.user.info"] = f"{self.schema_registry_username}:{password}"
+        if self.schema_registry_ca_location:
+            conf["ssl.ca.location"] = self.schema_registry_ca_location
+        return ClientConfig(conf)
+
+
+KafkaRole = Literal["producer", "consumer", "admin"]
+
+# Per role, what every client of that kind wants (callers override the rest).
+_ROLE_DEFAULTS: dict[str, Any] = {
+    # Idempotent, acknowledged by all replicas, batched by librdkafka (linger + lz4).
+    "producer": lambda k: {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 10,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 500_000,
+    },
+    # At-least-once: offsets are committed by hand after the sinks succeed.
+    "consumer": lambda k: {
+        "group.id": k.consumer_group,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+    },
+    "admin": lambda k: {},
+}
+
+_SECRET_KEYS = frozenset(
+    {"sasl.password", "ssl.key.password", "basic.auth.user.info", "sasl.oauthbearer.client.secret"}
+)
+
+
+class ClientConfig(dict[str, Any]):
+    """A client's configuration: a plain dict for the client, masked when printed or logged."""
+
+    def __repr__(self) -> str:
+        return repr({k: (MASK if k in _SECRET_KEYS and v else v) for k, v in self.items()})
+
+    __str__ = __repr__
 
 
 class RedisSettings(_Section):

@@ -37,7 +37,7 @@ from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
 from ingest.labels import Label, LabelError, iso_ms, parse_label
 from ingest.producer import producer_config
-from ingest.serde import TransactionSerde, event_time_ms
+from ingest.serde import TransactionSerde, event_time_ms, registry_from_settings
 from ingest.sinks import KafkaSink, PostgresSink
 from ingest.validation import validate
 from monitoring.drift import DriftWindow
@@ -156,30 +156,31 @@ class ScoringLoop:
         k = settings.kafka
         self.settings = settings
         self.scorer = scorer
-        self.serde = TransactionSerde()
+        # The reader side of the Schema Registry: checks the subject, registers nothing.
+        self.serde = TransactionSerde(registry_from_settings(settings), k.transactions_topic, role="consumer")
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": k.bootstrap,
-                "group.id": group_id or k.consumer_group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                # KIP-848 (Kafka 4): incremental rebalances driven by the broker. The classic
-                # protocol's cooperative-sticky assignor left retained partitions unfetched
-                # after a commit refused with ILLEGAL_GENERATION (librdkafka #4059).
-                "group.protocol": "consumer",
-                # Range, per topic: each member gets its share of `transactions` AND of
-                # `labels`. The broker's default (uniform) balances the total count only, and
-                # gave one of two actors all six label partitions and the other all the work.
-                "group.remote.assignor": "range",
-                "max.poll.interval.ms": 300_000,
-                "fetch.wait.max.ms": 100,
-                # At most ~one batch of records per partition per fetch (default 1 MiB, ~5,000):
-                # the local queue then interleaves an actor's partitions, so every partition's
-                # offset moves every few batches. With 1 MiB a backlog was worked off one
-                # partition at a time and the last one waited ~12 s per partition ahead of it
-                # (fault suite: partitions first committed 0.1 / 11 / 24 / 36 s after a kill).
-                "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
-            }
+            k.client_config(
+                "consumer",
+                **{
+                    "group.id": group_id or k.consumer_group,
+                    # KIP-848 (Kafka 4): incremental rebalances driven by the broker. The classic
+                    # protocol's cooperative-sticky assignor left retained partitions unfetched
+                    # after a commit refused with ILLEGAL_GENERATION (librdkafka #4059).
+                    "group.protocol": "consumer",
+                    # Range, per topic: each member gets its share of `transactions` AND of
+                    # `labels`. The broker's default (uniform) balances the total count only, and
+                    # gave one of two actors all six label partitions and the other all the work.
+                    "group.remote.assignor": "range",
+                    "max.poll.interval.ms": 300_000,
+                    "fetch.wait.max.ms": 100,
+                    # At most ~one batch of records per partition per fetch (default 1 MiB, ~5,000):
+                    # the local queue then interleaves an actor's partitions, so every partition's
+                    # offset moves every few batches. With 1 MiB a backlog was worked off one
+                    # partition at a time and the last one waited ~12 s per partition ahead of it
+                    # (fault suite: partitions first committed 0.1 / 11 / 24 / 36 s after a kill).
+                    "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
+                },
+            )
         )
         # Labels ride in the same group: their rows land in PostgreSQL and their counts in the
         # online store's merchant risk, committed with the batch like everything else.
@@ -626,7 +627,7 @@ def group_lag(
     from confluent_kafka import Consumer
 
     k = settings.kafka
-    probe = Consumer({"bootstrap.servers": k.bootstrap, "group.id": group_id or k.consumer_group})
+    probe = Consumer(k.client_config("consumer", **{"group.id": group_id or k.consumer_group}))
     try:
         tps = []
         for topic in (k.transactions_topic, k.labels_topic):

@@ -27,18 +27,9 @@ MESSAGE_TIMEOUT_MS = 30_000
 
 
 def producer_config(settings: Settings, **overrides: Any) -> dict[str, Any]:
-    conf: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 10,
-        "batch.size": 1_000_000,
-        "compression.type": "lz4",
-        "queue.buffering.max.messages": 500_000,
-        "message.timeout.ms": MESSAGE_TIMEOUT_MS,
-    }
-    conf.update(overrides)
-    return conf
+    """The settings' producer config (core.settings.KafkaSettings.client_config) with our
+    delivery timeout."""
+    return settings.kafka.client_config("producer", **{"message.timeout.ms": MESSAGE_TIMEOUT_MS, **overrides})
 
 
 class TopicProducer:
@@ -103,7 +94,7 @@ class TransactionProducer(TopicProducer):
 
     def __init__(self, settings: Settings, topic: str | None = None, **overrides: Any) -> None:
         super().__init__(settings, topic or settings.kafka.transactions_topic, **overrides)
-        self.serde = TransactionSerde(registry_from_settings(settings))
+        self.serde = TransactionSerde(registry_from_settings(settings), self.topic)
 
     def send_raw(self, key: str | None, value: bytes) -> None:
         self._produce(key, value)

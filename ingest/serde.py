@@ -1,9 +1,10 @@
 """Avro (de)serialisation of transactions in the Confluent wire format.
 
 Every value is ``0x00`` (magic byte) + 4-byte big-endian schema id + Avro binary body.
-Schema ids come from a :class:`FileSchemaRegistry` (``ingest/schemas/registry.json``), or from
-a Confluent-compatible Schema Registry (:class:`HttpSchemaRegistry`) when
-``kafka.schema_registry_url`` is set.
+Schema ids come from a Confluent-compatible Schema Registry (:class:`ConfluentSchemaRegistry`,
+through ``confluent_kafka.schema_registry``) when ``kafka.schema_registry_url`` is set, subject
+``<topic>-value`` (TopicNameStrategy), else from the :class:`FileSchemaRegistry`
+(``ingest/schemas/registry.json``), which gives every topic the same ids.
 Decoding a batch never raises for one bad record: bad records come back as
 :class:`DecodeFailure` rows so the caller can send them to the dead-letter topic.
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import fastavro
 
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 SCHEMAS_DIR = Path(__file__).resolve().parent / "schemas"
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
+DEFAULT_SUBJECT = "transactions-value"
+TRANSACTION_SCHEMA = SCHEMAS_DIR / "transaction.avsc"
 
 
 class SchemaRegistry(Protocol):
@@ -37,6 +41,16 @@ class SchemaRegistry(Protocol):
     def latest(self, subject: str) -> tuple[int, Any]: ...
 
     def by_id(self, schema_id: int) -> Any: ...
+
+    def check(self, subject: str) -> tuple[int, Any]:
+        """For a reader: (id, parsed schema) of the local schema, after checking the subject
+        accepts it; registers nothing."""
+        ...
+
+
+def subject_for(topic: str) -> str:
+    """The value subject of a topic (Confluent's TopicNameStrategy)."""
+    return f"{topic}-value"
 
 
 class FileSchemaRegistry:
@@ -53,8 +67,13 @@ class FileSchemaRegistry:
             self._latest[subject] = max(int(s) for s in versions)
 
     def latest(self, subject: str) -> tuple[int, Any]:
-        sid = self._latest[subject]
+        # Without a registry there is one transaction schema: every topic's value subject
+        # (a test's uuid topic, a bench topic) gets the ids of `transactions-value`.
+        sid = self._latest.get(subject, self._latest[DEFAULT_SUBJECT])
         return sid, self._by_id[sid]
+
+    def check(self, subject: str) -> tuple[int, Any]:
+        return self.latest(subject)
 
     def by_id(self, schema_id: int) -> Any:
         try:
@@ -71,13 +90,26 @@ class DecodeFailure:
 
 
 class TransactionSerde:
-    """Encode/decode transaction dicts for the ``transactions`` topic."""
+    """Encode/decode transaction dicts for a transactions topic (subject ``<topic>-value``).
 
-    subject = "transactions-value"
+    A writer (``role="producer"``) registers the local schema under the subject; a reader
+    (``role="consumer"``) registers nothing but checks that the subject's compatibility level
+    and latest schema let it read. Values written with another schema id are read with the
+    writer's schema resolved to ours (Avro schema resolution: BACKWARD)."""
 
-    def __init__(self, registry: SchemaRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: SchemaRegistry | None = None,
+        topic: str = "transactions",
+        role: Literal["producer", "consumer"] = "producer",
+    ) -> None:
         self.registry = registry or FileSchemaRegistry()
-        self.schema_id, self.schema = self.registry.latest(self.subject)
+        self.topic = topic
+        self.subject = subject_for(topic)
+        if role == "producer":
+            self.schema_id, self.schema = self.registry.latest(self.subject)
+        else:
+            self.schema_id, self.schema = self.registry.check(self.subject)
         self._header = _HEADER.pack(MAGIC, self.schema_id)
 
     def encode(self, record: dict[str, Any]) -> bytes:
@@ -95,11 +127,14 @@ class TransactionSerde:
         magic, schema_id = _HEADER.unpack_from(value)
         if magic != MAGIC:
             raise DecodeError(f"bad magic byte {magic} (expected {MAGIC}: Confluent wire format)")
-        schema = self.registry.by_id(schema_id)
+        if schema_id == self.schema_id:
+            schema, reader = self.schema, None
+        else:
+            schema, reader = self.registry.by_id(schema_id), self.schema
         buf = io.BytesIO(value)
         buf.seek(_HEADER.size)
         try:
-            record = fastavro.schemaless_reader(buf, schema, None)
+            record = fastavro.schemaless_reader(buf, schema, reader)
         except Exception as exc:
             raise DecodeError(f"Avro body does not match schema {schema_id}: {exc!r}") from exc
         if not isinstance(record, dict):
@@ -129,76 +164,148 @@ def event_time_ms(record: dict[str, Any]) -> int:
 
 
 class SchemaRegistryError(FraudrayError):
-    """The HTTP Schema Registry could not be reached or refused a request."""
+    """The Schema Registry could not be reached or refused a request."""
 
     http_status = 503
 
 
-class HttpSchemaRegistry:
-    """A Confluent-compatible Schema Registry over its REST API.
+class IncompatibleSchema(SchemaRegistryError):
+    """The subject's compatibility level refuses our schema (or the schema refuses the subject's
+    latest): nothing is written with it."""
 
-    ``latest(subject)`` registers our local schema for the subject (the registry answers with the
-    existing id when it already knows it, like Confluent serialisers with auto-registration);
-    ``by_id`` fetches and caches schemas written by anyone. The local schemas are the ones
-    ``registry.json`` names, so both registries serve the same files.
-    """
+    http_status = 409
 
-    def __init__(self, url: str, local: Path = SCHEMAS_DIR / "registry.json", timeout: float = 5.0) -> None:
-        import httpx
 
-        self.url = url.rstrip("/")
-        self._client = httpx.Client(base_url=self.url, timeout=timeout)
-        raw: dict[str, dict[str, str]] = json.loads(local.read_text())
-        self._local = {
-            subject: (local.parent / versions[max(versions, key=int)]).read_text()
-            for subject, versions in raw.items()
-        }
+_UNKNOWN_ID_TTL_S = 30.0  # an unknown id is asked again after this (its producer may register it)
+
+
+class ConfluentSchemaRegistry:
+    """A Confluent-compatible Schema Registry through ``confluent_kafka.schema_registry``.
+
+    ``latest(subject)`` (a writer) sets the subject's compatibility level, then registers the
+    local schema (the registry answers with the existing id when it knows it, and refuses an
+    incompatible one). ``check(subject)`` (a reader) sets the level and tests the local schema
+    against the subject's latest without registering. ``by_id`` fetches and caches schemas
+    written by anyone; an id the registry does not know is a :class:`DecodeError` (the record
+    goes to the dead-letter topic), an unreachable registry a :class:`SchemaRegistryError`
+    (the batch is retried, nothing is dead-lettered)."""
+
+    def __init__(
+        self, conf: dict[str, Any], compatibility: str = "BACKWARD", schema_file: Path = TRANSACTION_SCHEMA
+    ) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self.url = str(conf["url"]).rstrip("/")
+        self.compatibility = compatibility
+        self._client = SchemaRegistryClient({"max.retries": 1, "timeout": 5, **conf})
+        self._text = schema_file.read_text()
+        self._parsed = fastavro.parse_schema(json.loads(self._text))
         self._by_id: dict[int, Any] = {}
         self._latest: dict[str, int] = {}
+        self._unknown: dict[int, float] = {}
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        import httpx
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
 
         try:
-            response = self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise SchemaRegistryError(f"schema registry {self.url}: {exc}") from exc
-        if response.status_code == 404 and path.startswith("/schemas/ids/"):
-            raise DecodeError(f"unknown schema id {path.rsplit('/', 1)[-1]} at {self.url}")
-        if response.status_code >= 400:
-            raise SchemaRegistryError(
-                f"schema registry {self.url}{path}: HTTP {response.status_code} {response.text[:200]}"
-            )
-        return response.json()
+            return fn(*args, **kwargs)
+        except ClientError:
+            raise
+        except Exception as exc:  # connection errors come from httpx, ssl, OSError
+            raise SchemaRegistryError(f"schema registry {self.url}: {what}: {exc}") from exc
+
+    def _local_schema(self) -> Any:
+        from confluent_kafka.schema_registry import Schema
+
+        return Schema(self._text, "AVRO")
+
+    def ensure_compatibility(self, subject: str) -> None:
+        """Set the subject's compatibility level to the configured one when it differs."""
+        from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
+
+        try:
+            level = self._call("compatibility", self._client.get_compatibility, subject)
+        except ClientError as exc:
+            if exc.http_status_code != 404:  # 40401/40408: subject unknown or no level of its own
+                raise SchemaRegistryError(f"schema registry {self.url}: {exc}") from exc
+            level = None
+        if level != self.compatibility:
+            try:
+                self._call("set compatibility", self._client.set_compatibility, subject, self.compatibility)
+            except ClientError as exc:
+                raise SchemaRegistryError(f"schema registry {self.url}: {exc}") from exc
 
     def latest(self, subject: str) -> tuple[int, Any]:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
+
         if subject not in self._latest:
-            if subject not in self._local:
-                raise SchemaRegistryError(f"no local schema for subject {subject!r}")
-            text = self._local[subject]
-            answer = self._request(
-                "POST",
-                f"/subjects/{subject}/versions",
-                json={"schema": text},
-                headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-            )
-            sid = int(answer["id"])
-            self._by_id[sid] = fastavro.parse_schema(json.loads(text))
+            self.ensure_compatibility(subject)
+            try:
+                sid = int(self._call("register", self._client.register_schema, subject, self._local_schema()))
+            except ClientError as exc:
+                if exc.http_status_code == 409:
+                    raise IncompatibleSchema(
+                        f"schema registry {self.url} refuses {TRANSACTION_SCHEMA.name} for {subject} "
+                        f"({self.compatibility}): {exc.error_message}"
+                    ) from exc
+                raise SchemaRegistryError(f"schema registry {self.url}: {exc}") from exc
+            self._by_id[sid] = self._parsed
             self._latest[subject] = sid
         sid = self._latest[subject]
         return sid, self._by_id[sid]
 
+    def check(self, subject: str) -> tuple[int, Any]:
+        from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
+
+        self.ensure_compatibility(subject)
+        try:
+            found = self._call("lookup", self._client.lookup_schema, subject, self._local_schema())
+            sid = int(found.schema_id)
+        except ClientError as exc:
+            if exc.http_status_code != 404:
+                raise SchemaRegistryError(f"schema registry {self.url}: {exc}") from exc
+            sid = 0  # not registered (yet): every value carries its writer's id anyway
+            try:
+                ok = self._call("test", self._client.test_compatibility, subject, self._local_schema())
+            except ClientError as exc2:
+                if exc2.http_status_code != 404:  # no version yet: anything is compatible
+                    raise SchemaRegistryError(f"schema registry {self.url}: {exc2}") from exc2
+                ok = True
+            if not ok:
+                raise IncompatibleSchema(
+                    f"{TRANSACTION_SCHEMA.name} cannot read {subject}'s latest schema at {self.url} "
+                    f"({self.compatibility})"
+                ) from exc
+        if sid:
+            self._by_id[sid] = self._parsed
+        return sid, self._parsed
+
     def by_id(self, schema_id: int) -> Any:
-        if schema_id not in self._by_id:
-            answer = self._request("GET", f"/schemas/ids/{schema_id}")
-            self._by_id[schema_id] = fastavro.parse_schema(json.loads(answer["schema"]))
+        from confluent_kafka.schema_registry.error import SchemaRegistryError as ClientError
+
+        if schema_id in self._by_id:
+            return self._by_id[schema_id]
+        if time.monotonic() < self._unknown.get(schema_id, 0.0):
+            raise DecodeError(f"unknown schema id {schema_id} at {self.url}")
+        try:
+            schema = self._call("schema by id", self._client.get_schema, schema_id)
+        except ClientError as exc:
+            if exc.http_status_code == 404:
+                self._unknown[schema_id] = time.monotonic() + _UNKNOWN_ID_TTL_S
+                raise DecodeError(f"unknown schema id {schema_id} at {self.url}") from None
+            raise SchemaRegistryError(f"schema registry {self.url}: {exc}") from exc
+        if schema.schema_type not in (None, "AVRO"):
+            raise DecodeError(f"schema id {schema_id} is {schema.schema_type}, not Avro")
+        self._by_id[schema_id] = fastavro.parse_schema(json.loads(schema.schema_str))
         return self._by_id[schema_id]
 
 
 def registry_from_settings(settings: Settings) -> SchemaRegistry:
-    """The HTTP registry when ``kafka.schema_registry_url`` is set, else the file registry."""
-    url = settings.kafka.schema_registry_url
-    return HttpSchemaRegistry(url) if url else FileSchemaRegistry()
+    """The Schema Registry when ``kafka.schema_registry_url`` is set, else the file registry."""
+    k = settings.kafka
+    if not k.schema_registry_url:
+        return FileSchemaRegistry()
+    return ConfluentSchemaRegistry(k.schema_registry_config(), compatibility=k.schema_registry_compatibility)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,19 +1,13 @@
 """The producer's wire format: the compiled Avro writer is byte-identical to fastavro (and
-defers to it for anything unusual), label JSON, and the HTTP schema registry client.
-
-There is no Schema Registry in the local stack, so the HTTP client is exercised against a
-minimal in-process server speaking the two Confluent REST calls it uses.
+defers to it for anything unusual), label JSON, the file registry's subjects, and how the
+Schema Registry client fails when the registry is unreachable.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -21,9 +15,9 @@ from core.errors import DecodeError
 from core.settings import KafkaSettings, Settings
 from ingest.labels import Label, encode_labels
 from ingest.serde import (
+    ConfluentSchemaRegistry,
     FastRecordEncoder,
     FileSchemaRegistry,
-    HttpSchemaRegistry,
     SchemaRegistryError,
     TransactionSerde,
     registry_from_settings,
@@ -84,69 +78,30 @@ def test_encode_labels_matches_to_json() -> None:
     assert [Label.from_json(v) for v in encode_labels(labels)] == labels
 
 
-# -- HTTP schema registry ----------------------------------------------------------------------
+# -- schema registries --------------------------------------------------------------------------
+# The Confluent client against a real registry: tests/integration/test_schema_registry.py.
 
 
-class _Registry(BaseHTTPRequestHandler):
-    schemas: ClassVar[dict[int, str]] = {}
-    subjects: ClassVar[dict[str, int]] = {}
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _reply(self, code: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self) -> None:
-        subject = self.path.split("/")[2]
-        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["schema"]
-        known = [sid for sid, schema in self.schemas.items() if json.loads(schema) == json.loads(text)]
-        sid = known[0] if known else 100 + len(self.schemas)
-        self.schemas[sid] = text
-        self.subjects[subject] = sid
-        self._reply(200, {"id": sid})
-
-    def do_GET(self) -> None:
-        sid = int(self.path.rsplit("/", 1)[-1])
-        if sid in self.schemas:
-            self._reply(200, {"schema": self.schemas[sid]})
-        else:
-            self._reply(404, {"error_code": 40403, "message": "Schema not found"})
-
-
-@pytest.fixture
-def registry_url() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Registry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_http_registry_registers_and_resolves_ids(registry_url: str) -> None:
-    registry = HttpSchemaRegistry(registry_url)
-    writer = TransactionSerde(registry)
-    assert writer.schema_id == 100 and _Registry.subjects["transactions-value"] == 100
+def test_file_registry_gives_every_topic_the_transaction_schema() -> None:
+    registry = FileSchemaRegistry()
+    a, b = TransactionSerde(registry, "transactions"), TransactionSerde(registry, "tx-3f2a", role="consumer")
+    assert (a.subject, b.subject) == ("transactions-value", "tx-3f2a-value")  # TopicNameStrategy
+    assert a.schema_id == b.schema_id == 1
     record = next(Simulator(SimConfig(seed=1, users=1_000, start=START)).records())
-    value = writer.encode(record)
-    assert int.from_bytes(value[1:5], "big") == 100
-    reader = TransactionSerde(HttpSchemaRegistry(registry_url))  # a fresh client fetches id 100
-    assert reader.decode(value)["transaction_id"] == record["transaction_id"]
+    assert b.decode(a.encode(record))["transaction_id"] == record["transaction_id"]
     with pytest.raises(DecodeError, match="unknown schema id 7"):
-        reader.decode(b"\x00\x00\x00\x00\x07" + value[5:])
+        b.decode(b"\x00\x00\x00\x00\x07" + a.encode(record)[5:])
 
 
-def test_http_registry_unreachable_is_a_clear_error() -> None:
+def test_unreachable_registry_is_a_clear_error() -> None:
+    registry = ConfluentSchemaRegistry({"url": "http://127.0.0.1:9", "timeout": 1})
     with pytest.raises(SchemaRegistryError, match=r"schema registry http://127\.0\.0\.1:9"):
-        TransactionSerde(HttpSchemaRegistry("http://127.0.0.1:9", timeout=0.5))
+        TransactionSerde(registry)
+    with pytest.raises(SchemaRegistryError, match=r"schema registry http://127\.0\.0\.1:9"):
+        TransactionSerde(registry, role="consumer")
 
 
 def test_registry_from_settings() -> None:
     assert isinstance(registry_from_settings(Settings()), FileSchemaRegistry)
     configured = Settings(kafka=KafkaSettings(schema_registry_url="http://127.0.0.1:9"))
-    assert isinstance(registry_from_settings(configured), HttpSchemaRegistry)
+    assert isinstance(registry_from_settings(configured), ConfluentSchemaRegistry)
