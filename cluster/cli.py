@@ -11,6 +11,7 @@ os.environ.update(ray_env())  # token auth and Serve's fast path, before anythin
 
 import time
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,7 +47,7 @@ def _event(name: str, result: str, seconds: float) -> None:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {service_error(exc) or exc}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -57,20 +58,6 @@ def stack_up(
     """Start the local stack (idempotent) and wait until every service answers."""
     try:
         stack_mod.up(get_settings(), only, on_event=_event)
-    except FraudrayError as exc:
-        raise _fail(exc) from exc
-
-
-@app.command("init")
-def init_cmd() -> None:
-    """Prepare the configured Kafka and PostgreSQL (local or not): create the missing topics,
-    apply the migrations not yet applied, register the transaction schema when a Schema Registry
-    is configured. Idempotent."""
-    from cluster import setup_services
-
-    try:
-        for line in setup_services.init(get_settings()):
-            console.print(f"  {line}", highlight=False)
     except FraudrayError as exc:
         raise _fail(exc) from exc
 
@@ -110,18 +97,29 @@ def stack_status() -> None:
 def serve_cmd() -> None:
     """Deploy the Serve app `fraud` (HTTP API) on the Ray cluster and keep it running."""
     from cluster import ray_runtime
+    from cluster.demo import api_key
     from cluster.first_start import ensure_models
     from serve_deployments import deploy as serving
 
     settings = get_settings()
+    # Auth is on unless FRAUDRAY_API_AUTH=off: the configured keys, else the key `make run` uses
+    # (generated once into var/api_key), so the app never runs without any.
+    keys = settings.api.key_list() or ([api_key(settings)] if settings.api.auth == "on" else [])
     try:
         ray_runtime.start_head(settings)
         ray_client.init(settings)
         ensure_models(settings)
-        url = serving.deploy(settings)
+        url = serving.deploy(settings, api_keys=keys)
     except FraudrayError as exc:
         raise _fail(exc) from exc
     console.print(f"Serve app [bold]{settings.serve.app_name}[/bold] is running at {url} (docs: {url}/docs)")
+    if settings.api.auth == "off":
+        console.print("[yellow]auth is off (FRAUDRAY_API_AUTH=off): no route asks for a key[/yellow]")
+    elif settings.api.key_list():
+        console.print("API key: header X-API-Key, one of FRAUDRAY_API_KEYS")
+    else:
+        where = settings.var_dir / "api_key"
+        console.print(f"API key: header X-API-Key: {keys[0]}  (generated once into {where})")
 
 
 @app.command("consume")
@@ -140,6 +138,7 @@ def consume_cmd(
     from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
 
     settings = get_settings()
+    _preflight(settings)
     ray_client.init(settings, log_to_driver=False)
     import ray
 
@@ -176,9 +175,39 @@ def consume_cmd(
     console.print("µs/tx by stage: " + ", ".join(f"{k} {v:,.0f}" for k, v in breakdown.items()))
 
 
+class ModelChoice(StrEnum):
+    """``fraudray train --model``: one family, or all three plus their ensemble."""
+
+    IF = "if"
+    XGB = "xgb"
+    AE = "ae"
+    ALL = "all"
+
+
+def _preflight(settings: Any) -> None:
+    """PostgreSQL and Kafka answer, before Ray and the actors start (their errors would surface as
+    actor tracebacks much later); an unreachable one raises, and main() prints one line."""
+    import psycopg2
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    psycopg2.connect(settings.postgres.dsn.get_secret_value(), connect_timeout=5).close()
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka.bootstrap, "socket.connection.setup.timeout.ms": 5000}
+    )
+    try:
+        admin.list_topics(timeout=10)
+    except KafkaException as exc:
+        raise KafkaException(
+            KafkaError(KafkaError._TRANSPORT, f"no broker answered in 10 s ({exc})")
+        ) from exc
+
+
 @app.command("train")
 def train_cmd(
-    model: Annotated[str, typer.Option(help="if | xgb | ae | all (all adds the ensemble)")] = "all",
+    model: Annotated[
+        ModelChoice, typer.Option(help="one family, or all (adds the ensemble)")
+    ] = ModelChoice.ALL,
     csv: Annotated[
         Path | None, typer.Option(help="a labelled CSV/Parquet instead of the feature store")
     ] = None,
@@ -219,9 +248,7 @@ def train_cmd(
         for mv in train_quick_models(settings).values():
             console.print(f"registered {mv.name} {mv.version} ({mv.stage}) aucpr={mv.metrics.get('aucpr')}")
         return
-    families = ("if", "xgb", "ae") if model == "all" else (model,)
-    if not set(families) <= {"if", "xgb", "ae"}:
-        raise _fail(ValueError(f"--model must be if, xgb, ae or all, not {model!r}"))
+    families = ("if", "xgb", "ae") if model is ModelChoice.ALL else (model.value,)
     t0 = time.monotonic()
     try:
         if csv is not None:
@@ -239,9 +266,12 @@ def train_cmd(
         t1 = time.monotonic()
         # Models of a CSV's columns cannot score the live stream: register, never promote.
         promoted = promote and csv is None
+        console.print(
+            f"training {', '.join(families)}" + (" and their ensemble" if len(families) == 3 else "")
+        )
         result = train_all(split, settings, params={f: p for f, (p, _s) in tuned.items()}, families=families,
                            target_fpr=target_fpr, source=source, promote=promoted,
-                           ae_workers=train_workers)  # fmt: skip
+                           ae_workers=train_workers, progress=_progress)  # fmt: skip
         train_s = time.monotonic() - t1
     except FraudrayError as exc:
         raise _fail(exc) from exc
@@ -265,6 +295,7 @@ def train_cmd(
     console.print(
         f"load {load_s:.1f} s, train + evaluate {train_s:.1f} s, total {time.monotonic() - t0:.1f} s"
     )
+    _print_artefacts(result.versions, promoted=promoted, promotable=csv is None)
     if report is not None:
         report_json(result, report, {
             "source": source, "window": split.window(), "load_seconds": load_s, "train_seconds": train_s,
@@ -273,6 +304,42 @@ def train_cmd(
         console.print(f"metrics written to {report}")
     if promoted and result.versions:
         _hot_swap(settings)
+
+
+def _print_artefacts(versions: dict[str, Any], *, promoted: bool, promotable: bool) -> None:
+    """Where each registered model and its PR/ROC curves are."""
+    for fam, version in versions.items():
+        console.print(f"  {fam} {version.version}: {version.uri}  curves: {Path(version.uri) / 'curves.png'}")
+    if versions and not promoted and promotable:
+        console.print(
+            "registered, not promoted: `fraudray models promote NAME VERSION` puts one into production"
+        )
+
+
+def _progress(message: str) -> None:
+    console.print(f"  {time.strftime('%H:%M:%S')} {message}", highlight=False)
+
+
+def _trial_printer(family: str, samples: int) -> Any:
+    """A Ray Tune callback printing each finished trial (Tune itself runs with verbose=0)."""
+    from ray.tune import Callback
+
+    class TrialPrinter(Callback):  # type: ignore[misc]
+        done = 0
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.done += 1
+            result = trial.last_result or {}
+            aucpr = result.get("val_aucpr")
+            score = f"val AUCPR {aucpr:.4f}" if isinstance(aucpr, int | float) else "no result"
+            _progress(f"tune {family}: trial {self.done}/{samples} {trial.trial_id} {score} "
+                      f"after {result.get('training_iteration', 0)} iteration(s)")  # fmt: skip
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.done += 1
+            _progress(f"tune {family}: trial {self.done}/{samples} {trial.trial_id} failed")
+
+    return TrialPrinter()
 
 
 def _tune(
@@ -289,9 +356,11 @@ def _tune(
     for fam in families:
         t0 = time.monotonic()
         config = {"kind": "tune", "samples": samples, "time_budget_s": budget, "concurrency": concurrency}
+        _progress(f"tune {fam}: {samples} trials, {concurrency} at once, at most {budget:g} s")
         with Registry(settings).run(fam, config) as run_metrics:
             params, frame = search(fam, split, num_samples=samples, time_budget_s=budget,
-                                   max_concurrent=concurrency, storage=out_dir)  # fmt: skip
+                                   max_concurrent=concurrency, storage=out_dir,
+                                   callbacks=[_trial_printer(fam, samples)])  # fmt: skip
             wall = time.monotonic() - t0
             run_metrics.update(best_val_aucpr=float(frame["val_aucpr"].max()), trials=len(frame),
                                wall_seconds=wall, best_params=params)  # fmt: skip
@@ -361,12 +430,28 @@ def models_list(name: Annotated[str | None, typer.Argument()] = None) -> None:
 
 @models_app.command("promote")
 def models_promote(name: str, version: str) -> None:
-    """Make VERSION the production version of NAME and swap it into the running Serve app."""
+    """Make VERSION the production version of NAME and swap it into the running Serve app.
+
+    Refused for a version trained on other features than the ones serving computes (a --csv
+    model): Serve would not load it."""
+    from features.catalogue import FEATURE_NAMES
     from training.registry import Registry
 
     settings = get_settings()
     try:
-        Registry(settings).promote(name, version)
+        registry = Registry(settings)
+        mv = registry.get(name, version)
+        if mv.feature_names != list(FEATURE_NAMES):
+            missing = [f for f in FEATURE_NAMES if f not in mv.feature_names]
+            extra = [f for f in mv.feature_names if f not in FEATURE_NAMES]
+            source = mv.params.get("source") or "unknown data"
+            raise _fail(ValueError(
+                f"{name} {version} was trained on other features than serving computes ({source}: "
+                f"{len(missing)} missing, e.g. {missing[:3]}; {len(extra)} unknown, e.g. {extra[:3]}; "
+                f"order differs: {not missing and not extra}). Serve could not score with it: train on "
+                "the feature store instead (`fraudray train` without --csv)"
+            ))  # fmt: skip
+        registry.promote(name, version)
     except FraudrayError as exc:
         raise _fail(exc) from exc
     console.print(f"{name} {version} is now in production")
@@ -550,6 +635,14 @@ def service_error(exc: BaseException) -> str | None:
 
     settings = get_settings()
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, FraudrayError):  # ours, already worded for a user: add where it is set
+        hints = {
+            "PostgreSQL": "FRAUDRAY_POSTGRES_DSN",
+            "Kafka": "FRAUDRAY_KAFKA_BOOTSTRAP",
+            "Redis": "FRAUDRAY_REDIS_URL",
+        }
+        where = [v for k, v in hints.items() if k in first]
+        return f"{first} ({', '.join(where)})" if where else first
     if isinstance(exc, psycopg2.OperationalError):
         pg = settings.postgres
         return f"PostgreSQL ({pg.user}@…:{pg.port}/{pg.database}, FRAUDRAY_POSTGRES_DSN) unavailable: {first}"
@@ -570,13 +663,14 @@ def main() -> None:
     except ValidationError as exc:
         for err in exc.errors():
             where = ".".join(map(str, err["loc"]))
-            console.print(f"[red]error:[/red] settings: {where}: {err['msg']}", highlight=False)
+            line = f"[red]error:[/red] settings: {where}: {err['msg']}"
+            console.print(line, highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except Exception as exc:
         message = service_error(exc)
         if message is None:
             raise
-        console.print(f"[red]error:[/red] {message}", highlight=False)
+        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 

@@ -12,6 +12,7 @@ with 0 they train in this process.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,13 @@ def train_all(
     ae_workers: int = 0,
     xgb_workers: int | None = None,
     cpus_per_worker: float = 0.5,
+    progress: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Fit ``families`` (and the ensemble when all three are there) and register them.
 
     ``ae_workers``/``xgb_workers``: Ray Train workers of the autoencoder/XGBoost (0: in this
     process; ``xgb_workers`` None: as many as ``ae_workers``, so one ``--train-workers`` drives both).
+    ``progress`` gets a line as each family starts and ends (the CLI prints them).
     """
     params = params or {}
     result = TrainResult()
@@ -107,7 +110,9 @@ def train_all(
         )  # fmt: skip
 
     workers = {"ae": ae_workers, "xgb": ae_workers if xgb_workers is None else xgb_workers}
+    say = progress or (lambda _line: None)
     for fam in families:
+        say(f"{fam}: fitting ({workers.get(fam, 0) or 'no'} Ray Train workers)")
         model = build(fam, split.feature_names, params.get(fam))
         config = {"source": source, "params": model.params(), "window": window,
                   "train_workers": workers.get(fam, 0)}  # fmt: skip
@@ -125,9 +130,11 @@ def train_all(
             }  # fmt: skip
             result.metrics[fam] = metrics
             save(fam, model, metrics, model.params())
+            say(f"{fam}: {result.seconds[fam]:.1f} s, test AUCPR {metrics.get('aucpr', float('nan')):.3f}")
             run_metrics.update(_headline(metrics), version=_version(result, fam))
     if set(MEMBER_KEYS) <= set(families) and split.y_val.sum() > 0:
         members = {f: result.versions[f].version for f in MEMBER_KEYS} if result.versions else {}
+        say("ensemble: stacking the members' validation scores")
         with _run(registry, "ensemble", {"source": source, "members": members}) as run_metrics:
             ens = Ensemble(members, target_fpr).fit(val_scores, split.y_val)
             metrics = evaluate(ens.predict(test_scores), split.y_test, ens.threshold, split.scenario_test) | {

@@ -42,11 +42,13 @@ def search(
     max_t: int | None = None,
     storage: Path,
     ae_workers: int = 0,
+    callbacks: list[Any] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Run one family's search; returns the refit params of its best trial and the ResultGrid frame.
 
     Ray must be initialised (a private local instance or the cluster at FRAUDRAY_RAY_ADDRESS);
-    ``storage`` must be reachable from every node (one machine, or shared storage)."""
+    ``storage`` must be reachable from every node (one machine, or shared storage).
+    ``callbacks``: Ray Tune callbacks (the CLI prints each finished trial with one)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -76,7 +78,9 @@ def search(
             max_concurrent_trials=max_concurrent,
             time_budget_s=time_budget_s,
         ),
-        run_config=tune.RunConfig(name=f"fraudray-{family}", storage_path=str(storage.resolve()), verbose=0),
+        run_config=tune.RunConfig(
+            name=f"fraudray-{family}", storage_path=str(storage.resolve()), verbose=0, callbacks=callbacks
+        ),
     )
     grid = tuner.fit()
     best = grid.get_best_result(metric="val_aucpr", mode="max")

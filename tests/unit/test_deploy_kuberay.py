@@ -199,6 +199,8 @@ def test_metrics_and_serve_ports() -> None:
 def test_the_training_job_runs_fraudray_train_tune() -> None:
     (job,) = _of_kind("RayJob")
     assert job["spec"]["entrypoint"].startswith("fraudray train --tune")
+    # Registered for review, on the serving features: `models promote` may then take them.
+    assert "--csv" not in job["spec"]["entrypoint"] and "--no-promote" in job["spec"]["entrypoint"]
     assert job["spec"]["shutdownAfterJobFinishes"] is True
 
 
