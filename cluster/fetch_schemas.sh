@@ -28,7 +28,9 @@ MODULE=github.com/ray-project/kuberay/ray-operator
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 WHAT=${1:-all}
 
-# The Go toolchain's default place, for shells whose PATH lacks it.
+# A toolchain `make setup` added (cluster/setup.sh step 4: newer than the distribution's) first,
+# then the one on PATH, then the Go toolchain's default place, for shells whose PATH lacks it.
+[ -x "$ROOT/var/cache/go/bin/go" ] && PATH=$ROOT/var/cache/go/bin:$PATH
 command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 if ! command -v go >/dev/null; then
   echo "fetch_schemas: Go is not installed (needed to fetch $MODULE@$KUBERAY_VERSION and compose-go)" >&2

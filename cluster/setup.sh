@@ -19,6 +19,12 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 [ -x /usr/bin/chromium ] || missing+=(chromium)  # dashboard screenshot tests
+# Go: the deploy schema tests build compose-go's checker of docker-compose.yml and read KubeRay's
+# CRDs from its Go module (cluster/fetch_schemas.sh). Debian's golang-go may be older than the
+# checker's go.mod asks for: step 4 then adds that toolchain.
+GO_LOCAL=$ROOT/var/cache/go/bin/go
+go_bin() { command -v go || { for g in /usr/local/go/bin/go "$GO_LOCAL"; do [ -x "$g" ] && { echo "$g"; return; }; done; return 1; }; }
+go_bin >/dev/null || missing+=(golang-go)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
@@ -50,5 +56,20 @@ if [ "$(cat $LIBS/.stamp 2>/dev/null)" != "$want" ]; then
   mvn -q -B -f cluster/kafka/pom.xml dependency:copy-dependencies \
       -DoutputDirectory="$ROOT/$LIBS" -DincludeScope=runtime
   echo "$want" > $LIBS/.stamp
+fi
+# 4. A Go toolchain as new as deploy/compose/check/go.mod's `go` line, when the installed one is
+# older (Debian 12's golang-go is 1.19): fetched by the old Go as the module golang.org/toolchain
+# from the Go module proxy, the way Go >= 1.21 fetches toolchains itself.
+want=$(awk '$1 == "go" {print $2; exit}' deploy/compose/check/go.mod)
+have=$("$(go_bin)" env GOVERSION | sed 's/^go//')
+if [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -1)" != "$want" ]; then
+  say "Go $have is older than $want: fetching the go$want toolchain into var/cache/go"
+  arch=$("$(go_bin)" env GOARCH)
+  dir=$(cd /tmp && GOFLAGS=-modcacherw GOMODCACHE="$ROOT/var/cache/gomod" GOTOOLCHAIN=local \
+        "$(go_bin)" mod download -json "golang.org/toolchain@v0.0.1-go$want.0.linux-$arch" |
+        awk -F'"' '$2 == "Dir" {print $4}')
+  [ -x "$dir/bin/go" ] || { echo "setup: no Go toolchain in $dir" >&2; exit 1; }
+  chmod +x "$dir"/bin/* "$dir"/pkg/tool/*/* 2>/dev/null || true
+  rm -rf var/cache/go && ln -s "$dir" var/cache/go
 fi
 say "ready"
