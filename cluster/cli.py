@@ -119,7 +119,7 @@ def serve_cmd() -> None:
         console.print("API key: header X-API-Key, one of FRAUDRAY_API_KEYS")
     else:
         where = settings.var_dir / "api_key"
-        console.print(f"API key: header X-API-Key: {keys[0]}  (generated once into {where})")
+        console.print(f"API key (header X-API-Key) {keys[0]}, generated once into {where}")
 
 
 @app.command("consume")

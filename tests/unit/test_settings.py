@@ -136,13 +136,9 @@ def test_fraudray_config_prints_the_effective_settings_masked(clean_env: pytest.
     import subprocess
     import sys
 
-    env = {
-        "FRAUDRAY_POSTGRES_DSN": "postgresql://u:hunter2@db.example:5432/db",
-        "FRAUDRAY_API_KEYS": "topsecretkey",
-        "FRAUDRAY_KAFKA_PARTITIONS": "12",
-    }
-    for k, v in env.items():
-        clean_env.setenv(k, v)
+    clean_env.setenv("FRAUDRAY_POSTGRES_DSN", "postgresql://u:hunter2@db.example:5432/db")
+    clean_env.setenv("FRAUDRAY_API_KEYS", "topsecretkey")
+    clean_env.setenv("FRAUDRAY_KAFKA_PARTITIONS", "12")
     fraudray = Path(sys.executable).parent / "fraudray"
     out = subprocess.run([str(fraudray), "config"], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
