@@ -324,7 +324,7 @@ def _trial_printer(family: str, samples: int) -> Any:
     """A Ray Tune callback printing each finished trial (Tune itself runs with verbose=0)."""
     from ray.tune import Callback
 
-    class TrialPrinter(Callback):  # type: ignore[misc]
+    class TrialPrinter(Callback):
         done = 0
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
