@@ -153,7 +153,7 @@ def markdown(report: dict[str, Any], png_name: str) -> str:
         [[r["actors"], *(f"{r['us_per_tx'][s]:,}" for s in stages)] for r in report["drain"]],
     )
     if report.get("paced"):
-        out += ["", "### Latency at a fixed offered load (event time = send time → decision)", ""]
+        out += ["", "### Latency at a fixed offered load (Kafka timestamp → decision)", ""]
         out += _table(
             ["offered tx/s", "sent tx/s", "p50 ms", "p95 ms", "p99 ms", "exactly once", "load1"],
             [
