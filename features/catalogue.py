@@ -1,7 +1,7 @@
 """The feature catalogue: every model input declared once (name, entity, window, aggregation,
 description), plus the constants that bound the state behind it.
 
-Both engines execute this list: :mod:`features.online` (Redis, one Lua call per ≤500 records) and
+Both engines execute this list: :mod:`features.online` (state in Redis, computed in the actors) and
 :mod:`features.offline` (pandas/numpy over PostgreSQL history) gather the raw aggregates the
 catalogue asks for, and :func:`features.kernel.assemble` turns them into the feature matrix.
 Adding a feature means adding a row here (and, for a new aggregation, one function in the kernel
@@ -110,9 +110,9 @@ FEATURES: tuple[Feature, ...] = (
             "km/h implied by that previous location (impossible travel); travel time >= 60 s, "
             "capped at 20,000", 7 * DAY),
     Feature("merchant_tx_count_1h", "merchant", "count",
-            "the merchant's transactions in the hour before", HOUR),
+            "the merchant's transactions in the 60 whole minutes before the event's minute", HOUR),
     Feature("merchant_tx_count_24h", "merchant", "count",
-            "the merchant's transactions in the 24 h before", DAY),
+            "the merchant's transactions in the 1,440 whole minutes before the event's minute", DAY),
     Feature("merchant_fraud_risk_7d", "merchant", "fraud_risk",
             "(fraud labels + 1) / (labels + 100) over labels that ARRIVED in the 7 d before", 7 * DAY),
     Feature("merchant_fraud_risk_30d", "merchant", "fraud_risk",

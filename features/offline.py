@@ -1,7 +1,7 @@
 """The offline engine: point-in-time feature frames from PostgreSQL (``transactions`` +
 ``labels``) or from in-memory records, for training.
 
-It computes the same raw aggregates as the online Lua script, vectorised over the whole history
+It computes the same raw aggregates as the online engine, vectorised over the whole history
 (sorted arrays + ``searchsorted``), and hands them to :func:`features.kernel.assemble`, the one
 copy of the feature math. Point in time: a transaction's aggregates use only transactions
 before it (see :mod:`features.catalogue` for the exact order) and only labels whose
@@ -190,9 +190,11 @@ def _merchant_raw(df: pd.DataFrame, labels: pd.DataFrame, raw: dict[str, np.ndar
     n_m = len(uniques)
     order = np.lexsort((t, codes))
     groups = _Groups(codes[order], t[order], n_m)
+    # whole minutes [m - w, m) before the event's minute m: what per-minute counters give
+    minute_start = t - t % 60_000
     for w in cat.MERCHANT_WINDOWS:
-        lo = groups.search(codes, t - w * 1000, "left")
-        hi = groups.search(codes, t, "left")
+        lo = groups.search(codes, minute_start - w * 1000, "left")
+        hi = groups.search(codes, minute_start, "left")
         raw[f"merchant.count.{w}"] = (hi - lo).astype(np.float64)
 
     # Labels count for the merchant of their transaction when they arrive within the horizon.

@@ -35,6 +35,7 @@ from core.families import SCORER_DEPLOYMENT
 from core.settings import Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
+from features.online.decisions import DecisionWriter
 from ingest.labels import Label, LabelError, iso_ms, parse_label
 from ingest.producer import producer_config
 from ingest.serde import TransactionSerde, event_time_ms, registry_from_settings
@@ -188,6 +189,7 @@ class ScoringLoop:
         self.pg = PostgresSink(settings.postgres.dsn.get_secret_value())
         self.kafka_out = KafkaSink(producer_config(settings, **{"linger.ms": 5}))
         self.store = OnlineStore(settings.redis.url.get_secret_value())
+        self.decisions = DecisionWriter(settings.redis.url.get_secret_value())
         self.stats = ConsumerStats()
         self.timed = _Timer(self.stats)
         self._lag_checked = 0.0
@@ -420,7 +422,7 @@ class ScoringLoop:
         Redis refuses, /predict scores those users again (same features, same answer) and the
         batch goes on."""
         try:
-            self.store.store_decisions(latest)
+            self.decisions.write(latest)
         except FraudrayError as exc:
             log.warning("%d decisions not cached for /predict: %r", len(latest), exc)
 

@@ -44,6 +44,7 @@ from features.online import FEATURE_NAMES, OnlineStore
 from monitoring.metrics import HttpMetricsMiddleware, shared_metrics
 from serve_deployments import explain as xp
 from serve_deployments import models as member_models
+from serve_deployments.predict_cache import PredictCache
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ class FraudApi:
         self.scorer = scorer
         self.config = dict(config)
         self.store = OnlineStore(config["redis_url"])
+        self.predict_cache = PredictCache(config["redis_url"])
         self.dsn = config["postgres_dsn"]
         self.registry = Registry(Settings(postgres=PostgresSettings(dsn=SecretStr(self.dsn))))
         self._key_digests = [bytes.fromhex(d) for d in config.get("api_key_digests", [])]
@@ -431,7 +433,7 @@ class FraudApi:
         the answer (``source: stream``): the same features through the same models, without the
         four Serve calls of scoring it again."""
         self._check_key(x_api_key)
-        found = await asyncio.to_thread(self.store.read_latest_decided, user_id)
+        found = await asyncio.to_thread(self.predict_cache.read, user_id)
         if found is None:
             raise UnknownUser(f"user {user_id!r} has no transactions in the online store")
         vector, decided = found

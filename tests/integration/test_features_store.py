@@ -26,9 +26,12 @@ from core.settings import Settings
 from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES, FEATURES
 from features.offline import build_frame, frame_from_records
-from features.online import FeatureStoreError, OnlineStore
+from features.online import FeatureStoreError, OnlineStore, engine
+from features.online import store as store_module
+from features.online.decisions import DecisionWriter
 from ingest.simulator import demo_transactions, retag
 from ingest.sinks import PostgresSink
+from serve_deployments.predict_cache import PredictCache
 
 pytestmark = pytest.mark.integration
 
@@ -237,19 +240,19 @@ def test_reapplying_a_batch_leaves_the_state_unchanged(store: OnlineStore, local
         np.testing.assert_allclose(again[:, j], first[:, j], rtol=RTOL, atol=ATOL)
 
 
-def test_a_batch_split_into_script_calls_gives_the_features_and_state_of_one_call(
+def test_a_batch_split_into_rounds_gives_the_features_and_state_of_one_round(
     store: OnlineStore, local_stack: Settings
 ) -> None:
-    """The consumer's batch goes to Redis in calls of ``SCRIPT_BATCH`` records; a user's events
-    spread over several calls (and one transaction in two) must see each other exactly as in one
-    call, and leave the same keys behind."""
+    """A batch may go to Redis in several read-compute-write rounds (a long event-time span, or
+    ``round_size``); a user's events spread over several rounds (and one transaction in two)
+    must see each other exactly as in one round, and leave the same keys behind."""
     r = redis_of(local_stack)
     prefix = f"sp{uuid.uuid4().hex[:8]}-"
     records = prefixed(list(demo_transactions(2400, seed=11, users=120, start=past_week())), prefix)
     batches = [records[:1700], records[1700:] + records[1690:1700]]  # the last 10 redelivered
     url = local_stack.redis.url.get_secret_value()
-    split = OnlineStore(url, namespace=f"{store.namespace}s", script_batch=7)
-    whole = OnlineStore(url, namespace=f"{store.namespace}w", script_batch=10_000)
+    split = OnlineStore(url, namespace=f"{store.namespace}s", round_size=7)
+    whole = OnlineStore(url, namespace=f"{store.namespace}w")
     try:
         for batch in batches:
             np.testing.assert_array_equal(split.update_and_compute(batch), whole.update_and_compute(batch))
@@ -266,8 +269,8 @@ def test_a_batch_split_into_script_calls_gives_the_features_and_state_of_one_cal
     finally:
         for key in [*r.scan_iter(f"{split.namespace}:*"), *r.scan_iter(f"{whole.namespace}:*")]:
             r.delete(key)
-    with pytest.raises(ValueError, match="script_batch"):
-        OnlineStore(url, script_batch=0)
+    with pytest.raises(ValueError, match="round_size"):
+        OnlineStore(url, round_size=0)
 
 
 def test_a_duplicate_inside_the_first_batch_counts_once(store: OnlineStore, local_stack: Settings) -> None:
@@ -390,15 +393,14 @@ def test_read_latest_is_the_latest_transactions_vector(store: OnlineStore) -> No
 
 def test_memory_per_user_is_bounded(store: OnlineStore, local_stack: Settings) -> None:
     """A bot paying every second keeps at most USER_EVENTS_CAP events; windows count those."""
-    r = redis_of(local_stack)
     prefix = f"cap{uuid.uuid4().hex[:8]}-"
     t0 = past_week()
     recs = [tx(prefix, i, t0 + timedelta(seconds=i), merchant_id=f"{prefix}m{i}", device_id=f"d{i}")
             for i in range(cat.USER_EVENTS_CAP + 150)]  # fmt: skip
     online = np.vstack([store.update_and_compute(recs[i : i + 100]) for i in range(0, len(recs), 100)])
-    ue, us, _ = store.user_keys(f"{prefix}u1")
-    assert r.zcard(ue) == cat.USER_EVENTS_CAP
-    assert r.hlen(us.replace(":s", ":n")) <= cat.NOVELTY_CAP + 96
+    state = store.user_state(f"{prefix}u1")
+    assert state is not None and len(state.t) == cat.USER_EVENTS_CAP == len(state.txid)
+    assert len(state.seen) <= cat.NOVELTY_CAP + 96
     assert_features_match(online, frame_from_records(recs)[list(FEATURE_NAMES)].to_numpy(), "capped user")
 
 
@@ -422,27 +424,29 @@ def test_a_stored_decision_is_read_back_only_with_its_own_latest_transaction(
     t = past_week()
     first, second = tx(prefix, 1, t), tx(prefix, 2, t + timedelta(minutes=5))
     user = first["user_id"]
-    assert store.read_latest_decided(user) is None  # unknown user
+    url = local_stack.redis.url.get_secret_value()
+    cache, writer = PredictCache(url, store.namespace), DecisionWriter(url, store.namespace)
+    assert cache.read(user) is None  # unknown user
     store.update_and_compute([first])
-    vector, decision = store.read_latest_decided(user) or (None, "unknown")
+    vector, decision = cache.read(user) or (None, "unknown")
     assert decision is None and vector is not None  # known, not decided yet
     np.testing.assert_array_equal(vector, store.read_latest(user))
 
     body = {"anomaly_score": 0.25, "is_fraud": False, "model_versions": {"if": "v1"}}
-    store.store_decisions({user: (first["transaction_id"], json.dumps(body))})
-    assert (store.read_latest_decided(user) or (None, None))[1] == body
+    writer.write({user: (first["transaction_id"], json.dumps(body))})
+    assert (cache.read(user) or (None, None))[1] == body
     r = redis_of(local_stack)
-    assert 0 < r.pttl(store.decision_key(user)) <= (cat.USER_TTL_S + cat.DAY) * 1000
+    assert 0 < r.pttl(writer.key(user)) <= (cat.USER_TTL_S + cat.DAY) * 1000
 
     # a later transaction of the user: the stored decision is no longer its latest one's
     store.update_and_compute([second])
-    assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
+    assert (cache.read(user) or (None, "unknown"))[1] is None
     with pytest.raises(FeatureStoreError, match="control character"):
-        store.store_decisions({f"{user}\x1cx": ("t", "{}")})
+        writer.write({f"{user}\x1cx": ("t", "{}")})
     # an unreadable entry is as good as none (the API scores instead)
     for junk in ("{not json", "[1, 2]"):
-        r.set(store.decision_key(user), f"{second['transaction_id']}\x1e{junk}")
-        assert (store.read_latest_decided(user) or (None, "unknown"))[1] is None
+        r.set(writer.key(user), f"{second['transaction_id']}\x1e{junk}")
+        assert (cache.read(user) or (None, "unknown"))[1] is None
 
 
 def test_drop_population_deletes_only_that_prefix(store: OnlineStore, local_stack: Settings) -> None:
@@ -466,3 +470,50 @@ def test_drop_population_deletes_only_that_prefix(store: OnlineStore, local_stac
     assert snapshot(r, store.namespace) == expected
     with pytest.raises(ValueError, match="empty prefix"):
         store.drop_population("")
+
+
+def test_a_concurrent_writer_never_makes_a_transaction_count_twice(
+    store: OnlineStore, local_stack: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two actors on the same records (a rebalance, a zombie): the second one's guarded write
+    finds the users' versions moved, computes them again on what the first wrote, and applies
+    nothing twice — user state, merchant counters and features as after one delivery."""
+    r = redis_of(local_stack)
+    prefix = f"cw{uuid.uuid4().hex[:8]}-"
+    records = prefixed(list(demo_transactions(600, seed=13, users=60, start=past_week())), prefix)
+    url = local_stack.redis.url.get_secret_value()
+    once = OnlineStore(url, namespace=f"{store.namespace}o")
+    try:
+        expected = once.update_and_compute(records)
+        other = OnlineStore(url, namespace=store.namespace)
+        real = engine.compute
+        raced: list[bool] = []
+
+        def compute_then_race(*args: Any, **kwargs: Any) -> engine.Outcome:
+            out = real(*args, **kwargs)
+            if not raced:  # the other actor applies the batch between our read and our write
+                raced.append(True)
+                monkeypatch.setattr(store_module.engine, "compute", real)
+                other.update_and_compute(records)
+                monkeypatch.setattr(store_module.engine, "compute", compute_then_race)
+            return out
+
+        monkeypatch.setattr(store_module.engine, "compute", compute_then_race)
+        got = store.update_and_compute(records)
+        assert raced
+        # the loser's features are those of the state it finally saw: every record already
+        # applied, so its window features are the first delivery's
+        cols = [
+            FEATURE_NAMES.index(n)
+            for n in ("user_tx_count_1h", "user_amount_sum_24h", "merchant_tx_count_1h")
+        ]
+        np.testing.assert_allclose(got[:, cols], expected[:, cols], rtol=RTOL, atol=ATOL)
+
+        def state(ns: str) -> dict[bytes, Any]:
+            return {k.removeprefix(ns.encode()): v for k, v in snapshot(r, ns).items()}
+
+        assert state(store.namespace) == state(once.namespace)
+    finally:
+        keys = list(r.scan_iter(f"{once.namespace}:*"))
+        if keys:
+            r.delete(*keys)

@@ -17,6 +17,7 @@ import redis
 
 from core.settings import ConsumerSettings, Settings
 from features.online import FEATURE_NAMES, OnlineStore
+from features.online.decisions import decision_key
 from ingest.consumer import ConsumerPool
 from tests.helpers import API_KEY, count_rows, produce, with_topics
 
@@ -152,7 +153,7 @@ def test_predict_returns_the_streams_decision_when_the_models_are_the_same(
 
         # a decision made by other models is not served
         store = OnlineStore(s.redis.url.get_secret_value())
-        key = store.decision_key(user)
+        key = decision_key(store.namespace, user)
         redis_client = redis.Redis.from_url(s.redis.url.get_secret_value())
         stored = redis_client.get(key)
         assert isinstance(stored, bytes)

@@ -1,0 +1,442 @@
+"""The online engine: a batch's raw aggregates computed in the caller's process from the stored
+state of the users and merchants it touches, and the users' new state.
+
+Redis only stores (see :mod:`features.online.store`); the window arithmetic runs here, with
+numpy over the whole batch: the users' retained events and the batch's applied records form one
+history sorted by (user, event time, tx id), and every window bound is a ``searchsorted`` on it
+— the method of :mod:`features.offline`, so both engines agree by construction. What has to
+follow the processing order (which records are applied, Welford, last-seen times) is one pass
+over the records. Merchant counts come from per-minute and per-hour counters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import msgpack
+import numpy as np
+import pandas as pd
+
+from features import catalogue as cat
+from features.kernel import NONE, NOT_APPLICABLE, RAW_KEYS, TxBatch
+
+USER_RETAIN_MS = (cat.USER_SCAN_S + cat.ALLOWED_LATENESS_S) * 1000
+NOVELTY_MS = cat.NOVELTY_HORIZON_S * 1000
+MINUTE_MS, HOUR_MIN, DAY_HOURS = 60_000, 60, 24
+_T_BITS = 2**42  # event ms < 2**42 (year 2109): (entity, time) fits one int64 key
+_MIN_BITS = 2**27  # minutes since the epoch < 2**27
+
+
+@dataclass
+class UserState:
+    """A user's compact state: Welford, high-water mark, latest transaction, the retained events
+    (newest ``USER_EVENTS_CAP`` of the last 7 d + lateness, sorted by time then id) and the
+    last-seen times of devices, countries and merchants."""
+
+    n: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+    hwm: int | None = None
+    lt: int | None = None
+    ltx: str = ""
+    t: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    amount: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    lat: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    lon: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    country: list[str] = field(default_factory=list)
+    txid: list[str] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)
+    version: bytes = b""  # of the stored value; b"" when there was none
+
+    @classmethod
+    def decode(cls, value: bytes | bool | None) -> UserState:
+        if not value:
+            return cls()
+        assert isinstance(value, bytes)
+        b = msgpack.unpackb(value[8:], raw=False)
+        return cls(
+            n=b[0], mean=b[1], m2=b[2], hwm=b[3], lt=b[4], ltx=b[5],
+            t=np.frombuffer(b[6], np.int64), amount=np.frombuffer(b[7], np.float64),
+            lat=np.frombuffer(b[8], np.float64), lon=np.frombuffer(b[9], np.float64),
+            country=b[10], txid=b[11], seen=dict(zip(b[12], b[13], strict=True)), version=value[:8],
+        )  # fmt: skip
+
+    def encode(self) -> bytes:
+        body = msgpack.packb(
+            [self.n, self.mean, self.m2, self.hwm, self.lt, self.ltx, self.t.tobytes(),
+             self.amount.tobytes(), self.lat.tobytes(), self.lon.tobytes(), self.country, self.txid,
+             list(self.seen), list(self.seen.values())],
+            use_bin_type=True,
+        )  # fmt: skip
+        # The version is the content's digest: a CAS on it cannot be fooled by another writer
+        # (the state of a user only grows: n and the events differ after any applied tx).
+        return hashlib.blake2b(body, digest_size=8).digest() + body
+
+
+@dataclass
+class MerchantCounts:
+    """What the store holds for the batch's merchants: per-minute counts of the hours in
+    ``minute_hours`` and per-hour counts of the days in ``days`` (arrays by merchant code), and
+    the label / fraud-label arrival times."""
+
+    minute_hours: np.ndarray  # hours whose per-minute counters were read
+    minutes: np.ndarray  # (merchants, len(minute_hours) * 60) counts
+    days: np.ndarray
+    hours: np.ndarray  # (merchants, len(days) * 24) counts
+    labels: list[np.ndarray]
+    fraud: list[np.ndarray]
+
+
+def counter_span(t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The hours whose per-minute counters, and the days whose per-hour counters, a batch with
+    these event times needs: minute detail where a window starts or ends inside an hour, hour
+    totals for the hours in between."""
+    m_lo, m_hi = int(t_ms.min()) // MINUTE_MS, int(t_ms.max()) // MINUTE_MS
+    widths = [w // 60 for w in cat.MERCHANT_WINDOWS]
+    detail: set[int] = set(range(m_lo // HOUR_MIN, m_hi // HOUR_MIN + 1))
+    for w in widths:
+        detail.update(range((m_lo - w) // HOUR_MIN, (m_hi - w) // HOUR_MIN + 1))
+    first = (m_lo - max(widths)) // HOUR_MIN
+    totals = {h for h in range(first, m_hi // HOUR_MIN) if h not in detail}
+    return np.array(sorted(detail), np.int64), np.array(sorted({h // DAY_HOURS for h in totals}), np.int64)
+
+
+def _merchant_counts(
+    batch: TxBatch, order: np.ndarray, mcode: np.ndarray, applied: np.ndarray, mc: MerchantCounts
+) -> dict[str, np.ndarray]:
+    """Per record, the merchant's transactions in the whole minutes ``[m - w, m)`` before its
+    event's minute ``m``, from the counters plus the batch's applied records (all earlier in
+    processing order when in an earlier minute), and the labels that arrived in ``[t - w, t]``."""
+    n_m = mc.minutes.shape[0]
+    minute = batch.t_ms // MINUTE_MS
+    # the counters as (merchant, minute, count) entries: minute detail, hour totals at the hour's
+    # first minute (only hours without detail were read as totals... see counter_span)
+    det_min = (mc.minute_hours[:, None] * HOUR_MIN + np.arange(HOUR_MIN)).ravel()
+    detail = set(mc.minute_hours.tolist())
+    hour_ids = (mc.days[:, None] * DAY_HOURS + np.arange(DAY_HOURS)).ravel()
+    keep = np.array([h not in detail for h in hour_ids.tolist()], dtype=bool)
+    codes = [np.repeat(np.arange(n_m), len(det_min)), np.repeat(np.arange(n_m), int(keep.sum()))]
+    mins = [np.tile(det_min, n_m), np.tile(hour_ids[keep] * HOUR_MIN, n_m)]
+    counts = [mc.minutes.ravel().astype(np.float64), mc.hours[:, keep].ravel().astype(np.float64)]
+    done = order[applied[order]]
+    codes.append(mcode[done])
+    mins.append(minute[done])
+    counts.append(np.ones(len(done)))
+    cnt = np.concatenate(counts)
+    nz = cnt != 0  # most counters of a sparse hour are empty: sort only what counts
+    key = (np.concatenate(codes).astype(np.int64) * _MIN_BITS + np.concatenate(mins))[nz]
+    cnt = cnt[nz]
+    o = np.argsort(key, kind="stable")
+    key, csum = key[o], np.concatenate([[0.0], np.cumsum(cnt[o])])
+    base = mcode.astype(np.int64) * _MIN_BITS
+    raw: dict[str, np.ndarray] = {}
+    hi = csum[np.searchsorted(key, base + minute, "left")]
+    for w in cat.MERCHANT_WINDOWS:
+        raw[f"merchant.count.{w}"] = hi - csum[np.searchsorted(key, base + minute - w // 60, "left")]
+
+    for name, per_merchant in (("labels", mc.labels), ("fraud", mc.fraud)):
+        lens = np.array([len(x) for x in per_merchant], dtype=np.int64)
+        lkey = np.repeat(np.arange(n_m, dtype=np.int64), lens) * _T_BITS
+        if lens.sum():
+            lkey = lkey + np.concatenate(per_merchant).astype(np.int64)
+        lkey.sort()
+        mb = mcode.astype(np.int64) * _T_BITS
+        upper = np.searchsorted(lkey, mb + batch.t_ms, "right")  # a label stamped at t has arrived
+        for w in cat.RISK_WINDOWS:
+            lower = np.searchsorted(lkey, mb + batch.t_ms - w * 1000, "left")
+            raw[f"merchant.{name}.{w}"] = (upper - lower).astype(np.float64)
+    return raw
+
+
+@dataclass
+class Outcome:
+    """A batch's raw aggregates (rows in batch order), which records were applied, and the new
+    state of every user with an applied record (with the index of its latest record, or -1)."""
+
+    raw: dict[str, np.ndarray]
+    applied: np.ndarray
+    new_states: dict[int, UserState]
+    latest: dict[int, int]
+
+
+def compute(
+    batch: TxBatch,
+    ucode: np.ndarray,
+    states: Sequence[UserState],
+    mcode: np.ndarray,
+    merchants: MerchantCounts,
+    *,
+    apply: bool,
+) -> Outcome:
+    n = len(batch)
+    txids = batch.transaction_id
+    order = np.array(sorted(range(n), key=lambda i: (batch.t_ms[i], txids[i])), dtype=np.int64)
+    applied = np.zeros(n, dtype=bool)
+    welford = np.zeros((n, 3))
+    seen_out = np.zeros((n, 3))
+    before = np.zeros(n, dtype=np.int64)  # the user's events processed before the record
+    touched: dict[int, UserState] = {}
+    known: dict[int, set[str]] = {}
+    kept: dict[int, int] = {}  # events the user's store holds (capped), as in the zset
+    count: dict[int, int] = {}  # history rows of the user so far (uncapped)
+    added: dict[int, list[tuple[int, str]]] = {}
+    latest: dict[int, int] = {}
+    k_cap = cat.USER_EVENTS_CAP
+    t_list, amt = batch.t_ms.tolist(), batch.amount.tolist()
+    # -- one pass in processing order: what is applied, Welford, last-seen times ------------
+    for i in order.tolist():
+        u = int(ucode[i])
+        st = states[u]
+        if u not in kept:
+            kept[u] = count[u] = len(st.t)
+            known[u] = set(st.txid)
+            added[u] = []
+        t, tx = t_list[i], txids[i]
+        new = touched.get(u)
+        cur = new or st
+        before[i] = count[u]
+        welford[i] = (cur.n, cur.mean, cur.m2)
+        keys = _novelty_keys(batch, i)
+        seen_out[i] = [NOT_APPLICABLE if key is None else cur.seen.get(key, NONE) for key in keys]
+        if not apply or tx in known[u]:
+            continue
+        hwm = cur.hwm
+        if hwm is not None and t < hwm - USER_RETAIN_MS:
+            continue  # older than the retention: scored, not applied
+        if kept[u] >= k_cap and hwm is not None and t <= hwm and not _fits(st, added[u], t, tx):
+            continue  # older than every retained event of a user at the cap
+        if new is None:
+            new = touched[u] = replace(st, seen=dict(st.seen))
+        applied[i] = True
+        known[u].add(tx)
+        kept[u] = min(kept[u] + 1, k_cap)
+        count[u] += 1
+        added[u].append((t, tx))
+        if _fold_one(new, amt[i], t, tx, dict(zip(keys, seen_out[i].tolist(), strict=True))):
+            latest[u] = i
+
+    raw = {"user.n": welford[:, 0], "user.mean": welford[:, 1], "user.m2": welford[:, 2]}
+    for j, fld in enumerate(cat.NOVELTY_FIELDS):
+        raw[f"user.seen.{fld}"] = seen_out[:, j]
+    raw |= _user_windows(batch, order, ucode, states, applied, before=before)
+    raw |= _merchant_counts(batch, order, mcode, applied, merchants)
+    rows = user_rows(ucode, applied)
+    for u, new in touched.items():
+        _fold(new, batch, rows[u])
+    return Outcome(raw, applied, touched, latest)
+
+
+def user_rows(ucode: np.ndarray, applied: np.ndarray) -> dict[int, np.ndarray]:
+    """The applied rows of each user (ascending), grouped in one sort."""
+    rows = np.flatnonzero(applied)
+    users = ucode[rows]
+    o = np.argsort(users, kind="stable")
+    rows, users = rows[o], users[o]
+    cut = np.flatnonzero(np.diff(users)) + 1
+    return {int(g[0]): r for g, r in zip(np.split(users, cut), np.split(rows, cut), strict=True) if len(g)}
+
+
+def _novelty_keys(batch: TxBatch, i: int) -> tuple[str | None, str, str]:
+    d = batch.device_id[i]
+    return (None if d is None or d == "" else f"d:{d}", f"c:{batch.country[i]}", f"m:{batch.merchant_id[i]}")
+
+
+def _fold_one(new: UserState, x: float, t: int, tx: str, seen: dict[str | None, float]) -> bool:
+    """One applied transaction into the running state (Welford, high-water mark, last-seen);
+    True when it is the user's latest."""
+    new.n += 1
+    delta = x - new.mean
+    new.mean += delta / new.n
+    new.m2 += delta * (x - new.mean)
+    new.hwm = t if new.hwm is None else max(new.hwm, t)
+    for key, value in seen.items():
+        if key is not None:
+            new.seen[key] = int(max(value, t))
+    if new.lt is None or t > new.lt or (t == new.lt and tx >= new.ltx):
+        new.lt, new.ltx = t, tx
+        return True
+    return False
+
+
+def _fits(st: UserState, added: list[tuple[int, str]], t: int, tx: str) -> bool:
+    """A late record of a user at the cap is kept only if it is not older than every event
+    the cap keeps (otherwise it would be trimmed at once)."""
+    events = sorted([*zip(st.t.tolist(), st.txid, strict=True), *added])
+    return (t, tx) >= events[-cat.USER_EVENTS_CAP]
+
+
+def _fold(new: UserState, batch: TxBatch, rows: np.ndarray) -> None:
+    """The user's retained events with the applied ``rows`` added, trimmed to the retention and
+    the cap; last-seen times older than the novelty horizon dropped, the least recent beyond
+    ``NOVELTY_CAP``."""
+    t = np.concatenate([new.t, batch.t_ms[rows]])
+    txid = [*new.txid, *batch.transaction_id[rows].tolist()]
+    if len(new.t) == 0 or t[len(new.t) :].min() > new.t[-1]:  # all newer: sort only the rows
+        o = np.array(sorted(range(len(new.t), len(t)), key=lambda i: (t[i], txid[i])), dtype=np.int64)
+        o = np.concatenate([np.arange(len(new.t), dtype=np.int64), o])
+    else:
+        o = np.array(sorted(range(len(t)), key=lambda i: (t[i], txid[i])), dtype=np.int64)
+    keep = o[t[o] >= (new.hwm or 0) - USER_RETAIN_MS][-cat.USER_EVENTS_CAP :]
+    new.t = t[keep]
+    new.amount = np.concatenate([new.amount, batch.amount[rows]])[keep]
+    new.lat = np.concatenate([new.lat, batch.lat[rows]])[keep]
+    new.lon = np.concatenate([new.lon, batch.lon[rows]])[keep]
+    country = [*new.country, *batch.country[rows].tolist()]
+    new.country = [country[i] for i in keep.tolist()]
+    new.txid = [txid[i] for i in keep.tolist()]
+    horizon = (new.hwm or 0) - NOVELTY_MS
+    seen = {k: v for k, v in new.seen.items() if v >= horizon}
+    if len(seen) > cat.NOVELTY_CAP:
+        seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-cat.NOVELTY_CAP :])
+    new.seen = seen
+
+
+@dataclass
+class _History:
+    """The users' retained events + the batch's applied records, sorted by (user, time, id),
+    and for each record: ``s`` (first history row at or after its time), ``retained`` (first row
+    the cap keeps for it), the searchsorted keys, and the countries as codes."""
+
+    u: np.ndarray
+    t: np.ndarray
+    amount: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    code: np.ndarray
+    q_code: np.ndarray
+    n_c: int
+    key: np.ndarray
+    qkey: np.ndarray
+    s: np.ndarray
+    retained: np.ndarray
+
+    def lower(self, window_s: int) -> np.ndarray:
+        """First retained row inside ``[t - window, t)``."""
+        return np.maximum(np.searchsorted(self.key, self.qkey - window_s * 1000, "left"), self.retained)
+
+
+def _user_windows(
+    batch: TxBatch, order: np.ndarray, ucode: np.ndarray, states: Sequence[UserState], applied: np.ndarray,
+    *, before: np.ndarray,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Window counts and sums, previous (located) transaction and distinct countries of every
+    record, over the history = the users' retained events + the batch's applied records."""
+    h = _history(batch, order, ucode, states, applied, before=before)
+    raw = _window_sums(h)
+    raw |= _previous(h)
+    raw |= _distinct(h, ucode)
+    return raw
+
+
+def _history(
+    batch: TxBatch, order: np.ndarray, ucode: np.ndarray, states: Sequence[UserState], applied: np.ndarray,
+    *, before: np.ndarray,
+) -> _History:  # fmt: skip
+    lens = np.array([len(s.t) for s in states], dtype=np.int64)
+    done = order[applied[order]]  # applied rows in processing order
+    h_u = np.concatenate([np.repeat(np.arange(len(states), dtype=np.int64), lens), ucode[done]])
+    h_t = np.concatenate([*(s.t for s in states), batch.t_ms[done]]).astype(np.int64)
+    h_amt = np.concatenate([*(s.amount for s in states), batch.amount[done]])
+    h_lat = np.concatenate([*(s.lat for s in states), batch.lat[done]])
+    h_lon = np.concatenate([*(s.lon for s in states), batch.lon[done]])
+    h_c = [c for s in states for c in s.country] + batch.country[done].tolist()
+    h_tx = [x for s in states for x in s.txid] + batch.transaction_id[done].tolist()
+    o = np.lexsort((h_t, h_u))
+    if len(o) > 1 and not np.all(np.diff((h_u * _T_BITS + h_t)[o]) > 0):
+        # events of a user at the same millisecond: their order is by id (it decides the
+        # previous located event among them)
+        tx_rank = pd.factorize(np.array(h_tx, dtype=object), sort=True)[0]
+        o = np.lexsort((tx_rank, h_t, h_u))
+    h_u, h_t, h_amt, h_lat, h_lon = h_u[o], h_t[o], h_amt[o], h_lat[o], h_lon[o]
+    codes, uniques = pd.factorize(np.array([*h_c, *batch.country.tolist()], dtype=object))
+    h_code, q_code = codes[: len(h_c)][o], codes[len(h_c) :]
+    n_c = max(len(uniques), 1)
+
+    hkey = h_u * _T_BITS + h_t
+    u = ucode.astype(np.int64)
+    qkey = u * _T_BITS + batch.t_ms
+    s = np.searchsorted(hkey, qkey, "left")  # strictly earlier in event time
+    start = np.searchsorted(hkey, u * _T_BITS, "left")
+    # the cap: the newest USER_EVENTS_CAP events processed before the record are retained
+    # (for an applied in-order record: its own position - CAP, as offline)
+    retained = start + np.maximum(before - cat.USER_EVENTS_CAP, 0)
+    return _History(h_u, h_t, h_amt, h_lat, h_lon, h_code, q_code, n_c, hkey, qkey, s, retained)
+
+
+def _window_sums(h: _History) -> dict[str, np.ndarray]:
+    s, lower = h.s, h.lower
+    h_amt = h.amount
+    raw: dict[str, np.ndarray] = {}
+    # Sums walk each window from its newest event back: the result depends on the window's
+    # events only, not on what else the round read (prefix sums would round differently when a
+    # batch is split into rounds).
+    lengths = {w: np.maximum(s - lower(w), 0) for w in cat.USER_WINDOWS}
+    sums = {w: np.zeros(len(s)) for w in cat.USER_WINDOWS}
+    longest = lengths[max(cat.USER_WINDOWS)]
+    for d in range(1, int(longest.max(initial=0)) + 1):
+        rows = np.flatnonzero(longest >= d)
+        x = h_amt[s[rows] - d]
+        for w in cat.USER_WINDOWS:
+            inside = lengths[w][rows] >= d
+            sums[w][rows[inside]] += x[inside]
+    for w in cat.USER_WINDOWS:
+        raw[f"user.count.{w}"] = lengths[w].astype(np.float64)
+        raw[f"user.sum.{w}"] = sums[w]
+    return raw
+
+
+def _previous(h: _History) -> dict[str, np.ndarray]:
+    s, h_t, h_lat, h_lon = h.s, h.t, h.lat, h.lon
+    raw: dict[str, np.ndarray] = {}
+
+    a_scan = h.lower(cat.USER_SCAN_S)
+    has_prev = s > a_scan
+    n_h = len(h_t)
+    if n_h == 0:  # nobody has history: one dummy row keeps the indexing below simple
+        h_t, h_lat, h_lon = np.zeros(1, np.int64), np.zeros(1), np.zeros(1)
+    last = np.clip(s - 1, 0, max(n_h - 1, 0))
+    raw["user.prev_ms"] = np.where(has_prev, h_t[last], NONE).astype(np.float64)
+    located = ~np.isnan(h_lat) & ~np.isnan(h_lon)
+    j = np.maximum.accumulate(np.where(located, np.arange(len(h_t)), -1))[last]
+    ok = has_prev & (j >= a_scan)
+    jj = np.maximum(j, 0)
+    raw["user.prev_loc_ms"] = np.where(ok, h_t[jj], NONE).astype(np.float64)
+    raw["user.prev_lat"] = np.where(ok, h_lat[jj], 0.0)
+    raw["user.prev_lon"] = np.where(ok, h_lon[jj], 0.0)
+    return raw
+
+
+def _distinct(h: _History, ucode: np.ndarray) -> dict[str, np.ndarray]:
+    s, n_h, n_c = h.s, len(h.t), h.n_c
+    u = ucode.astype(np.int64)
+    raw: dict[str, np.ndarray] = {}
+
+    # distinct countries: a history row of [a, s) counts when its previous same-country row of
+    # the user is before a; the record's own country counts unless it occurs in [a, s)
+    grp = h.u * n_c + h.code
+    by_grp = np.lexsort((np.arange(n_h), grp))
+    prev_c = np.full(n_h, -1, dtype=np.int64)
+    same = grp[by_grp[1:]] == grp[by_grp[:-1]]
+    prev_c[by_grp[1:]] = np.where(same, by_grp[:-1], -1)
+    gkey = grp[by_grp] * (n_h + 1) + by_grp  # sorted: group, then history index
+    q_grp = u * n_c + h.q_code
+    for w in cat.DISTINCT_WINDOWS:
+        a = h.lower(w)
+        length = np.maximum(s - a, 0)
+        distinct = np.zeros(len(a), dtype=np.int64)
+        for d in range(1, int(length.max(initial=0)) + 1):
+            rows = np.flatnonzero(length >= d)
+            distinct[rows] += prev_c[s[rows] - d] < a[rows]
+        pos = np.searchsorted(gkey, q_grp * (n_h + 1) + s, "left") - 1
+        pos_c = np.maximum(pos, 0)
+        hit = (pos >= 0) & (n_h > 0)
+        if n_h:
+            hit &= (grp[by_grp[pos_c]] == q_grp) & (by_grp[pos_c] >= a)
+        raw[f"user.distinct.{w}"] = (distinct + ~hit).astype(np.float64)
+    return raw
+
+
+def raw_matrix(raw: dict[str, np.ndarray]) -> np.ndarray:
+    return np.column_stack([raw[k] for k in RAW_KEYS])

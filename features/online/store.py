@@ -1,0 +1,357 @@
+"""The online feature store: an interface (:class:`FeatureStore`) and its Redis implementation.
+
+Redis only stores; the feature arithmetic runs in the caller (:mod:`features.online.engine`).
+A batch is one read (``lua/read.lua``: the touched users' compact state, their merchants'
+counters and label times, in one round trip and one reply) and one guarded write
+(``lua/apply.lua``: per user, a compare-and-set on the version the read saw; only a user whose
+write succeeds has its transactions counted for their merchants). A user whose version moved
+meanwhile (another actor applied it: a rebalance or a zombie) is read and computed again, so a
+transaction is never applied twice. Keys (``ns`` defaults to ``fr``):
+
+- ``ns:u:<user>:st`` string: 8-byte version + msgpack of :class:`engine.UserState` (Welford, high
+  water mark, latest transaction, the retained events, last-seen times), TTL 121 d.
+- ``ns:u:<user>:l`` string: the latest transaction and its raw aggregates, for ``GET /predict``.
+- ``ns:m:<merchant>:mc:<hour>`` / ``:hc:<day>`` strings of 60 / 24 big-endian u32 counters
+  (``BITFIELD INCRBY``): the merchant's transactions per minute of an hour / per hour of a day.
+- ``ns:m:<merchant>:lab`` / ``:fr`` zsets of labelled / fraud-labelled transaction ids scored by
+  the time the label arrived; ``ns:txm:<day>`` hash tx_id -> merchant (for labels).
+
+Keys are derived from ids inside the scripts, so the store needs a standalone (non-cluster)
+Redis; users may be spread over several of them (see docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import abc
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+import msgpack
+import numpy as np
+import pandas as pd
+import redis
+
+from core.errors import FraudrayError, StoreUnavailable
+from features import catalogue as cat
+from features.catalogue import FEATURE_NAMES
+from features.kernel import MS_PER_DAY, RAW_KEYS, TxBatch, assemble, empty_raw, raw_from_matrix, to_ms
+from features.online import engine
+from features.online.engine import MerchantCounts, UserState
+
+__all__ = [
+    "FEATURE_NAMES",
+    "RESERVED_CHARACTERS",
+    "FeatureStore",
+    "FeatureStoreError",
+    "OnlineStore",
+    "RedisOnlineStore",
+    "decode_latest",
+    "records_features",
+]
+
+# Records per read-compute-write round: a batch spanning more event time than this is split
+# (the counters a round reads grow with its span). Rounds run in the batch's order, which is
+# the order the engine walks the records in, so splitting changes no feature and no state.
+CHUNK_SPAN_MS = 2 * 3_600_000
+_USER_TTL_MS = (cat.USER_TTL_S + cat.DAY) * 1000
+_MINUTE_TTL_MS = (max(cat.MERCHANT_WINDOWS) + 2 * cat.HOUR + cat.ALLOWED_LATENESS_S) * 1000
+_HOUR_TTL_MS = (max(cat.MERCHANT_WINDOWS) + cat.DAY + cat.DAY) * 1000
+_MAP_TTL_MS = (cat.LABEL_HORIZON_DAYS + 2) * cat.DAY * 1000
+_RISK_RETAIN_MS = (max(cat.RISK_WINDOWS) + cat.DAY) * 1000
+_CAS_ROUNDS = 5
+_FIELD_SEP = "\x1f"  # between the fields of the stored latest transaction
+_LAST_SEP = "\x1e"  # between that record and its raw aggregates
+_UNIT_SEP, _RECORD_SEP = "\x1c", "\x1d"  # the decision cache's separators
+# What a text field of a transaction must not hold (validation rejects it before the store).
+RESERVED_CHARACTERS = "".join(sorted(("\x01", _FIELD_SEP, _LAST_SEP, _UNIT_SEP, _RECORD_SEP)))
+_RESERVED = re.compile(f"[{re.escape(RESERVED_CHARACTERS)}]")
+# Redis answers that mean "not now" rather than "never": the caller should retry the batch.
+_TRANSIENT_REPLIES = (
+    "OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOSCRIPT",
+)  # fmt: skip
+
+
+class FeatureStoreError(FraudrayError):
+    """The store rejected a batch for a reason retrying will not fix (bad data, script bug)."""
+
+
+def lua(name: str) -> str:
+    """A script of ``features/online/lua``, read once per store."""
+    return resources.files("features.online").joinpath("lua", name).read_text()
+
+
+def store_error(exc: redis.RedisError) -> FraudrayError:
+    if isinstance(exc, redis.ResponseError) and not str(exc).startswith(_TRANSIENT_REPLIES):
+        return FeatureStoreError(f"Redis online store rejected the batch: {exc}")
+    return StoreUnavailable(f"Redis online store: {exc}")
+
+
+class FeatureStore(abc.ABC):
+    """What the pipeline needs of an online store (Feast's ``OnlineStore``, for our features)."""
+
+    @abc.abstractmethod
+    def update_and_compute(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Features of each record as of its event (state before it), then the batch applied:
+        records in ``(event_time, transaction_id)`` order see each other; rows follow the input.
+        A record already applied is scored and not applied again."""
+
+    @abc.abstractmethod
+    def compute(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """The same features, store untouched (each record against the stored state alone)."""
+
+    @abc.abstractmethod
+    def read_latest(self, user_id: str) -> np.ndarray | None:
+        """Features of the user's latest transaction (by event time); None for an unknown user."""
+
+    @abc.abstractmethod
+    def apply_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
+        """Count labels into merchant risk; returns how many were new."""
+
+
+class RedisOnlineStore(FeatureStore):
+    """Feature state in Redis, computed in the caller: one read and one guarded write per batch."""
+
+    def __init__(self, url: str, namespace: str = "fr", *, round_size: int | None = None) -> None:
+        """``round_size``: most records per read-compute-write round (None: the whole batch)."""
+        if round_size is not None and round_size < 1:
+            raise ValueError("round_size must be at least 1")
+        self.namespace = namespace
+        self.round_size = round_size
+        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self._read = self._redis.register_script(lua("read.lua"))
+        self._apply = self._redis.register_script(lua("apply.lua"))
+        self._label_script = self._redis.register_script(lua("labels.lua"))
+
+    # -- keys ------------------------------------------------------------------------------------
+    def state_key(self, user_id: str) -> str:
+        return f"{self.namespace}:u:{user_id}:st"
+
+    def latest_key(self, user_id: str) -> str:
+        return f"{self.namespace}:u:{user_id}:l"
+
+    def user_state(self, user_id: str) -> UserState | None:
+        """The user's stored state (for inspection), None when there is none."""
+        try:
+            value = self._redis.get(self.state_key(user_id))
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+        return None if value is None else UserState.decode(value)  # type: ignore[arg-type]
+
+    # -- transactions ----------------------------------------------------------------------------
+    def update_and_compute(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self._run(records, apply=True)
+
+    def compute(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self._run(records, apply=False)
+
+    def _run(self, records: Sequence[Mapping[str, Any]], *, apply: bool) -> np.ndarray:
+        if not records:
+            return np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)
+        batch = TxBatch.from_records(records)
+        for col in (batch.transaction_id, batch.user_id, batch.merchant_id, batch.country, batch.device_id,
+                    batch.channel, batch.merchant_category):  # fmt: skip
+            if any(v is not None and _RESERVED.search(str(v)) for v in col):
+                raise FeatureStoreError(
+                    "a transaction holds a control character the store reserves (0x01, 0x1c-0x1f)"
+                )
+        raw = np.empty((len(batch), len(RAW_KEYS)))
+        # in event-time rounds of at most CHUNK_SPAN_MS (a live batch is one round)
+        order = np.argsort(batch.t_ms, kind="stable")
+        ts = batch.t_ms[order]
+        cuts = [0]
+        for k in range(1, len(ts)):
+            if ts[k] - ts[cuts[-1]] > CHUNK_SPAN_MS or k - cuts[-1] == self.round_size:
+                cuts.append(k)
+        cuts.append(len(ts))
+        for a, b in itertools.pairwise(cuts):
+            rows = np.sort(order[a:b])
+            raw[rows] = self._round(records, rows, apply=apply)
+        return assemble(batch, raw_from_matrix(raw))
+
+    def _round(self, records: Sequence[Mapping[str, Any]], rows: np.ndarray, *, apply: bool) -> np.ndarray:
+        """Raw aggregates of ``records[rows]``; with ``apply``, their state written (CAS per user,
+        users whose version moved are computed again on what the other writer left)."""
+        out = np.empty((len(rows), len(RAW_KEYS)))
+        todo = np.arange(len(rows))
+        for _ in range(_CAS_ROUNDS):
+            part = [records[int(rows[i])] for i in todo]
+            raw, failed = self._once(part, apply=apply)
+            out[todo] = raw
+            if not failed:
+                return out
+            users = set(failed)
+            todo = todo[[part[i]["user_id"] in users for i in range(len(part))]]
+        raise StoreUnavailable(f"online store: users kept changing under the batch ({sorted(users)[:3]}…)")
+
+    def _once(self, records: Sequence[Mapping[str, Any]], *, apply: bool) -> tuple[np.ndarray, list[str]]:
+        batch = TxBatch.from_records(records)
+        ucode, users = pd.factorize(batch.user_id)
+        mcode, merchants = pd.factorize(batch.merchant_id)
+        ns = self.namespace
+        minute_hours, days = engine.counter_span(batch.t_ms)
+        lo = int(batch.t_ms.min()) - max(cat.RISK_WINDOWS) * 1000
+        hi = int(batch.t_ms.max())
+        mkeys = [f"{ns}:m:{m}:mc:{h}" for m in merchants for h in minute_hours.tolist()]
+        hkeys = [f"{ns}:m:{m}:hc:{d}" for m in merchants for d in days.tolist()]
+        lreqs = [[f"{ns}:m:{m}:lab", f"{ns}:m:{m}:fr", lo, hi] for m in merchants]
+        request = msgpack.packb([[self.state_key(u) for u in users], mkeys, hkeys, lreqs], use_bin_type=False)
+        try:
+            reply = msgpack.unpackb(self._read(keys=[], args=[request]), raw=True)
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+        uvals, mbytes, hbytes, labels = reply
+        states = [UserState.decode(v) for v in uvals]
+        n_m = len(merchants)
+        counts = MerchantCounts(
+            minute_hours=minute_hours,
+            minutes=np.frombuffer(mbytes, ">u4").reshape(n_m, len(minute_hours) * 60),
+            days=days,
+            hours=np.frombuffer(hbytes, ">u4").reshape(n_m, len(days) * 24),
+            labels=[np.asarray(x[0] or [], np.float64) for x in labels],
+            fraud=[np.asarray(x[1] or [], np.float64) for x in labels],
+        )
+        result = engine.compute(batch, ucode, states, mcode, counts, apply=apply)
+        raw = engine.raw_matrix(result.raw)
+        if not apply or not result.new_states:
+            return raw, []
+        writes = self._writes(
+            batch, ucode=ucode, mcode=mcode, users=users, merchants=merchants, result=result, raw=raw
+        )
+        try:
+            failed = self._apply(keys=[], args=[writes[0]])
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+        return raw, [writes[1][int(i)] for i in failed]
+
+    def _writes(
+        self,
+        batch: TxBatch,
+        *,
+        ucode: np.ndarray,
+        mcode: np.ndarray,
+        users: Any,
+        merchants: Any,
+        result: engine.Outcome,
+        raw: np.ndarray,
+    ) -> tuple[bytes, list[str]]:
+        minute = batch.t_ms // engine.MINUTE_MS
+        hour = minute // 60
+        day = batch.t_ms // MS_PER_DAY
+        entries: list[Any] = []
+        names: list[str] = []
+        by_user = engine.user_rows(ucode, result.applied)
+        for u, new in result.new_states.items():
+            user = str(users[u])
+            rows = by_user[u]
+            counts: list[Any] = []
+            txmap: list[Any] = []
+            for i in rows.tolist():
+                m = str(merchants[mcode[i]])
+                counts += [m, int(hour[i]), int(minute[i] % 60), int(hour[i] // 24), int(hour[i] % 24)]
+                txmap += [int(day[i]), str(batch.transaction_id[i]), m]
+            i = result.latest.get(u, -1)
+            latest = _pack_latest(batch, i, raw[i]) if i >= 0 else False
+            entries.append([self.state_key(user), new.version, new.encode(),
+                            self.latest_key(user), latest, counts, txmap])  # fmt: skip
+            names.append(user)
+        payload = [self.namespace, _USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS, entries]
+        # raw (str) types: the scripts' cmsgpack predates msgpack's bin type
+        return msgpack.packb(payload, use_bin_type=False), names
+
+    def read_latest(self, user_id: str) -> np.ndarray | None:
+        try:
+            latest: bytes | None = self._redis.get(self.latest_key(user_id))  # type: ignore[assignment]
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+        return None if latest is None else decode_latest(latest)
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def drop_population(self, id_prefix: str) -> int:
+        """Delete the state of every user and merchant whose id starts with ``id_prefix``, and
+        those transactions from the tx -> merchant maps: a benchmark run's or a test session's
+        tagged population once it is done. Returns how many keys and map entries went. Scans
+        the keyspace: housekeeping, not the hot path."""
+        if not id_prefix:
+            raise ValueError("an empty prefix would drop every user and merchant")
+        literal = re.sub(r"([][*?\\])", r"\\\1", id_prefix)  # glob characters match themselves
+        deleted, keys = 0, []
+        try:
+            for key in self._redis.scan_iter(match=f"{self.namespace}:[um]:{literal}*", count=10_000):
+                keys.append(key)
+                if len(keys) == 1_000:
+                    deleted += int(self._redis.unlink(*keys))
+                    keys.clear()
+            if keys:
+                deleted += int(self._redis.unlink(*keys))
+            for day in self._redis.scan_iter(match=f"{self.namespace}:txm:*", count=10_000):
+                fields = [f for f, _ in self._redis.hscan_iter(day, match=f"{literal}*", count=10_000)]
+                for i in range(0, len(fields), 1_000):
+                    deleted += int(self._redis.hdel(day, *fields[i : i + 1_000]))
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+        return deleted
+
+    # -- labels ----------------------------------------------------------------------------------
+    def apply_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
+        """Count labels ``{transaction_id, is_fraud, labelled_at, …}`` into merchant risk.
+
+        The merchant is looked up in the store's tx -> merchant map, so a label counts only when
+        its transaction was applied online within ``LABEL_HORIZON_DAYS`` days before the label's
+        ``labelled_at``. Returns how many labels were new.
+        """
+        if not labels:
+            return 0
+        args: list[Any] = [self.namespace, cat.LABEL_HORIZON_DAYS, _RISK_RETAIN_MS,
+                           cat.MERCHANT_TTL_S * 1000, MS_PER_DAY]  # fmt: skip
+        for lab in labels:
+            args += [lab["transaction_id"], to_ms(lab["labelled_at"]), "1" if lab["is_fraud"] else "0"]
+        try:
+            return int(self._label_script(keys=[], args=args))
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+
+
+OnlineStore = RedisOnlineStore  # the implementation the pipeline uses
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _pack_latest(batch: TxBatch, i: int, raw: np.ndarray) -> str:
+    lat, lon = batch.lat[i], batch.lon[i]
+    located = not (np.isnan(lat) or np.isnan(lon))
+    fields = (
+        batch.transaction_id[i], batch.user_id[i], batch.merchant_id[i], str(int(batch.t_ms[i])),
+        repr(float(batch.amount[i])), batch.country[i], _text(batch.device_id[i]),
+        repr(float(lat)) if located else "", repr(float(lon)) if located else "",
+        _text(batch.channel[i]), _text(batch.merchant_category[i]),
+    )  # fmt: skip
+    return _FIELD_SEP.join(fields) + _LAST_SEP + ",".join(map(repr, raw.tolist()))
+
+
+def decode_latest(value: bytes) -> np.ndarray:
+    """The feature vector of a stored latest transaction (``ns:u:<user>:l``)."""
+    record_part, raw_part = value.decode().split(_LAST_SEP)
+    txid, uid, mid, t, amount, country, device, lat, lon, channel, category = record_part.split(_FIELD_SEP)
+    record = {
+        "transaction_id": txid, "user_id": uid, "merchant_id": mid, "event_time": int(t),
+        "amount": float(amount), "country": country, "device_id": device or None,
+        "channel": channel or None, "merchant_category": category or None,
+        "lat": float(lat) if lat else None, "lon": float(lon) if lon else None,
+    }  # fmt: skip
+    raw = np.array(raw_part.split(","), dtype=np.float64).reshape(1, len(RAW_KEYS))
+    return assemble(TxBatch.from_records([record]), raw_from_matrix(raw))[0]
+
+
+def records_features(records: Sequence[Mapping[str, Any]], event_ms: np.ndarray) -> np.ndarray:
+    """Features of decoded records as if their user and merchant had no history: the kernel
+    alone, without the store (``event_ms`` is ignored: taken from the records)."""
+    del event_ms
+    if not records:
+        return np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)
+    batch = TxBatch.from_records(records)
+    return assemble(batch, empty_raw(batch))
