@@ -120,7 +120,11 @@ def train_all(
             t0 = time.perf_counter()
             _fit(model, split, settings, workers.get(fam, 0), cpus_per_worker)
             result.seconds[fam] = time.perf_counter() - t0
-            val_scores[fam], test_scores[fam] = model.score(split.X_val), model.score(split.X_test)
+            # A family that refits on train + validation keeps its out-of-sample validation
+            # scores (``val_scores``): the threshold and the stack are chosen on those.
+            oos = getattr(model, "val_scores", None)
+            val_scores[fam] = oos if oos is not None else model.score(split.X_val)
+            test_scores[fam] = model.score(split.X_test)
             threshold = threshold_for_fpr(val_scores[fam], split.y_val, target_fpr)
             if isinstance(model, IsolationForestModel):
                 model.threshold = threshold
@@ -128,10 +132,14 @@ def train_all(
                 "sizes": split.sizes(), "train_seconds": round(result.seconds[fam], 2),
                 "target_fpr": target_fpr,
             }  # fmt: skip
+            if getattr(model, "selection", None):  # XGBoost: the chosen rounds and weighting
+                metrics["selection"] = model.selection  # type: ignore[attr-defined]
             result.metrics[fam] = metrics
             save(fam, model, metrics, model.params())
             say(f"{fam}: {result.seconds[fam]:.1f} s, test AUCPR {metrics.get('aucpr', float('nan')):.3f}")
             run_metrics.update(_headline(metrics), version=_version(result, fam))
+            if "selection" in metrics:
+                run_metrics["selection"] = metrics["selection"]
     if set(MEMBER_KEYS) <= set(families) and split.y_val.sum() > 0:
         members = {f: result.versions[f].version for f in MEMBER_KEYS} if result.versions else {}
         say("ensemble: stacking the members' validation scores")
@@ -139,10 +147,12 @@ def train_all(
             ens = Ensemble(members, target_fpr).fit(val_scores, split.y_val)
             metrics = evaluate(ens.predict(test_scores), split.y_test, ens.threshold, split.scenario_test) | {
                 "weights": ens.weights(), "sizes": split.sizes(), "target_fpr": target_fpr,
+                "fallback": ens.fallback, "validation_aucpr": ens.validation,
             }  # fmt: skip
             result.metrics["ensemble"] = metrics
             save("ensemble", ens, metrics, ens.params())
-            run_metrics.update(_headline(metrics), version=_version(result, "ensemble"))
+            run_metrics.update(_headline(metrics), version=_version(result, "ensemble"),
+                               fallback=ens.fallback, validation_aucpr=ens.validation)  # fmt: skip
     return result
 
 

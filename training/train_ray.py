@@ -272,7 +272,7 @@ def fit_xgboost(
     config = {
         # One thread per worker: each holds a fraction of a CPU.
         "params": model.train_params(y) | {"nthread": max(1, int(cpus_per_worker))},
-        "rounds": p["n_estimators"],
+        "rounds": model.rounds(),
         "early_stopping_rounds": p["early_stopping_rounds"] if has_val else None,
         "feature_names": names,
         "datasets": list(datasets),
