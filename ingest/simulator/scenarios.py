@@ -165,8 +165,58 @@ class Scenario(ABC):
         """The transactions of incidents starting at ``starts`` (epoch ms), time-sorted per incident."""
 
 
-class AccountTakeover(Scenario):
+@dataclass
+class _Abroad:
+    """Incidents of an attacker abroad on a victim's card: rows ``r`` of the incidents at ``t``."""
+
+    victim: np.ndarray
+    country: np.ndarray
+    city: np.ndarray
+    incident: np.ndarray
+    r: np.ndarray
+    t: np.ndarray
+
+
+class _AbroadScenario(Scenario):
+    """Account takeover and card testing: an attacker's device and IP in another country, online."""
+
+    min_span_ms: ClassVar[int]
+
+    def _incidents(
+        self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
+    ) -> _Abroad:
+        pop, n = ctx.population, len(starts)
+        victim = rng.integers(0, pop.n_users, n)
+        country = _other_country(rng, pop, pop.home_country[victim])
+        city = pop.city_by_country.pick(country, rng.random(n))
+        incident = ctx.incident_ids(self.name, n)
+        spans = rng.uniform(ctx.ms(self.min_span_ms), ctx.ms(self.max_span_ms), n)
+        r, t = _spread(rng, starts, sizes, spans)
+        return _Abroad(victim, country, city, incident, r, t)
+
+    def _columns(
+        self, rng: np.random.Generator, ctx: Context, a: _Abroad, merchant: np.ndarray, usd: np.ndarray
+    ) -> Columns:
+        n = len(a.victim)
+        return _columns(
+            t=a.t,
+            user=a.victim[a.r],
+            merchant=merchant,
+            usd=usd,
+            country=a.country[a.r],
+            device=_attacker_device(ctx, self.code, a.incident)[a.r],
+            channel=world.ONLINE,
+            lat=(world.CITY_LAT[a.city] + rng.normal(0, 0.03, n))[a.r],
+            lon=(world.CITY_LON[a.city] + rng.normal(0, 0.03, n))[a.r],
+            ip=_ip(ctx.seed, a.country, self.code, a.incident)[a.r],
+            scenario=self.code,
+            pop=ctx.population,
+        )
+
+
+class AccountTakeover(_AbroadScenario):
     name = "account_takeover"
+    min_span_ms = 30 * MINUTE_MS
     max_span_ms = 4 * HOUR_MS
 
     def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -175,32 +225,15 @@ class AccountTakeover(Scenario):
     def generate(
         self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
     ) -> Columns:
-        pop, n = ctx.population, len(starts)
-        victim = rng.integers(0, pop.n_users, n)
-        country = _other_country(rng, pop, pop.home_country[victim])
-        city = pop.city_by_country.pick(country, rng.random(n))
-        incident = ctx.incident_ids(self.name, n)
-        r, t = _spread(rng, starts, sizes, rng.uniform(ctx.ms(30 * MINUTE_MS), ctx.ms(self.max_span_ms), n))
-        m = len(r)
-        usd = np.exp(pop.mu[victim[r]]) * rng.uniform(5.0, 20.0, m)
-        return _columns(
-            t=t,
-            user=victim[r],
-            merchant=pop.online_high_risk.pick(0, rng.random(m)),
-            usd=usd,
-            country=country[r],
-            device=_attacker_device(ctx, self.code, incident)[r],
-            channel=world.ONLINE,
-            lat=(world.CITY_LAT[city] + rng.normal(0, 0.03, n))[r],
-            lon=(world.CITY_LON[city] + rng.normal(0, 0.03, n))[r],
-            ip=_ip(ctx.seed, country, self.code, incident)[r],
-            scenario=self.code,
-            pop=pop,
-        )
+        a = self._incidents(rng, ctx, starts, sizes)
+        pop, m = ctx.population, len(a.r)
+        usd = np.exp(pop.mu[a.victim[a.r]]) * rng.uniform(5.0, 20.0, m)  # large: the victim's x5-20
+        return self._columns(rng, ctx, a, pop.online_high_risk.pick(0, rng.random(m)), usd)
 
 
-class CardTesting(Scenario):
+class CardTesting(_AbroadScenario):
     name = "card_testing"
+    min_span_ms = 2 * MINUTE_MS
     max_span_ms = 15 * MINUTE_MS
 
     def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -209,27 +242,10 @@ class CardTesting(Scenario):
     def generate(
         self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
     ) -> Columns:
-        pop, n = ctx.population, len(starts)
-        victim = rng.integers(0, pop.n_users, n)
-        country = _other_country(rng, pop, pop.home_country[victim])
-        city = pop.city_by_country.pick(country, rng.random(n))
-        incident = ctx.incident_ids(self.name, n)
-        r, t = _spread(rng, starts, sizes, rng.uniform(ctx.ms(2 * MINUTE_MS), ctx.ms(self.max_span_ms), n))
-        m = len(r)
-        return _columns(
-            t=t,
-            user=victim[r],
-            merchant=pop.online_global.pick(0, rng.random(m)),
-            usd=rng.uniform(0.5, 4.0, m),
-            country=country[r],
-            device=_attacker_device(ctx, self.code, incident)[r],
-            channel=world.ONLINE,
-            lat=(world.CITY_LAT[city] + rng.normal(0, 0.03, n))[r],
-            lon=(world.CITY_LON[city] + rng.normal(0, 0.03, n))[r],
-            ip=_ip(ctx.seed, country, self.code, incident)[r],
-            scenario=self.code,
-            pop=pop,
-        )
+        a = self._incidents(rng, ctx, starts, sizes)
+        pop, m = ctx.population, len(a.r)
+        merchant = pop.online_global.pick(0, rng.random(m))  # drawn before the amounts, as always
+        return self._columns(rng, ctx, a, merchant, rng.uniform(0.5, 4.0, m))
 
 
 class CompromisedMerchant(Scenario):
