@@ -232,15 +232,21 @@ def train_cmd(
         bool, typer.Option(help="put the new versions into production (never for --csv)")
     ] = True,
     report: Annotated[Path | None, typer.Option(help="write the test metrics as JSON here")] = None,
+    train_window: Annotated[
+        str | None, typer.Option("--train", help="START:END (UTC) to train on; with --val and --test")
+    ] = None,
+    val_window: Annotated[str | None, typer.Option("--val", help="START:END validation window")] = None,
+    test_window: Annotated[str | None, typer.Option("--test", help="START:END test window")] = None,
 ) -> None:
     """Train on a temporal split, evaluate on the last window, and register the versions.
 
     Without --csv the data are the feature store's point-in-time frames of the transactions
     and labels in PostgreSQL (train on the earlier days, validate and test on the later ones).
+    --train/--val/--test give the three windows explicitly (in time order; gaps allowed).
     """
     from cluster.first_start import train_quick_models
     from features.catalogue import FEATURE_NAMES
-    from training.data import frame_from_csv, frame_from_store, temporal_split
+    from training.data import backtest_windows, frame_from_csv, frame_from_store, split_frame, windows_span
     from training.pipeline import ensure_ray, report_json, train_all
 
     settings = get_settings()
@@ -251,11 +257,13 @@ def train_cmd(
     families = ("if", "xgb", "ae") if model is ModelChoice.ALL else (model.value,)
     t0 = time.monotonic()
     try:
+        windows = backtest_windows(train_window, val_window, test_window)
+        start, end = windows_span(windows, start, end)
         if csv is not None:
-            split = temporal_split(frame_from_csv(csv, label, time_col))
+            split = split_frame(frame_from_csv(csv, label, time_col), None, windows)
             source = f"csv:{csv.name}"
         else:
-            split = temporal_split(frame_from_store(settings, start, end), list(FEATURE_NAMES))
+            split = split_frame(frame_from_store(settings, start, end), list(FEATURE_NAMES), windows)
             source = "feature-store"
         split.require_fraud()
         console.print(f"data: {split.window()['rows']} rows, fraud {split.window()['fraud']} ({source})")

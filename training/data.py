@@ -46,6 +46,8 @@ class Split:
     boundaries: tuple[str, str]  # first val time, first test time
     span: tuple[str, str] = ("", "")  # first and last event time of the whole frame
     scenario_test: np.ndarray | None = None  # fraud scenario per test row (simulated data)
+    # Explicit [start, end) windows (``split_by_windows``, gaps allowed) as ISO strings, else None.
+    windows: dict[str, tuple[str, str]] | None = None
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
@@ -54,8 +56,13 @@ class Split:
         """The training window and the later validation/test windows (half-open, ISO times)."""
         first, last = self.span
         val_from, test_from = self.boundaries
+        w = self.windows or {
+            "train": (first, val_from),
+            "val": (val_from, test_from),
+            "test": (test_from, last),
+        }
         return {
-            "train": [first, val_from], "val": [val_from, test_from], "test": [test_from, last],
+            "train": list(w["train"]), "val": list(w["val"]), "test": list(w["test"]),
             "rows": self.sizes(),
             "fraud": {"train": int(self.y_train.sum()), "val": int(self.y_val.sum()),
                       "test": int(self.y_test.sum())},
@@ -94,6 +101,111 @@ def temporal_split(
     scen = parts[2][SCENARIO].to_numpy(dtype=object) if SCENARIO in frame else None
     span = (str(t.iloc[0]), str(t.iloc[-1]))
     return Split(names, a, b, c, d, e, f, (str(t_val), str(t_test)), span, scen)
+
+
+Window = tuple[datetime | None, datetime | None]  # [start, end), UTC; None: open
+
+
+def parse_window(text: str) -> Window:
+    """``START:END`` (either side may be empty: open) as UTC times; ``..`` also separates.
+    Times may hold colons themselves (``2026-01-05T06:00:2026-01-09``): the first cut where
+    both sides parse wins."""
+    if ".." in text:
+        cuts = [text.split("..", 1)]
+    else:
+        cuts = [[text[:i], text[i + 1 :]] for i, ch in enumerate(text) if ch == ":"]
+    for left, right in cuts:
+        try:
+            a, b = (_utc(x) for x in (left, right))
+        except ValueError:
+            continue
+        if a is not None and b is not None and a >= b:
+            raise DataError(f"window {text!r}: the start must come before the end")
+        return a, b
+    raise DataError(f"window {text!r} is not START:END (UTC dates or times, e.g. 2026-01-05:2026-01-09)")
+
+
+def _utc(text: str) -> datetime | None:
+    if not text.strip():
+        return None
+    t = datetime.fromisoformat(text.strip())  # ISO 8601 only: ValueError otherwise
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def backtest_windows(train: str | None, val: str | None, test: str | None) -> dict[str, Window] | None:
+    """``--train/--val/--test START:END`` parsed (all three or none: None)."""
+    given = {k: v for k, v in {"train": train, "val": val, "test": test}.items() if v is not None}
+    if not given:
+        return None
+    if len(given) != 3:
+        raise DataError("--train, --val and --test go together (each START:END)")
+    return {k: parse_window(v) for k, v in given.items()}
+
+
+def windows_span(windows: dict[str, Window] | None, start: datetime | None, end: datetime | None) -> Window:
+    """The smallest [start, end) holding every window (to read the frame once), or
+    ``(start, end)`` as given without windows."""
+    if not windows:
+        return start, end
+    starts = [w[0] for w in windows.values()]
+    ends = [w[1] for w in windows.values()]
+    return (None if None in starts else min(s for s in starts if s is not None),
+            None if None in ends else max(e for e in ends if e is not None))  # fmt: skip
+
+
+def split_frame(
+    frame: pd.DataFrame, feature_names: list[str] | None, windows: dict[str, Window] | None
+) -> Split:
+    """By the explicit windows when there are some, else the day-aligned time quantiles."""
+    if windows:
+        return split_by_windows(frame, feature_names, **windows)
+    return temporal_split(frame, feature_names)
+
+
+def split_by_windows(
+    frame: pd.DataFrame, feature_names: list[str] | None, *, train: Window, val: Window, test: Window
+) -> Split:
+    """Train/validation/test as the given event-time windows ``[start, end)`` (a published
+    backtest protocol): they must come in that order without overlapping; gaps are allowed
+    and rows in no window are left out."""
+    if LABEL not in frame or TIME not in frame:
+        raise DataError(f"the frame needs {LABEL!r} and {TIME!r} columns")
+    named = {"train": train, "val": val, "test": test}
+    for (a_name, a), (b_name, b) in ((("train", train), ("val", val)), (("val", val), ("test", test))):
+        if a[1] is None or b[0] is None or a[1] > b[0]:
+            raise DataError(
+                f"--{a_name} must end at or before --{b_name} starts (windows in time order, no "
+                f"overlap; gaps allowed): {a_name} ends {a[1]}, {b_name} starts {b[0]}"
+            )
+    names = feature_names or [c for c in frame.columns if c not in NON_FEATURES]
+    frame = frame.sort_values(TIME, kind="stable")
+    t = pd.to_datetime(frame[TIME], utc=True)
+    parts = []
+    for name, (lo, hi) in named.items():
+        mask = np.ones(len(frame), dtype=bool)
+        if lo is not None:
+            mask &= (t >= pd.Timestamp(lo)).to_numpy()
+        if hi is not None:
+            mask &= (t < pd.Timestamp(hi)).to_numpy()
+        part = frame[mask]
+        if part.empty:
+            raise DataError(f"no labelled rows in the --{name} window {lo} .. {hi}")
+        parts.append(part)
+
+    def xy(p: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return p[names].to_numpy(dtype=np.float32), p[LABEL].to_numpy(dtype=np.int8)
+
+    (a_, b_), (c_, d_), (e_, f_) = (xy(p) for p in parts)
+    scen = parts[2][SCENARIO].to_numpy(dtype=object) if SCENARIO in frame else None
+
+    def iso(x: datetime | None, p: pd.DataFrame, first: bool) -> str:
+        return str(pd.Timestamp(x)) if x is not None else str(p[TIME].iloc[0 if first else -1])
+
+    windows = {
+        n: (iso(w[0], p, True), iso(w[1], p, False)) for (n, w), p in zip(named.items(), parts, strict=True)
+    }
+    span = (str(parts[0][TIME].iloc[0]), str(parts[2][TIME].iloc[-1]))
+    return Split(names, a_, b_, c_, d_, e_, f_, (windows["val"][0], windows["test"][0]), span, scen, windows)
 
 
 def _cuts(t: pd.Series, val: float, test: float) -> tuple[Any, Any]:
