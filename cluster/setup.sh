@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent machine set-up for fraudray (`make setup`): Debian packages for the local
-# stack, the Python virtualenv, and the Kafka jars. Each step is skipped when its stamp
+# stack, the Python virtualenv, the Kafka jars and the Schema Registry. Each step is skipped when its stamp
 # (a hash of the files it depends on) is unchanged, so a warm run takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +56,22 @@ if [ "$(cat $LIBS/.stamp 2>/dev/null)" != "$want" ]; then
   mvn -q -B -f cluster/kafka/pom.xml dependency:copy-dependencies \
       -DoutputDirectory="$ROOT/$LIBS" -DincludeScope=runtime
   echo "$want" > $LIBS/.stamp
+fi
+# 3b. The Schema Registry: Apicurio Registry packaged from Maven Central by Quarkus' build
+# (cluster/schema_registry/pom.xml; Apicurio publishes no runnable jar there), built outside the
+# checkout and kept as a runner jar + lib/ in var/cache/schema-registry.
+SR=var/cache/schema-registry
+want=$(find cluster/schema_registry -type f -not -path '*/target/*' | sort | xargs cat | sha256sum | cut -c1-16)
+if [ "$(cat $SR/.stamp 2>/dev/null)" != "$want" ]; then
+  say "building the Schema Registry (Apicurio) with Maven into $SR (first time: a few minutes)"
+  rm -rf "$SR" var/cache/schema-registry-build; mkdir -p var/cache
+  cp -r cluster/schema_registry var/cache/schema-registry-build
+  mvn -q -B -f var/cache/schema-registry-build/pom.xml package -DskipTests
+  mkdir -p "$SR"
+  mv var/cache/schema-registry-build/target/fraudray-schema-registry-1-runner.jar \
+     var/cache/schema-registry-build/target/lib "$SR"/
+  rm -rf var/cache/schema-registry-build
+  echo "$want" > $SR/.stamp
 fi
 # 4. A Go toolchain as new as deploy/compose/check/go.mod's `go` line, when the installed one is
 # older (Debian 12's golang-go is 1.19): fetched by the old Go as the module golang.org/toolchain

@@ -1,4 +1,5 @@
-"""The local stack: real Kafka (KRaft), Redis, PostgreSQL, Prometheus and Alertmanager.
+"""The local stack: real Kafka (KRaft), Redis, PostgreSQL, Prometheus, Alertmanager and a Schema
+Registry (Apicurio, Confluent-compatible).
 
 Each service runs as a plain child process (no systemd) with its data, pid file and log
 under ``var/``. ``up`` is idempotent, ``down`` stops only what ``up`` started (by pid
@@ -30,7 +31,7 @@ from core.errors import StackError
 from core.procs import pid_alive, port_open
 from core.settings import REPO_ROOT, Settings
 
-SERVICE_NAMES = ("kafka", "redis", "postgres", "prometheus", "alertmanager")
+SERVICE_NAMES = ("kafka", "redis", "postgres", "prometheus", "alertmanager", "schema-registry")
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", ""})  # noqa: S104 - compared, not bound
 
 
@@ -49,6 +50,7 @@ def configured_addresses(settings: Settings) -> dict[str, list[str]]:
         "kafka": settings.kafka.bootstrap.split(","),
         "redis": [settings.redis.url.get_secret_value()],
         "postgres": [settings.postgres.dsn.get_secret_value()],
+        "schema-registry": [settings.kafka.schema_registry_url] if settings.kafka.schema_registry_url else [],
     }
 
 
@@ -486,6 +488,40 @@ class Alertmanager(Service):
         return _http_ok(f"http://127.0.0.1:{self.port}/-/ready")
 
 
+class SchemaRegistry(Service):
+    """Apicurio Registry 2.4.2 (Confluent API under ``/apis/ccompat/v7``), packaged from Maven
+    Central by cluster/setup.sh (cluster/schema_registry/pom.xml), schemas in an H2 file under
+    ``var/schema-registry`` so that ids survive a restart (the records in Kafka carry them)."""
+
+    @property
+    def home(self) -> Path:
+        return self.var / "cache" / "schema-registry"
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        runner = self.home / "fraudray-schema-registry-1-runner.jar"
+        if not runner.exists():
+            raise StackError(f"the Schema Registry is not built in {self.home}: run `make setup`")
+        return [
+            "java", "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            "-XX:ActiveProcessorCount=2",
+            f"-Dquarkus.http.port={self.port}", "-Dquarkus.http.host=127.0.0.1",
+            f"-Dquarkus.datasource.jdbc.url=jdbc:h2:file:{self.data_dir / 'registry'}",
+            "-Dquarkus.log.console.format=%d{HH:mm:ss} %p [%c{1}] %m%n",
+            "-jar", str(runner),
+        ]  # fmt: skip
+
+    def healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.port}/health/ready")
+
+    @property
+    def url(self) -> str:
+        """What ``FRAUDRAY_KAFKA_SCHEMA_REGISTRY_URL`` should say to use this registry."""
+        return f"http://127.0.0.1:{self.port}/apis/ccompat/v7"
+
+
 def services(settings: Settings) -> dict[str, Service]:
     """The stack in start order."""
     return {
@@ -496,6 +532,7 @@ def services(settings: Settings) -> dict[str, Service]:
         "kafka": Kafka("kafka", settings.kafka.port, settings, extra_ports=(settings.kafka.controller_port,)),
         "prometheus": Prometheus("prometheus", settings.prometheus.port, settings),
         "alertmanager": Alertmanager("alertmanager", settings.alertmanager.port, settings),
+        "schema-registry": SchemaRegistry("schema-registry", settings.stack.schema_registry_port, settings),
     }
 
 

@@ -246,6 +246,9 @@ class AlertmanagerSettings(_Section):
 class StackSettings(_Section):
     var_dir: Path = REPO_ROOT / "var"
     ready_timeout_s: float = 60.0
+    # The local stack's Schema Registry (Apicurio, Confluent API at /apis/ccompat/v7); fraudray
+    # uses it when FRAUDRAY_KAFKA_SCHEMA_REGISTRY_URL names it (docs/deploy.md).
+    schema_registry_port: int = 8081
 
 
 class ConsumerSettings(_Section):

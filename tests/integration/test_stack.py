@@ -34,7 +34,14 @@ pytestmark = pytest.mark.integration
 
 def test_every_service_is_healthy(local_stack: Settings) -> None:
     rows = stack.status(local_stack)
-    assert [r["service"] for r in rows] == ["postgres", "redis", "kafka", "prometheus", "alertmanager"]
+    assert [r["service"] for r in rows] == [
+        "postgres",
+        "redis",
+        "kafka",
+        "prometheus",
+        "alertmanager",
+        "schema-registry",
+    ]
     assert all(r["healthy"] and r["pid"] for r in rows), rows
 
 
@@ -100,7 +107,7 @@ def isolated_settings() -> Iterator[Settings]:
         postgres=PostgresSettings(dsn=f"postgresql://fraudray@127.0.0.1:{free_port()}/fraudray"),  # type: ignore[arg-type]
         prometheus=PrometheusSettings(port=free_port()),
         alertmanager=AlertmanagerSettings(port=free_port()),
-        stack=StackSettings(var_dir=var),
+        stack=StackSettings(var_dir=var, schema_registry_port=free_port()),
     )
     yield settings
     stack.down(settings)  # whatever a failing test left running
@@ -122,7 +129,7 @@ def test_up_status_down_leaves_nothing_behind(isolated_settings: Settings) -> No
     for pid in pids:
         assert not procs.pid_alive(pid), f"pid {pid} survived `down`"
     for port in (s.kafka.port, s.kafka.controller_port, s.redis.port, s.postgres.port,
-                 s.prometheus.port, s.alertmanager.port):  # fmt: skip
+                 s.prometheus.port, s.alertmanager.port, s.stack.schema_registry_port):  # fmt: skip
         assert not procs.port_open(port), f"port {port} still open after `down`"
     assert not any(r["pid"] for r in stack.status(s))
 
