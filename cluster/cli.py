@@ -436,6 +436,34 @@ def models_list(name: Annotated[str | None, typer.Argument()] = None) -> None:
     console.print(table)
 
 
+@app.command("learn")
+def learn_cmd(
+    once: Annotated[bool, typer.Option(help="one round now, then exit (else: loop on the schedule)")] = False,
+    train_workers: Annotated[int, typer.Option(help="Ray Train workers (0: fit in this process)")] = 0,
+) -> None:
+    """Champion/challenger loop: every FRAUDRAY_LEARN_EVERY_LABELS new labels, every
+    FRAUDRAY_LEARN_EVERY_MINUTES, or on a PSI drift alert, fit challengers on the rolling window,
+    compare them with production on the newest labelled days, promote and hot-swap the winners."""
+    from cluster.drift import psi_alert
+    from training.learning import Decision, learn_once, run_loop
+
+    settings = get_settings()
+
+    def show(d: Decision) -> None:
+        console.print(f"learn ({d.trigger}): {d.action}: {d.reason} [{d.seconds:.0f} s]", highlight=False)
+
+    try:
+        if once:
+            show(learn_once(settings, swap=lambda: _hot_swap(settings), train_workers=train_workers))
+        else:
+            run_loop(settings, swap=lambda: _hot_swap(settings), drifted=lambda: psi_alert(settings),
+                     on_decision=show, train_workers=train_workers)  # fmt: skip
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+    except KeyboardInterrupt:
+        console.print("learning loop stopped")
+
+
 @models_app.command("promote")
 def models_promote(name: str, version: str) -> None:
     """Make VERSION the production version of NAME and swap it into the running Serve app.

@@ -265,6 +265,19 @@ class ConsumerSettings(_Section):
     fraud_threshold: float = 0.5
 
 
+class LearnSettings(_Section):
+    """The champion/challenger loop (``fraudray learn``, training/learning.py)."""
+
+    every_labels: int = 5000  # a round once this many new labels have arrived …
+    every_minutes: float = 60.0  # … or this long after the last round (with any new label)
+    window_days: float = 14.0  # the rolling window of labelled transactions a challenger learns from
+    recent_days: float = 1.0  # champion vs challenger on the newest days (validation: the days before)
+    margin: float = 0.02  # average precision the challenger must win by to be promoted
+    min_recent_frauds: int = 20  # fewer frauds in the recent window: no promotion
+    drift_psi: float = 0.25  # a feature's PSI above this triggers a round
+    poll_s: float = 30.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FRAUDRAY_",
@@ -303,6 +316,7 @@ class Settings(BaseSettings):
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
     consumer: ConsumerSettings = Field(default_factory=ConsumerSettings)
+    learn: LearnSettings = Field(default_factory=LearnSettings)
 
     @property
     def var_dir(self) -> Path:

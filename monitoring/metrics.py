@@ -32,6 +32,7 @@ __all__ = [
     "CATALOGUE",
     "STAGES",
     "HttpMetricsMiddleware",
+    "LearnMetrics",
     "MetricSpec",
     "PipelineMetrics",
     "describe",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 Kind = Literal["counter", "gauge", "histogram"]
-Emitter = Literal["consumer", "serve", "ingress", "drift"]
+Emitter = Literal["consumer", "serve", "ingress", "drift", "learn"]
 
 RAY_PREFIX = "ray_"
 STAGES = ("poll", "decode", "features", "score", "sink_pg", "sink_kafka", "commit")
@@ -147,9 +148,20 @@ HTTP_REQUESTS = MetricSpec(
     ("handler", "status"),
 )  # fmt: skip
 
+LEARN_DECISIONS = MetricSpec(
+    "fraudray_learn_decisions_total", "counter",
+    "Rounds of the champion/challenger loop by what they decided (promoted, candidate, refused).",
+    "learn", ("action",),
+)  # fmt: skip
+LEARN_AUCPR = MetricSpec(
+    "fraudray_learn_aucpr", "gauge",
+    "Average precision on the recent labelled window of the last round's champion and challenger.",
+    "learn", ("model",),
+)  # fmt: skip
+
 CATALOGUE: tuple[MetricSpec, ...] = (
     TOTAL, IS_FRAUD, CONSUMED, SCORED, ALERTS, DLQ, RETRIES, STAGE, PIPELINE_LATENCY, EVENT_TO_DECISION,
-    BATCH_SIZE, LAG, MODEL_SCORE, MODEL_INFO, DRIFT, HTTP_REQUESTS,
+    BATCH_SIZE, LAG, MODEL_SCORE, MODEL_INFO, DRIFT, HTTP_REQUESTS, LEARN_DECISIONS, LEARN_AUCPR,
 )  # fmt: skip
 
 
@@ -350,3 +362,35 @@ class HttpMetricsMiddleware:
         finally:
             handler = getattr(scope.get("route"), "path", None) or "none"
             (self.metrics or shared_metrics()).observe_http(handler, status)
+
+
+class LearnMetrics:
+    """The learning loop's metrics (training/learning.py). Ray metrics need a Ray process: in
+    a process without Ray the loop's decisions are still in ``training_runs``, and this records
+    nothing (``recorded`` stays 0)."""
+
+    _shared: LearnMetrics | None = None
+
+    def __init__(self) -> None:
+        self.decisions: Any = None
+        self.aucpr: Any = None
+        self.recorded = 0
+
+    @classmethod
+    def shared(cls) -> LearnMetrics:
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def observe(self, action: str, champion: float | None, challenger: float | None) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            return
+        if self.decisions is None:
+            self.decisions, self.aucpr = _make(LEARN_DECISIONS), _make(LEARN_AUCPR)
+        self.decisions.inc(1, tags={"action": action})
+        for model, value in (("champion", champion), ("challenger", challenger)):
+            if value is not None:
+                self.aucpr.set(float(value), tags={"model": model})
+        self.recorded += 1

@@ -9,6 +9,7 @@ over 11 worlds), and a threshold on them would be a coin toss rather than a chec
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import psycopg2
 
 from core.settings import Settings
 from ingest.simulator import SimConfig, Simulator
+from ingest.simulator.simulate import parse_mix
 
 TX_COLUMNS = (
     "transaction_id", "user_id", "merchant_id", "amount", "currency", "event_time", "country",
@@ -56,6 +58,7 @@ def write_world(
     fraud_rate: float = 0.03,
     seed: int = 0,
     start: datetime = datetime(2002, 6, 3, tzinfo=UTC),
+    fraud_mix: str | None = None,
 ) -> World:
     """``days`` of simulated traffic with a label for every transaction (late, 0.5–1.5 days)."""
     prefix = f"tw{uuid.uuid4().hex[:8]}-"
@@ -64,6 +67,8 @@ def write_world(
         users=users, merchants=max(1000, users // 5), fraud_rate=fraud_rate,
         label_delay_s=86_400.0, start=start,
     )  # fmt: skip
+    if fraud_mix is not None:
+        config = dataclasses.replace(config, fraud_mix=parse_mix(fraud_mix))
     end = start + timedelta(days=days)
     end_ms = int(end.timestamp() * 1000)
     tx_rows: list[tuple[Any, ...]] = []
