@@ -3,10 +3,10 @@
 Redis only stores; the feature arithmetic runs in the caller (:mod:`features.online.engine`).
 A batch is one read (``lua/read.lua``: the touched users' compact state, their merchants'
 counters and label times, in one round trip and one reply) and one guarded write
-(``lua/apply.lua``: per user, a compare-and-set on the version the read saw; only a user whose
-write succeeds has its transactions counted for their merchants). A user whose version moved
-meanwhile (another actor applied it: a rebalance or a zombie) is read and computed again, so a
-transaction is never applied twice. Keys (``ns`` defaults to ``fr``):
+(``lua/apply.lua``: a compare-and-set on every user's version as the read saw it, then the
+users' states, their merchants' counters and the tx -> merchant maps, atomically). If another
+actor changed one of the users meanwhile (a rebalance, a zombie), nothing is written and the
+round is read and computed again, so a transaction is never applied twice. Keys (``ns`` defaults to ``fr``):
 
 - ``ns:u:<user>:st`` string: 8-byte version + msgpack of :class:`engine.UserState` (Welford, high
   water mark, latest transaction, the retained events, last-seen times), TTL 121 d.
@@ -62,6 +62,7 @@ _HOUR_TTL_MS = (max(cat.MERCHANT_WINDOWS) + cat.DAY + cat.DAY) * 1000
 _MAP_TTL_MS = (cat.LABEL_HORIZON_DAYS + 2) * cat.DAY * 1000
 _RISK_RETAIN_MS = (max(cat.RISK_WINDOWS) + cat.DAY) * 1000
 _CAS_ROUNDS = 5
+_ZERO_MINUTES, _ZERO_HOURS = bytes(240), bytes(96)  # 60 / 24 u32 counters
 _FIELD_SEP = "\x1f"  # between the fields of the stored latest transaction
 _LAST_SEP = "\x1e"  # between that record and its raw aggregates
 _UNIT_SEP, _RECORD_SEP = "\x1c", "\x1d"  # the decision cache's separators
@@ -172,19 +173,17 @@ class RedisOnlineStore(FeatureStore):
         return assemble(batch, raw_from_matrix(raw))
 
     def _round(self, records: Sequence[Mapping[str, Any]], rows: np.ndarray, *, apply: bool) -> np.ndarray:
-        """Raw aggregates of ``records[rows]``; with ``apply``, their state written (CAS per user,
-        users whose version moved are computed again on what the other writer left)."""
+        """Raw aggregates of ``records[rows]``; with ``apply``, their state written (CAS per user:
+        when a version moved nothing is written and the round runs again)."""
         out = np.empty((len(rows), len(RAW_KEYS)))
-        todo = np.arange(len(rows))
+        part = [records[int(i)] for i in rows]
         for _ in range(_CAS_ROUNDS):
-            part = [records[int(rows[i])] for i in todo]
             raw, failed = self._once(part, apply=apply)
-            out[todo] = raw
+            out[:] = raw
             if not failed:
                 return out
-            users = set(failed)
-            todo = todo[[part[i]["user_id"] in users for i in range(len(part))]]
-        raise StoreUnavailable(f"online store: users kept changing under the batch ({sorted(users)[:3]}…)")
+            # nothing was written: the round again, on what the other writer left
+        raise StoreUnavailable(f"online store: users kept changing under the batch ({sorted(failed)[:3]})")
 
     def _once(self, records: Sequence[Mapping[str, Any]], *, apply: bool) -> tuple[np.ndarray, list[str]]:
         batch = TxBatch.from_records(records)
@@ -202,7 +201,9 @@ class RedisOnlineStore(FeatureStore):
             reply = msgpack.unpackb(self._read(keys=[], args=[request]), raw=True)
         except redis.RedisError as exc:
             raise store_error(exc) from exc
-        uvals, mbytes, hbytes, labels = reply
+        uvals, mvals, hvals, labels = reply
+        mbytes = b"".join(v.ljust(240, b"\0")[:240] if v else _ZERO_MINUTES for v in mvals)
+        hbytes = b"".join(v.ljust(96, b"\0")[:96] if v else _ZERO_HOURS for v in hvals)
         states = [UserState.decode(v) for v in uvals]
         n_m = len(merchants)
         counts = MerchantCounts(
@@ -239,25 +240,38 @@ class RedisOnlineStore(FeatureStore):
     ) -> tuple[bytes, list[str]]:
         minute = batch.t_ms // engine.MINUTE_MS
         hour = minute // 60
-        day = batch.t_ms // MS_PER_DAY
+        ns = self.namespace
         entries: list[Any] = []
         names: list[str] = []
-        by_user = engine.user_rows(ucode, result.applied)
         for u, new in result.new_states.items():
             user = str(users[u])
-            rows = by_user[u]
-            counts: list[Any] = []
-            txmap: list[Any] = []
-            for i in rows.tolist():
-                m = str(merchants[mcode[i]])
-                counts += [m, int(hour[i]), int(minute[i] % 60), int(hour[i] // 24), int(hour[i] % 24)]
-                txmap += [int(day[i]), str(batch.transaction_id[i]), m]
             i = result.latest.get(u, -1)
             latest = _pack_latest(batch, i, raw[i]) if i >= 0 else False
-            entries.append([self.state_key(user), new.version, new.encode(),
-                            self.latest_key(user), latest, counts, txmap])  # fmt: skip
+            entries.append([self.state_key(user), new.version, new.encode(), self.latest_key(user), latest])
             names.append(user)
-        payload = [self.namespace, _USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS, entries]
+        rows = np.flatnonzero(result.applied)
+        counters: list[list[Any]] = []
+        # per (merchant, hour) the minutes' increments, per (merchant, day) the hours'
+        for kind, bucket, offset, width in (
+            ("minute", hour[rows], minute[rows] % 60, 64),
+            ("hour", hour[rows] // 24, hour[rows] % 24, 32),
+        ):
+            keyed = (mcode[rows].astype(np.int64) << 32 | bucket) * width + offset
+            cells, n = np.unique(keyed, return_counts=True)
+            groups, first = np.unique(cells // width, return_index=True)
+            bounds = [*first.tolist(), len(cells)]
+            infix = ":mc:" if kind == "minute" else ":hc:"
+            for g, (a, b) in zip(groups.tolist(), itertools.pairwise(bounds), strict=True):
+                ops: list[Any] = [f"{ns}:m:{merchants[g >> 32]}{infix}{g & 0xFFFFFFFF}", kind]
+                for off, k in zip((cells[a:b] % width).tolist(), n[a:b].tolist(), strict=True):
+                    ops += ["INCRBY", "u32", f"#{off}", k]
+                counters.append(ops)
+        maps: dict[int, list[Any]] = {}
+        for i in rows.tolist():
+            day = int(batch.t_ms[i] // MS_PER_DAY)
+            maps.setdefault(day, [f"{ns}:txm:{day}"]).extend((batch.transaction_id[i], merchants[mcode[i]]))
+        ttls = [_USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS]
+        payload = [*ttls, entries, counters, list(maps.values())]
         # raw (str) types: the scripts' cmsgpack predates msgpack's bin type
         return msgpack.packb(payload, use_bin_type=False), names
 

@@ -1,12 +1,12 @@
 -- Read a batch's stored state in one round trip; no arithmetic here (the actors compute).
 -- ARGV[1]: msgpack [user state keys, minute-counter keys, hour-counter keys, label requests]
 -- where a label request is [labels zset, fraud zset, min ms, max ms].
--- Reply: msgpack [user values (false when missing), the minute counters concatenated (each
--- padded to 60 u32), the hour counters concatenated (each padded to 24 u32), per label request
--- {label times, fraud times}].
+-- Reply: msgpack [user values, minute-counter values, hour-counter values (false when
+-- missing; the caller pads counters to their width), per label request {label times, fraud
+-- times}].
 local req = cmsgpack.unpack(ARGV[1])
 local ukeys, mkeys, hkeys, lreqs = req[1], req[2], req[3], req[4]
-local call, rep = redis.call, string.rep
+local call = redis.call
 
 -- MGET in slices: one redis.call per 1,000 keys, not one per key (the call is the cost)
 local function mget(keys)
@@ -16,16 +16,6 @@ local function mget(keys)
     for j = 1, #part do out[#out + 1] = part[j] end
   end
   return out
-end
-
-local function fixed(keys, width)
-  local out = mget(keys)
-  for i = 1, #out do
-    local v = out[i] or ''
-    if #v < width then v = v .. rep('\0', width - #v) elseif #v > width then v = string.sub(v, 1, width) end
-    out[i] = v
-  end
-  return table.concat(out)
 end
 
 local function times(key, lo, hi)
@@ -41,4 +31,4 @@ for i = 1, #lreqs do
   local r = lreqs[i]
   labels[i] = {times(r[1], r[3], r[4]), times(r[2], r[3], r[4])}
 end
-return cmsgpack.pack({users, fixed(mkeys, 240), fixed(hkeys, 96), labels})
+return cmsgpack.pack({users, mget(mkeys), mget(hkeys), labels})
