@@ -3,6 +3,12 @@ passed, or the live features drifted, fit challengers of every family on the rol
 of labelled transactions in PostgreSQL, compare them with the production champion on the most
 recent labelled days, and promote them when they win by a margin with enough frauds to tell.
 
+Every fitted challenger is **shadow-scored**: its ensemble scores the transactions of the
+evaluation window (the newest labelled days) that the stream decided, from the same
+point-in-time frame, and the scores are written next to the champion's in
+``decisions.shadow_score`` / ``shadow_version`` (``write_shadow_scores``; never deciding). This
+happens in the round, over that window, not per batch in the consumer.
+
 Every round is one ``training_runs`` row (``model_name = 'learn'``) saying what was decided
 and why, and a metric (``monitoring.metrics.LearnMetrics``). The hot swap of the running Serve
 app is injected (``swap``): training does not import serving (cluster/cli.py composes them).
@@ -11,8 +17,9 @@ The guard refuses a promotion on too few recent frauds, on a regression, or on a
 
 from __future__ import annotations
 
+import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -20,13 +27,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from core import db
 from core.errors import FraudrayError, ModelNotReady
 from core.families import ALL_KEYS, ENSEMBLE, MEMBER_KEYS
 from core.settings import LearnSettings, Settings
 from training.data import TIME, DataError, frame_from_store, split_by_windows
 from training.evaluate import evaluate
 from training.families import load as load_model
-from training.registry import Registry
+from training.registry import ModelVersion, Registry
 
 Action = Literal["promoted", "candidate", "refused", "skipped"]
 
@@ -43,6 +51,14 @@ class Decision:
     versions: dict[str, str] = field(default_factory=dict)  # the challenger's, per family
     window: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # Shadow scoring: decisions of the evaluation window given the challenger's score, and the
+    # AP there of what the stream decided (the live scores) and of the challenger's shadow score.
+    shadow_version: str = ""
+    shadow_rows: int = 0
+    shadow_frauds: int = 0
+    live_aucpr: float | None = None
+    shadow_aucpr: float | None = None
+    shadow_error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,20 +93,86 @@ def due(new_labels: int, minutes: float, drifted: bool, policy: LearnSettings) -
     return ""
 
 
-def champion_scores(registry: Registry, recent: pd.DataFrame) -> np.ndarray | None:
-    """The production ensemble's score on ``recent`` (each member on its own feature columns),
-    as the Serve app computes it; None when there is no complete champion."""
+def ensemble_scores(
+    members: dict[str, ModelVersion], ensemble: ModelVersion, frame: pd.DataFrame
+) -> np.ndarray:
+    """The score of ``ensemble`` over ``members`` on ``frame`` (each member on its own feature
+    columns), as the Serve app computes it."""
     from training.ensemble import Ensemble
 
+    scores = {
+        fam: load_model(fam, _path(mv.uri)).score(frame[mv.feature_names].to_numpy(np.float32))
+        for fam, mv in members.items()
+    }
+    return np.asarray(Ensemble.load(_path(ensemble.uri)).predict(scores), dtype=np.float64)
+
+
+def champion_scores(registry: Registry, recent: pd.DataFrame) -> np.ndarray | None:
+    """The production ensemble's score on ``recent``; None when there is no complete champion."""
     try:
-        scores = {}
-        for fam in MEMBER_KEYS:
-            mv = registry.production(fam)
-            scores[fam] = load_model(fam, _path(mv.uri)).score(recent[mv.feature_names].to_numpy(np.float32))
-        ens = Ensemble.load(_path(registry.production(ENSEMBLE).uri))
+        members = {fam: registry.production(fam) for fam in MEMBER_KEYS}
+        return ensemble_scores(members, registry.production(ENSEMBLE), recent)
     except (ModelNotReady, KeyError):
         return None
-    return np.asarray(ens.predict(scores), dtype=np.float64)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+_SHADOW_UPDATE = """
+UPDATE decisions d SET shadow_score = s.score, shadow_version = %s
+FROM shadow_stage s WHERE d.transaction_id = s.transaction_id
+RETURNING d.transaction_id, d.ensemble_score
+"""
+
+
+def write_shadow_scores(
+    settings: Settings, transaction_ids: Sequence[str], scores: np.ndarray, version: str
+) -> dict[str, float]:
+    """Store ``scores`` of the challenger ensemble ``version`` in ``decisions.shadow_score`` /
+    ``shadow_version`` of those transactions that have a decision (others are skipped): one
+    COPY into a temporary table and one ``UPDATE … FROM``, in one database transaction.
+    Idempotent (the same call again leaves the same rows); a later challenger overwrites.
+    Returns the live (deciding) ensemble score of every transaction updated."""
+    seen: set[str] = set()
+    lines = []
+    for tid, score in zip(transaction_ids, np.asarray(scores, dtype=np.float64).tolist(), strict=True):
+        if tid not in seen:
+            seen.add(tid)
+            lines.append(f"{tid.translate(_COPY_ESCAPES)}\t{score!r}\n")
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(
+            "CREATE TEMP TABLE shadow_stage (transaction_id text, score double precision) ON COMMIT DROP"
+        )
+        cur.copy_expert("COPY shadow_stage (transaction_id, score) FROM STDIN", io.StringIO("".join(lines)))
+        cur.execute(_SHADOW_UPDATE, (version,))
+        return {str(tid): float(live) for tid, live in cur.fetchall()}
+
+
+def shadow_score(
+    settings: Settings, decision: Decision, versions: dict[str, ModelVersion], recent: pd.DataFrame
+) -> None:
+    """Score ``recent`` with the challenger, write it next to the stream's decisions, and put
+    the live vs shadow AP on those decisions into ``decision``. A failure here is recorded
+    (``shadow_error``), it does not change the round's outcome."""
+    import psycopg2
+
+    try:
+        members = {fam: versions[fam] for fam in MEMBER_KEYS}
+        scores = ensemble_scores(members, versions[ENSEMBLE], recent)
+        decision.shadow_version = versions[ENSEMBLE].version
+        ids = recent["transaction_id"].tolist()
+        live = write_shadow_scores(settings, ids, scores, decision.shadow_version)
+    except (FraudrayError, KeyError, ValueError, OSError, psycopg2.Error) as exc:
+        decision.shadow_error = f"{type(exc).__name__}: {exc}"[:300]
+        return
+    decision.shadow_rows = len(live)
+    mask = recent["transaction_id"].isin(live).to_numpy()
+    y = recent["is_fraud"].to_numpy()[mask]
+    decision.shadow_frauds = int(y.sum())
+    if 0 < decision.shadow_frauds < len(y):
+        live_scores = np.asarray([live[t] for t in recent["transaction_id"][mask]], dtype=np.float64)
+        decision.live_aucpr = float(evaluate(live_scores, y)["aucpr"])
+        decision.shadow_aucpr = float(evaluate(scores[mask], y)["aucpr"])
 
 
 def _path(uri: str) -> Any:
@@ -141,6 +223,7 @@ def learn_once(
             )
             decision.versions = {k: v.version for k, v in result.versions.items()}
             decision.challenger_aucpr = float(result.metrics[ENSEMBLE]["aucpr"])
+            shadow_score(settings, decision, result.versions, recent)
             decision.action, decision.reason = guard(
                 decision.champion_aucpr, decision.challenger_aucpr, decision.recent_frauds, policy
             )
