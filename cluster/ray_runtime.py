@@ -52,10 +52,27 @@ def start_head(settings: Settings) -> str:
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ray_env()}, check=False)
     if out.returncode != 0:
         raise StackError(f"`ray start --head` failed:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
-    session = (Path(r.temp_dir) / "session_latest").resolve()
+    session = head_session(settings.ray.head_port, process_table())
+    if session is None:
+        raise StackError(f"`ray start --head` returned but no GCS server listens on port {r.head_port}")
     _session_file(settings).parent.mkdir(parents=True, exist_ok=True)
-    _session_file(settings).write_text(str(session))
+    _session_file(settings).write_text(session)
     return "started"
+
+
+def head_session(port: int, table: dict[int, tuple[int, str]]) -> str | None:
+    """The session directory of the head whose GCS server has ``port``, from that process's
+    command line. Not ``<temp dir>/session_latest``: every Ray started on the box moves that link
+    (the test suite's private instances, other users'), and a head that recorded another's
+    session made ``stop_head`` stop *that* Ray and leave its own GCS server running (seen
+    2026-12-04: a `make run` stopped a benchmark's Ray started 4 s after its own head)."""
+    port_arg = re.compile(rf"--gcs_server_port={port}(?!\d)")
+    for _ppid, cmd in table.values():
+        if "gcs_server" in cmd and port_arg.search(cmd):
+            found = re.search(r"--session-dir=(\S+)", cmd)
+            if found:
+                return found.group(1)
+    return None
 
 
 def _session_file(settings: Settings) -> Path:

@@ -40,3 +40,29 @@ def test_zombies_are_left_out() -> None:
         time.sleep(0.05)
     assert child.pid not in process_table()
     child.wait(10)
+
+
+def test_the_head_session_is_read_from_its_gcs_server_not_session_latest() -> None:
+    """`make run` records its head's session to stop exactly it later; session_latest moves with
+    every Ray started on the box (a benchmark's private Ray started 4 s after make run's head
+    was stopped in its place on 2026-12-04), so the session comes from the GCS server on the
+    head's port."""
+    from cluster.ray_runtime import head_session
+
+    def gcs(port: int, session: str) -> str:
+        name = session.rsplit("/", 1)[1]
+        return (
+            f"/venv/ray/core/src/ray/gcs/gcs_server --log_dir={session}/logs --gcs_server_port={port}"
+            f" --session-name={name} --session-dir={session} --node-ip-address=x"
+        )
+
+    ours = "/tmp/ray/session_2026-12-04_16-07-25_1_29035"
+    later = "/tmp/ray/session_2026-12-04_16-07-29_1_29153"
+    table = {
+        10: (1, gcs(6380, ours)),
+        20: (1, gcs(0, later)),  # a private Ray: GCS on a random port (0 on its command line)
+        30: (1, gcs(63801, later)),
+        40: (10, f"/venv/raylet --gcs-address=127.0.0.1:6380 --session_dir={later}"),
+    }
+    assert head_session(6380, table) == ours
+    assert head_session(6381, table) is None
