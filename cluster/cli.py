@@ -62,6 +62,20 @@ def stack_up(
         raise _fail(exc) from exc
 
 
+@app.command("init")
+def init_cmd() -> None:
+    """Prepare the configured Kafka and PostgreSQL (local or not): create the missing topics,
+    apply the migrations not yet applied, register the transaction schema when a Schema Registry
+    is configured. Idempotent."""
+    from cluster import setup_services
+
+    try:
+        for line in setup_services.init(get_settings()):
+            console.print(f"  {line}", highlight=False)
+    except FraudrayError as exc:
+        raise _fail(exc) from exc
+
+
 @stack_app.command("down")
 def stack_down(
     only: Annotated[list[str] | None, typer.Argument(help="services to stop (default: all)")] = None,

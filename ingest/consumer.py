@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import psycopg2
 import ray
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from core.contracts import DecisionRow, TxRow, decision_json, decision_tail
 from core.errors import FraudrayError, StoreUnavailable
 from core.families import SCORER_DEPLOYMENT
 from core.settings import Settings
@@ -110,16 +110,11 @@ class _Decoded:
     sources: list[Any] = field(default_factory=list)  # their Kafka messages
     labels: list[Label] = field(default_factory=list)
     rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (message, error, reason)
-    tx_rows: list[tuple[Any, ...]] = field(default_factory=list)
-    decision_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    tx_rows: list[TxRow] = field(default_factory=list)
+    decision_rows: list[DecisionRow] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)  # decisions/alerts payloads
     # per user, the decision of its latest transaction in the batch: (tx id, JSON) for /predict
     latest: dict[str, tuple[str, str]] = field(default_factory=dict)
-
-
-def _json_float(x: float) -> str:
-    """``json.dumps(x)`` for a float, faster: JSON writes finite floats as their repr."""
-    return repr(x) if math.isfinite(x) else json.dumps(x)
 
 
 class _Timer:
@@ -315,7 +310,7 @@ class ScoringLoop:
             done_ms, kafka_timestamps_ms(batch.sources), event_ms
         )
         batch.tx_rows = [
-            (r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
+            TxRow(r["transaction_id"], r["user_id"], r["merchant_id"], r["amount"], r["currency"],
              r["event_time"], r["country"], r["device_id"], r["channel"], r["merchant_category"],
              r["lat"], r["lon"], r["ip"], m.partition(), m.offset())
             for r, m in zip(records, batch.sources, strict=True)
@@ -325,11 +320,9 @@ class ScoringLoop:
             j = newest.get(r["user_id"])
             if j is None or (event_ms[i], r["transaction_id"]) > (event_ms[j], records[j]["transaction_id"]):
                 newest[r["user_id"]] = i
-        # /predict's copy of a decision (GET /predict's fields) is JSON built from parts: what is
-        # the same for the whole batch is encoded once, the per-model scores' JSON is the row's.
-        same = {"threshold": float(result["threshold"]), "model_version": version,
-                "model_versions": result["model_versions"]}  # fmt: skip
-        tail = json.dumps(same)[1:]
+        # /predict's copy of a decision (core.contracts.decision_json): the batch's shared part is
+        # encoded once, the per-model scores' JSON is the row's.
+        tail = decision_tail(result["threshold"], version, result["model_versions"])
         for i, r in enumerate(records):
             model_scores = {name: float(v[i]) for name, v in per_model.items()}
             scores_json = json.dumps(model_scores)
@@ -340,12 +333,10 @@ class ScoringLoop:
             if newest[r["user_id"]] == i:
                 batch.latest[r["user_id"]] = (
                     r["transaction_id"],
-                    f'{{"anomaly_score": {_json_float(payload["score"])}, '
-                    f'"is_fraud": {"true" if payload["is_fraud"] else "false"}, '
-                    f'"model_scores": {scores_json}, {tail}',
+                    decision_json(payload["score"], payload["is_fraud"], scores_json, tail),
                 )
             batch.decision_rows.append(
-                (r["transaction_id"], r["user_id"], scores_json, float(scores[i]),
+                DecisionRow(r["transaction_id"], r["user_id"], scores_json, float(scores[i]),
                  bool(flags[i]), version, float(pipeline_ms[i]), float(event_latency_ms[i]))
             )  # fmt: skip
         return pipeline_ms / 1000.0, event_latency_ms / 1000.0

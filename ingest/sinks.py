@@ -13,15 +13,7 @@ from typing import Any
 import psycopg2
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-TX_COLUMNS = (
-    "transaction_id", "user_id", "merchant_id", "amount", "currency", "event_time", "country",
-    "device_id", "channel", "merchant_category", "lat", "lon", "ip", "kafka_partition", "kafka_offset",
-)  # fmt: skip
-DECISION_COLUMNS = (
-    "transaction_id", "user_id", "scores", "ensemble_score", "is_fraud", "model_version", "latency_ms",
-    "event_latency_ms",
-)  # fmt: skip
-LABEL_COLUMNS = ("transaction_id", "is_fraud", "scenario", "labelled_at")
+from core.contracts import DECISION_COLUMNS, LABEL_COLUMNS, TX_COLUMNS
 
 _PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

@@ -24,11 +24,12 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from core.contracts import TX_COLUMNS
 from core.settings import Settings, get_settings
 from dashboards import analysis, launch, queries, screenshot
 from dashboards.timerange import Window
 from ingest.simulator import demo_transactions
-from ingest.sinks import TX_COLUMNS, PostgresSink
+from ingest.sinks import PostgresSink
 
 pytestmark = pytest.mark.integration
 
