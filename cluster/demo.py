@@ -23,10 +23,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from cluster import ray_runtime, stack
 from cluster.drift import production_reference
 from cluster.first_start import ensure_models
+from cluster.learner import LearnerThread
 from core import ray_client
 from core.settings import Settings
 from dashboards import launch
@@ -152,7 +154,13 @@ def _urls(settings: Settings, key: str) -> Table:
 
 
 def _live(
-    settings: Settings, key: str, pool: ConsumerPool, producer: PacedProducer, duration: float | None
+    settings: Settings,
+    key: str,
+    pool: ConsumerPool,
+    producer: PacedProducer,
+    duration: float | None,
+    *,
+    learner: LearnerThread | None = None,
 ) -> None:
     """Refresh the URLs and the pipeline's counters every second until ``duration`` or Ctrl-C."""
     t0 = time.monotonic()
@@ -171,8 +179,28 @@ def _live(
                 Group(
                     Panel(_urls(settings, key), title="fraudray is running — Ctrl-C stops everything"),
                     table,
+                    *([Text(f"learning loop: {learner.status}")] if learner is not None else []),
                 )
             )
+
+
+def _live_and_learn(
+    settings: Settings, key: str, pool: ConsumerPool, producer: PacedProducer, duration: float | None,
+    *, steps: Steps,
+) -> None:  # fmt: skip
+    """The live view with the learning loop (``cluster.learner``, FRAUDRAY_LEARN_*) running
+    beside it; the loop is stopped first when the view ends (Serve still up: a round that is
+    running may be swapping)."""
+    learner = LearnerThread(settings)
+    learner.start()
+    steps.note(f"learning loop started: {learner.status}")
+    try:
+        _live(settings, key, pool, producer, duration, learner=learner)
+    finally:
+        if learner.is_alive():
+            steps.note("stopping the learning loop (a round that is running finishes first) …")
+        learner.stop()
+        steps.note(f"learning loop stopped; last: {learner.status}")
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -227,7 +255,7 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
             producer = PacedProducer(settings, rate, seed if seed is not None else secrets.randbelow(2**31))
             producer.start()
         steps.note(f"ready in {time.monotonic() - steps.t0:.1f} s")
-        _live(settings, key, pool, producer, duration)
+        _live_and_learn(settings, key, pool, producer, duration, steps=steps)
     except KeyboardInterrupt:
         steps.note("stopping …")
     finally:

@@ -271,17 +271,23 @@ def run_loop(
     drifted: Callable[[], bool] = lambda: False,
     stop: Callable[[], bool] = lambda: False,
     on_decision: Callable[[Decision], None] = lambda d: None,
+    on_check: Callable[[int, str], None] = lambda new_labels, trigger: None,
+    sleep: Callable[[float], Any] = time.sleep,
     train_workers: int = 0,
 ) -> None:
-    """Check every ``poll_s`` whether a round is due (``due``) and run it; until ``stop()``."""
+    """Check every ``poll_s`` whether a round is due (``due``) and run it; until ``stop()``.
+    ``on_check`` gets each check's count of new labels and trigger ('' = not due); ``sleep``
+    waits between checks (an ``Event.wait`` ends the wait as soon as the caller stops)."""
     policy = settings.learn
     last = datetime.now(UTC)
     while not stop():
         minutes = (datetime.now(UTC) - last).total_seconds() / 60
-        trigger = due(new_labels_since(settings, last), minutes, drifted(), policy)
+        new_labels = new_labels_since(settings, last)
+        trigger = due(new_labels, minutes, drifted(), policy)
+        on_check(new_labels, trigger)
         if trigger:
             started = datetime.now(UTC)
             on_decision(learn_once(settings, trigger=trigger, swap=swap, train_workers=train_workers))
             last = started
         else:
-            time.sleep(policy.poll_s)
+            sleep(policy.poll_s)

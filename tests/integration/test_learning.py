@@ -11,6 +11,7 @@ test are restored afterwards."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -153,3 +154,22 @@ def _decisions(settings: Settings, world: World) -> dict[str, dict[str, Any]]:
             return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
     finally:
         conn.close()
+
+
+def test_the_demo_learning_thread_waits_for_labels_and_stops_at_once(local_stack: Settings) -> None:
+    """`make run`'s loop (cluster.learner): checks, says what it waits for, and a stop ends the
+    wait between checks at once (no round: thresholds out of reach)."""
+    from cluster.learner import LearnerThread
+
+    policy = {"every_labels": 10**12, "every_minutes": 10**9, "drift_psi": 10**9, "poll_s": 60.0}
+    s = local_stack.model_copy(update={"learn": local_stack.learn.model_copy(update=policy)})
+    learner = LearnerThread(s)
+    learner.start()
+    deadline = time.monotonic() + 60
+    while not learner.status.startswith("waiting:"):
+        assert learner.is_alive() and time.monotonic() < deadline, learner.status
+        time.sleep(0.1)
+    assert "new labels" in learner.status and learner.last is None
+    t0 = time.monotonic()
+    learner.stop()
+    assert not learner.is_alive() and time.monotonic() - t0 < 5
