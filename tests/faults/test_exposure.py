@@ -61,7 +61,7 @@ def _ports_of(pids: set[int]) -> dict[int, set[str]]:
 def test_defaults_bind_dashboard_and_serve_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("FRAUDRAY_RAY_DASHBOARD_HOST", "FRAUDRAY_SERVE_HTTP_HOST", "FRAUDRAY_RAY", "FRAUDRAY_SERVE"):
         monkeypatch.delenv(var, raising=False)
-    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    s = Settings(_env_file=None)
     assert s.ray.dashboard_host == "127.0.0.1"
     assert s.serve.http_host == "127.0.0.1"
 

@@ -144,7 +144,7 @@ def test_the_fraudray_environment_is_valid_settings(
             monkeypatch.delenv(key)
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        s = Settings(_env_file=None)  # type: ignore[call-arg]
+        s = Settings(_env_file=None)
         assert s.kafka.bootstrap.split(":")[0] == "kafka", name
         assert urlsplit(s.redis.url.get_secret_value()).hostname == "redis"
         assert urlsplit(s.postgres.dsn.get_secret_value()).hostname == "postgres"

@@ -159,7 +159,7 @@ def test_every_fraudray_variable_is_a_setting(where: str, monkeypatch: pytest.Mo
         monkeypatch.delenv(key)
     for key, value in _env_files()[where].items():
         monkeypatch.setenv(key, value)
-    Settings(_env_file=None)  # type: ignore[call-arg]  # raises on a name the settings do not know
+    Settings(_env_file=None)  # raises on a name the settings do not know
 
 
 def test_kubernetes_gets_all_three_service_addresses() -> None:
