@@ -59,6 +59,7 @@ SCORER_AUTOSCALING: dict[str, float] = {"min_replicas": 1, "max_replicas": 2, "t
 # made by the models this replica last saw the Ensemble answer with, at most this long ago (so
 # after a hot swap, old decisions stop being served within it); otherwise it scores again.
 LIVE_VERSIONS_MAX_AGE_S = 5.0
+INGRESS_DEPLOYMENT = "FraudApi"  # its user_config: keys, auth, LLM options (ingress_user_config)
 
 
 def autoscaling_configs() -> dict[str, dict[str, float]]:
@@ -297,26 +298,43 @@ _TX_COLUMNS = (
 )
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+@serve.deployment(name=INGRESS_DEPLOYMENT, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 @serve.ingress(api)
 class FraudApi:
     def __init__(self, scorer: DeploymentHandle, config: dict[str, Any]) -> None:
-        """``config``: ``redis_url``, ``postgres_dsn``, ``api_key_digests`` (sha256 hex; only
-        digests reach the replicas), ``auth`` (``on``: without digests every protected route
-        refuses; ``off``: no key asked) and the ``llm`` section (``base_url``, ``model``,
-        ``api_key``, ``timeout_s``)."""
+        """``config``: ``redis_url``, ``postgres_dsn`` and ``llm_api_key`` (a secret: kept out
+        of ``user_config``, which Serve shows). The keys, ``auth`` and the LLM options arrive
+        as ``user_config`` (``reconfigure``); until then (or without one) every protected route
+        refuses."""
         from training.registry import Registry
 
         self.scorer = scorer
-        self.config = dict(config)
         self.store = OnlineStore(config["redis_url"])
         self.predict_cache = PredictCache(config["redis_url"])
         self.dsn = config["postgres_dsn"]
         self.registry = Registry(Settings(postgres=PostgresSettings(dsn=SecretStr(self.dsn))))
-        self._key_digests = [bytes.fromhex(d) for d in config.get("api_key_digests", [])]
-        self._auth = config.get("auth", "on")
-        self.llm = xp.LlmConfig(**config.get("llm", {}))
+        self._llm_api_key = str(config.get("llm_api_key", ""))
+        self._key_digests: list[bytes] = []
+        self._auth = "on"
+        self.llm = xp.LlmConfig(api_key=self._llm_api_key)
         self._live: tuple[dict[str, str], float] | None = None  # (model versions, when seen)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """``user_config`` (``ingress_user_config``): ``api_key_digests`` (sha256 hex; only
+        digests reach the replicas), ``auth`` (``on``: without digests every protected route
+        refuses; ``off``: no key asked) and ``llm`` (``base_url``, ``model``, ``timeout_s``).
+
+        Serve calls it on the live replicas when only ``user_config`` changes, so a redeploy
+        that changes keys, auth or the LLM options takes effect in place (no replica replaced,
+        none of the minutes a rebuild costs). Everything is checked before anything is set:
+        a bad config leaves the previous one in force."""
+        auth = str(config.get("auth", "on"))
+        if auth not in ("on", "off"):
+            raise ValueError(f"auth must be 'on' or 'off', not {auth!r}")
+        digests = [bytes.fromhex(d) for d in config.get("api_key_digests") or []]
+        options: dict[str, Any] = {"api_key": self._llm_api_key} | dict(config.get("llm") or {})
+        llm = xp.LlmConfig(**options)
+        self._key_digests, self._auth, self.llm = digests, auth, llm
 
     def _check_key(self, key: str | None) -> None:
         if self._auth == "off":
@@ -551,6 +569,24 @@ def production_versions(settings: Settings) -> dict[str, dict[str, str]]:
     return found
 
 
+def ingress_user_config(
+    settings: Settings, *, digests: list[str], auth: str, llm: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``FraudApi``'s ``user_config``: the API key digests, ``auth`` and the LLM options
+    (``llm`` overrides the settings'; its ``api_key`` is left out: a secret, it reaches the
+    replicas through ``build_app``'s bound config instead).
+
+    Kept out of the app's ``args`` on purpose: Serve derives the app's code version from its
+    import path and ``args``, so a key in ``args`` made every key change replace every replica
+    (~4 min on this box); as ``user_config`` it is ``FraudApi.reconfigure`` on the live replica."""
+    if auth not in ("on", "off"):
+        raise ValueError(f"auth must be 'on' or 'off', not {auth!r}")
+    base = settings.llm
+    options = {"base_url": base.base_url, "model": base.model, "timeout_s": float(base.timeout_s)}
+    options |= {k: v for k, v in (llm or {}).items() if k != "api_key"}
+    return {"api_key_digests": list(digests), "auth": auth, "llm": options}
+
+
 def build_app(args: dict[str, Any] | None = None) -> Any:
     """Application builder for ``serve run serve_deployments.app:build_app``.
 
@@ -559,9 +595,14 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     ``model_uri``/``model_version`` pin the Isolation Forest), ``redis_url``, ``postgres_dsn``,
     ``api_keys`` (list or comma-separated) or ``api_key_digests``, and ``llm`` (``base_url``,
     ``model``, ``timeout_s``), ``auth`` (``on``/``off``). What is missing comes from the
-    settings (FRAUDRAY_*) and the registry's production models. Config files may override each
-    deployment's ``user_config`` (``{"uri", "version"}``): that is how
-    ``serve_deployments.deploy.hot_swap`` swaps versions.
+    settings (FRAUDRAY_*) and the registry's production models.
+
+    Config files may override each deployment's ``user_config``: ``{"uri", "version"}`` of
+    the models (``serve_deployments.deploy.hot_swap`` swaps versions so) and ``FraudApi``'s
+    keys, auth and LLM options (``ingress_user_config``; ``serve_deployments.deploy.deploy``
+    sends them so, with ``args`` left as ``{}``). The keys, auth and LLM options built here
+    (from ``args`` or the settings) are only the ``user_config`` a config without a ``FraudApi``
+    entry gets, e.g. ``serve run serve_deployments/config.yaml``.
     """
     args = dict(args or {})
     settings = get_settings()
@@ -583,26 +624,17 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
             keys = [k for k in keys.split(",") if k]
         digests = [digest(k) for k in keys]
     auth = str(args.get("auth", settings.api.auth))
-    if auth not in ("on", "off"):
-        raise ValueError(f"auth must be 'on' or 'off', not {auth!r}")
     if auth == "on" and not digests:
         log.warning(
             "no API keys (FRAUDRAY_API_KEYS): every route but /health answers 401; "
             "set FRAUDRAY_API_KEYS, or FRAUDRAY_API_AUTH=off to serve without auth"
         )
-    llm = settings.llm
-    llm_default = {
-        "base_url": llm.base_url,
-        "model": llm.model,
-        "api_key": llm.api_key.get_secret_value(),
-        "timeout_s": getattr(llm, "timeout_s", 5.0),
-    }
+    llm = dict(args.get("llm") or {})
+    user_config = ingress_user_config(settings, digests=digests, auth=auth, llm=llm)
     config = {
         "redis_url": args.get("redis_url", settings.redis.url.get_secret_value()),
         "postgres_dsn": args.get("postgres_dsn", settings.postgres.dsn.get_secret_value()),
-        "api_key_digests": digests,
-        "auth": auth,
-        "llm": llm_default | dict(args.get("llm") or {}),
+        "llm_api_key": llm.get("api_key", settings.llm.api_key.get_secret_value()),
     }
     members = {
         fam: member_models.ModelScorer.options(  # type: ignore[attr-defined]
@@ -612,4 +644,4 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
         if fam in versions
     }
     ensemble = Ensemble.options(user_config=versions.get("ensemble", {})).bind(members)  # type: ignore[attr-defined]
-    return FraudApi.bind(ensemble, config)  # type: ignore[attr-defined]
+    return FraudApi.options(user_config=user_config).bind(ensemble, config)  # type: ignore[attr-defined]

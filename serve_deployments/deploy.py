@@ -6,7 +6,10 @@ model versions as per-deployment ``user_config``: Serve derives the code version
 import path and ``args`` only, so a config that changes nothing but ``user_config`` is a
 lightweight update — ``reconfigure`` runs on the live replicas, none is restarted, no request is
 dropped. (``serve.run`` would instead give every deploy a random code version and replace every
-replica.)
+replica.) The API keys, ``auth`` and the LLM options are ``FraudApi``'s ``user_config`` too, and
+``args`` stays ``{}`` (as in serve_deployments/config.yaml) while every family is served, so a
+redeploy changing keys, auth, LLM options or versions is in place, whichever of ``fraudray
+serve``, ``make run``, ``serve run serve_deployments/config.yaml`` or a benchmark deployed last.
 """
 
 from __future__ import annotations
@@ -99,6 +102,39 @@ def _live(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[str, Any
     return ours, others
 
 
+def _live_families(settings: Settings) -> set[str] | None:
+    """The model families the running app has deployments for (None: no app)."""
+    from core.families import DEPLOYMENT_NAMES
+
+    app = (_client().get_serve_details().get("applications") or {}).get(settings.serve.app_name)
+    if app is None:
+        return None
+    live = set(app.get("deployments") or {})
+    return {family for family, name in DEPLOYMENT_NAMES.items() if name in live}
+
+
+def app_args(
+    families: list[str], live: dict[str, Any] | None, live_families: set[str] | None
+) -> dict[str, Any]:
+    """The app's ``args``: ``{}`` when every family is served — what serve_deployments/config.yaml
+    deploys, so that `serve run` of it, `fraudray serve`, `make run` and the benchmarks share one
+    code version and switching between them is in place — else ``{"families": [...]}``.
+
+    Serve rebuilds the app only when the args change, so the live app's spelling is kept when it
+    already serves these families, and the other one is used when it serves other families (a
+    build of ``{}`` made when the registry had fewer families must be rebuilt)."""
+    from core.families import MEMBER_KEYS
+
+    explicit: dict[str, Any] = {"families": sorted(families)}
+    default: dict[str, Any] = {} if set(families) == set(MEMBER_KEYS) else explicit
+    if live is None:
+        return default
+    live_args = dict(live.get("args") or {})
+    if live_families == set(families):
+        return live_args if live_args in (default, explicit) else default
+    return explicit if live_args == default else default
+
+
 def deploy(
     settings: Settings,
     api_keys: list[str] | None = None,
@@ -111,42 +147,63 @@ def deploy(
 
     Returns the base URL. The models are the registry's production versions
     (``cluster.first_start.ensure_models`` trains first-start ones beforehand). ``api_keys``
-    (only their digests reach the cluster) and ``llm`` (``base_url``, ``model``, ``timeout_s``)
-    override the settings. ``blocking`` keeps this process alive afterwards (Ctrl-C to leave;
-    the app keeps running on the cluster). ``report`` gets one line saying what kind of update
-    Serve will make (see ``change_kind``) before it waits for the app.
+    (only their digests reach the cluster; default: the settings' keys) and ``llm``
+    (``base_url``, ``model``, ``timeout_s``) override the settings; with ``auth`` they are
+    ``FraudApi``'s ``user_config``, so changing them reconfigures the live ingress in place.
+    ``blocking`` keeps this process alive afterwards (Ctrl-C to leave; the app keeps running
+    on the cluster). ``report`` gets one line saying what kind of update Serve will make (see
+    ``change_kind``) before it waits for the app.
     """
     import time
 
     from ray import serve
 
-    from serve_deployments.app import digest, production_versions
+    from serve_deployments.app import production_versions
 
     versions = production_versions(settings)
     serve.start(http_options={"host": settings.serve.http_host, "port": settings.serve.http_port})
-    # The deploying process's auth choice, not whatever environment the cluster's nodes have.
-    args: dict[str, Any] = {
-        "families": sorted(f for f in versions if f != "ensemble"),
-        "auth": settings.api.auth,
-    }
-    if api_keys is not None:
-        args["api_key_digests"] = [digest(k) for k in api_keys]
-    if llm is not None:
-        args["llm"] = {k: v for k, v in llm.items() if k != "api_key"}
-    app = {
-        "name": settings.serve.app_name,
-        "route_prefix": "/",
-        "import_path": IMPORT_PATH,
-        "args": args,
-        "deployments": _deployments(versions),
-    }
+    keys = settings.api.key_list() if api_keys is None else api_keys
     ours, others = _live(settings)
+    live_families = _live_families(settings) if ours is not None else None
+    app = app_config(settings, versions, keys, llm=llm, live=ours, live_families=live_families)
     if report is not None:
         report(change_kind(ours, app))
     _apply(settings, app, others)
     while blocking:
         time.sleep(3600)
     return f"http://{settings.serve.http_host}:{settings.serve.http_port}"
+
+
+def app_config(
+    settings: Settings,
+    versions: dict[str, dict[str, str]],
+    api_keys: list[str],
+    *,
+    llm: dict[str, Any] | None = None,
+    live: dict[str, Any] | None = None,
+    live_families: set[str] | None = None,
+) -> dict[str, Any]:
+    """The declarative config of the app ``deploy`` applies: ``args`` from ``app_args``, the
+    model versions and autoscaling per deployment (``_deployments``), and ``FraudApi``'s keys
+    (digests), ``auth`` and LLM options as its ``user_config`` — out of ``args``, so that
+    changing them is no new code version."""
+    from serve_deployments.app import INGRESS_DEPLOYMENT, digest, ingress_user_config
+
+    # The deploying process's auth choice, not whatever environment the cluster's nodes have.
+    ingress = {
+        "name": INGRESS_DEPLOYMENT,
+        "user_config": ingress_user_config(
+            settings, digests=[digest(k) for k in api_keys], auth=settings.api.auth, llm=llm
+        ),
+    }
+    families = sorted(f for f in versions if f != "ensemble")
+    return {
+        "name": settings.serve.app_name,
+        "route_prefix": "/",
+        "import_path": IMPORT_PATH,
+        "args": app_args(families, live, live_families),
+        "deployments": [*_deployments(versions), ingress],
+    }
 
 
 def change_kind(live: dict[str, Any] | None, new: dict[str, Any]) -> str:
@@ -160,8 +217,12 @@ def change_kind(live: dict[str, Any] | None, new: dict[str, Any]) -> str:
                      if live.get("args", {}).get(k) != new["args"].get(k))  # fmt: skip
     if live.get("import_path") != new["import_path"] or changed:
         return f"args changed ({', '.join(changed) or 'import path'}): Serve replaces every replica"
-    if live.get("deployments") != new["deployments"]:
-        return "only user_config/options changed: the live replicas reconfigure in place"
+    before = {d["name"]: d for d in live.get("deployments") or []}
+    after = {d["name"]: d for d in new["deployments"]}
+    changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+    if changed:
+        names = ", ".join(changed)
+        return f"only user_config/options changed ({names}): the live replicas reconfigure in place"
     return "unchanged: nothing to redeploy"
 
 
@@ -190,12 +251,15 @@ def hot_swap(settings: Settings) -> dict[str, str]:
         )
     from core.families import DEPLOYMENT_NAMES
 
-    args = dict(ours.get("args") or {})
-    members = {DEPLOYMENT_NAMES[f] for f in versions if f in DEPLOYMENT_NAMES}
-    details = _client().get_serve_details()["applications"][settings.serve.app_name]
-    live_members = set(details.get("deployments") or {}) & set(DEPLOYMENT_NAMES.values())
-    if members != live_members:  # new args => new code version => Serve rebuilds the app
-        args["families"] = sorted(f for f in versions if f in DEPLOYMENT_NAMES)
+    families = sorted(f for f in versions if f in DEPLOYMENT_NAMES)
+    members = {DEPLOYMENT_NAMES[f] for f in families}
+    args = dict(ours.get("args") or {})  # the live app's, as long as it serves these families
+    live_families = _live_families(settings)
+    if live_families != set(families):  # new args => new code version => Serve rebuilds the app
+        # A builder-made config ({} or families) gets the usual spelling; one with args of its
+        # own (pinned models, addresses: the fault and multi-node tests) keeps them.
+        plain = set(args) <= {"families"}
+        args = app_args(families, ours, live_families) if plain else args | {"families": families}
     overrides = {
         d["name"]: dict(d)
         for d in ours.get("deployments") or []

@@ -317,6 +317,9 @@ def _deploy_serve(s: Settings) -> None:
             "models": versions,
             "redis_url": s.redis.url.get_secret_value(),
             "postgres_dsn": s.postgres.dsn.get_secret_value(),
+            # Auth is on by default: without keys every route but /health answers 401. No fault
+            # test calls the HTTP API (the consumers call the Ensemble's handle); one that does
+            # must deploy with a key (tests.helpers.API_KEY), not switch auth off.
             "api_keys": [],
         },
         "deployments": serving._deployments(versions),

@@ -185,6 +185,58 @@ def test_hot_swap_under_load_drops_nothing_and_keeps_the_replicas(
     assert _replica_ids(s.serve.app_name) == replicas  # reconfigured in place, none replaced
 
 
+def _replica_processes(app_name: str) -> dict[str, tuple[str, int]]:
+    """Every running replica of the app: replica id -> (actor id, pid)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    assert client is not None
+    details = client.get_serve_details()["applications"][app_name]["deployments"]
+    return {
+        r["replica_id"]: (r["actor_id"], r["pid"])
+        for d in details.values()
+        for r in d["replicas"]
+        if r["state"] == "RUNNING"
+    }
+
+
+def test_a_redeploy_changing_only_the_key_is_applied_in_place(app: tuple[str, Settings]) -> None:
+    """`fraudray serve` / `make run` (``deploy``) onto the app `serve run config.yaml` started,
+    with another key: the keys are FraudApi's user_config, not the app's args, so Serve keeps
+    the code version and every replica (same actors, same processes) and FraudApi's
+    ``reconfigure`` takes the new key at once; the old one is refused. (With the keys in args,
+    Serve replaced all five replicas: 35 s on this box, minutes when it is busy; issue #26.)"""
+    url, s = app
+    # The settings of the app's environment (its LLM endpoint: conftest) with the app's port,
+    # so that only the key differs from what is deployed.
+    here = Settings().model_copy(update={"serve": s.serve})
+    before = _replica_processes(s.serve.app_name)
+    assert len(before) == 5, before  # the four scorers and FraudApi, one replica each
+    rotated = f"rotated-{uuid.uuid4().hex}"
+    said: list[str] = []
+    try:
+        t0 = time.monotonic()
+        serving.deploy(here, api_keys=[rotated], report=said.append)
+        while httpx.get(f"{url}/models", headers={"X-API-Key": rotated}, timeout=30).status_code != 200:
+            assert time.monotonic() - t0 < 60, "the new key is not accepted after 60 s"
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        assert said == ["only user_config/options changed (FraudApi): the live replicas reconfigure in place"]
+        assert _replica_processes(s.serve.app_name) == before  # same actors, same pids
+        for refused in (API_KEY, None):
+            headers = {"X-API-Key": refused} if refused else {}
+            assert httpx.get(f"{url}/models", headers=headers, timeout=30).status_code == 401
+        assert httpx.get(f"{url}/health", timeout=30).status_code == 200  # open, as before
+        print(f"\nkey-only redeploy applied in place in {took:.1f} s")
+    finally:
+        serving.deploy(here, api_keys=[API_KEY])  # the other tests' key, in place again
+    wait_s = time.monotonic() + 60
+    while httpx.get(f"{url}/models", headers=HEADERS, timeout=30).status_code != 200:
+        assert time.monotonic() < wait_s, "the suite's key is not accepted again"
+        time.sleep(0.2)
+    assert _replica_processes(s.serve.app_name) == before
+
+
 @ray.remote(num_cpus=0)
 class _Load:
     """Keeps ``concurrency`` calls in flight on the Autoencoder from inside the cluster, as the

@@ -171,3 +171,57 @@ def test_kubernetes_gets_all_three_service_addresses() -> None:
     }
     assert {"FRAUDRAY_KAFKA_BOOTSTRAP", "FRAUDRAY_REDIS_URL", "FRAUDRAY_POSTGRES_DSN"} <= set(k8s)
     assert Path(REPO_ROOT / "deploy" / "kuberay" / "secrets.example.yaml").is_file()
+
+
+def _code_version(app: dict[str, Any]) -> str:
+    """Ray Serve's own code version of an app config: a change of it replaces every replica."""
+    from ray.serve._private.deploy_utils import get_app_code_version
+    from ray.serve.schema import ServeApplicationSchema
+
+    return get_app_code_version(ServeApplicationSchema.model_validate(app))
+
+
+def test_keys_auth_and_llm_options_are_no_new_code_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fraudray serve`, `make run`, the benchmarks (``deploy``) and `serve run
+    serve_deployments/config.yaml` deploy one code version whatever the keys, auth, LLM options
+    and model versions: those are user_config (FraudApi's, the models'), applied in place by
+    ``reconfigure``; only another set of families (or another import path) rebuilds the app."""
+    from serve_deployments import deploy as serving
+
+    s = Settings()
+    versions = {f: {"uri": "/m", "version": "v1"} for f in ("if", "xgb", "ae", "ensemble")}
+    one_box = yaml.safe_load((REPO_ROOT / "serve_deployments" / "config.yaml").read_text())
+    (local,) = one_box["applications"]
+    base = serving.app_config(s, versions, ["key-1"])
+    assert base["args"] == local["args"] == {}
+    same = [
+        base,
+        local,
+        serving.app_config(s, versions, ["key-2", "key-3"]),
+        serving.app_config(s, versions, ["key-1"], llm={"base_url": "http://llm:1/v1", "model": "m"}),
+        serving.app_config(s, {**versions, "if": {"uri": "/m2", "version": "v2"}}, ["key-1"]),
+        serving.app_config(
+            s.model_copy(update={"api": s.api.model_copy(update={"auth": "off"})}), versions, []
+        ),
+    ]
+    assert len({_code_version(app) for app in same}) == 1
+    ingress = [d for app in same[2:4] for d in app["deployments"] if d["name"] == "FraudApi"]
+    assert ingress[0]["user_config"] != ingress[1]["user_config"]
+    assert all("api_key" not in d["user_config"]["llm"] for d in ingress)  # no secret in a config
+    only_if = serving.app_config(s, {"if": versions["if"]}, ["key-1"])
+    assert _code_version(only_if) != _code_version(base)
+
+
+def test_app_args_rebuild_only_when_the_served_families_change() -> None:
+    from serve_deployments.deploy import app_args
+
+    every = ["ae", "if", "xgb"]
+    assert app_args(every, None, None) == {}
+    assert app_args(["if"], None, None) == {"families": ["if"]}
+    assert app_args(every, {"args": {}}, set(every)) == {}  # in place
+    assert app_args(every, {"args": {"families": every}}, set(every)) == {"families": every}  # kept
+    # An app whose keys were args (before they became user_config): one rebuild to the new shape.
+    assert app_args(every, {"args": {"families": every, "api_key_digests": ["ab"]}}, set(every)) == {}
+    # `{}` built while the registry had only the IF: the args must change for Serve to rebuild.
+    assert app_args(every, {"args": {}}, {"if"}) == {"families": every}
+    assert app_args(every, {"args": {"families": ["if"]}}, {"if"}) == {}
