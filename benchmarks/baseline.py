@@ -19,8 +19,8 @@ import psycopg2
 from confluent_kafka import Consumer
 
 from core.settings import Settings
+from features.validation import validate
 from ingest.serde import TransactionSerde, event_time_ms
-from ingest.validation import validate
 
 STEPS = ("poll", "decode", "features", "score", "insert", "commit")
 

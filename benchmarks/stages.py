@@ -22,10 +22,10 @@ import redis
 from core import db
 from core.settings import Settings
 from features.online import OnlineStore
+from features.validation import validate
 from ingest.producer import producer_config
 from ingest.serde import TransactionSerde
 from ingest.sinks import KafkaSink, PostgresSink
-from ingest.validation import validate
 
 MODEL_BATCHES = (1, 100, 1000, 10_000)  # and the consumer's batch size
 

@@ -36,11 +36,11 @@ from core.settings import Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
 from features.online.decisions import DecisionWriter
+from features.validation import validate
 from ingest.labels import Label, LabelError, iso_ms, parse_label
 from ingest.producer import producer_config
 from ingest.serde import TransactionSerde, event_time_ms, registry_from_settings
 from ingest.sinks import KafkaSink, PostgresSink
-from ingest.validation import validate
 from monitoring.drift import DriftWindow
 from monitoring.latency import decision_latencies_ms, kafka_timestamps_ms
 from monitoring.metrics import PipelineMetrics

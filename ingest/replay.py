@@ -22,8 +22,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from core.errors import FraudrayError
+from features.validation import validate
 from ingest.simulator.population import SALT_LABEL, hash01
-from ingest.validation import validate
 
 REQUIRED: tuple[str, ...] = ("transaction_id", "user_id", "merchant_id", "amount", "currency", "event_time",
                              "country")  # fmt: skip
@@ -432,7 +432,7 @@ def load(
     """Read, map, parse and validate ``path`` (``.parquet``/``.pq`` = Parquet, else CSV).
 
     ``start`` shifts every event time so that the earliest is ``start``. Validation is the
-    consumer's (:func:`ingest.validation.validate` against ``now``), so a replayed row that
+    consumer's (:func:`features.validation.validate` against ``now``), so a replayed row that
     passes here is never dead-lettered downstream.
     """
     if not path.is_file():

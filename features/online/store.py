@@ -41,17 +41,6 @@ from features.kernel import MS_PER_DAY, RAW_KEYS, TxBatch, assemble, empty_raw, 
 from features.online import engine
 from features.online.engine import MerchantCounts, UserState
 
-__all__ = [
-    "FEATURE_NAMES",
-    "RESERVED_CHARACTERS",
-    "FeatureStore",
-    "FeatureStoreError",
-    "OnlineStore",
-    "RedisOnlineStore",
-    "decode_latest",
-    "records_features",
-]
-
 # Records per read-compute-write round: a batch spanning more event time than this is split
 # (the counters a round reads grow with its span). Rounds run in the batch's order, which is
 # the order the engine walks the records in, so splitting changes no feature and no state.

@@ -30,8 +30,8 @@ from dashboards import queries
 from dashboards.timerange import Window
 from features.catalogue import FEATURE_NAMES
 from features.online import FeatureStoreError, OnlineStore
+from features.validation import validate
 from ingest.sinks import PostgresSink
-from ingest.validation import validate
 from training.registry import Registry
 
 pytestmark = [pytest.mark.integration]

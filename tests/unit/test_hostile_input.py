@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from core.errors import DecodeError
 from features.catalogue import FEATURE_NAMES
 from features.online import records_features
+from features.validation import MAX_AMOUNT, MAX_FUTURE_MS, MAX_ID_LEN, MIN_AMOUNT, MIN_EVENT_MS, validate
 from ingest.serde import MAGIC, FastRecordEncoder, TransactionSerde, event_time_ms
-from ingest.validation import MAX_AMOUNT, MAX_FUTURE_MS, MAX_ID_LEN, MIN_AMOUNT, MIN_EVENT_MS, validate
 
 SERDE = TransactionSerde()
 FAST = FastRecordEncoder.for_serde(SERDE)

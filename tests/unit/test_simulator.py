@@ -14,12 +14,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from features.validation import validate
 from ingest.serde import TransactionSerde
 from ingest.simulator import SimConfig, Simulator, demo_transactions, parse_mix, retag, world, write_parquet
 from ingest.simulator.batch import SCENARIO_CODE, SCENARIOS, Columns
 from ingest.simulator.population import build_population
 from ingest.simulator.scenarios import SCENARIO_TYPES, Context
-from ingest.validation import validate
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 SCHEMA_FIELDS = [f["name"] for f in TransactionSerde().schema["fields"]]

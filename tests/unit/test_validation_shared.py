@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from features.validation import validate
-from ingest import validation as stream_validation
+from ingest import consumer as stream
 from serve_deployments.app import TransactionIn
 
 
@@ -50,7 +50,7 @@ def test_the_api_and_the_stream_agree(patch: dict[str, Any], valid: bool) -> Non
     record = {**body, "event_time": datetime.fromisoformat(body["event_time"])}
     reason = validate(record, int(time.time() * 1000))
     assert (reason is None) == valid, reason
-    assert stream_validation.validate is validate  # the stream's name for the same function
+    assert stream.validate is validate  # the consumer checks records with the same function
     if valid:
         TransactionIn.model_validate(body)
         return
