@@ -154,9 +154,12 @@ class Scenario(ABC):
     def code(self) -> int:
         return SCENARIO_CODE[self.name]
 
-    @abstractmethod
+    incident_size: ClassVar[tuple[int, int]]  # fraudulent transactions per incident, inclusive
+
     def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """Fraudulent transactions of ``n`` new incidents."""
+        low, high = self.incident_size
+        return rng.integers(low, high + 1, n)
 
     @abstractmethod
     def generate(
@@ -219,8 +222,7 @@ class AccountTakeover(_AbroadScenario):
     min_span_ms = 30 * MINUTE_MS
     max_span_ms = 4 * HOUR_MS
 
-    def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(2, 7, n)
+    incident_size = (2, 6)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
@@ -236,8 +238,7 @@ class CardTesting(_AbroadScenario):
     min_span_ms = 2 * MINUTE_MS
     max_span_ms = 15 * MINUTE_MS
 
-    def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(10, 41, n)
+    incident_size = (10, 40)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
@@ -252,8 +253,7 @@ class CompromisedMerchant(Scenario):
     name = "compromised_merchant"
     max_span_ms = 5 * DAY_MS
 
-    def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(30, 91, n)
+    incident_size = (30, 90)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
@@ -287,8 +287,7 @@ class ImpossibleTravel(Scenario):
     name = "impossible_travel"
     max_span_ms = 3 * HOUR_MS
 
-    def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(1, 4, n)
+    incident_size = (1, 3)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
@@ -356,8 +355,7 @@ class BustOut(Scenario):
     name = "bust_out"
     max_span_ms = 20 * DAY_MS + 36 * HOUR_MS
 
-    def sizes(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        return rng.integers(12, 31, n)  # a third build-up (4–10), the rest the bust (8–20)
+    incident_size = (12, 30)  # a third build-up (4–10), the rest the bust (8–20)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, starts: np.ndarray, sizes: np.ndarray
