@@ -25,22 +25,12 @@ def chart(report: dict[str, Any], png: Path) -> None:
     ax.bar([str(r["actors"]) for r in rows], [r["tx_per_s"] for r in rows], color="#3b7dd8")
     for i, r in enumerate(rows):
         ax.annotate(f"{r['tx_per_s']:,.0f}", (i, r["tx_per_s"]), ha="center", va="bottom", fontsize=9)
-    if report.get("stages"):
-        ax.axhline(
-            report["stages"]["limit_tx_per_s"],
-            color="#d83b3b",
-            ls="--",
-            lw=1,
-            label=f"stage-sum limit {report['stages']['limit_tx_per_s']:,} tx/s",
-        )
-    if report.get("baseline"):
-        ax.axhline(
-            report["baseline"]["tx_per_s"],
-            color="#777",
-            ls=":",
-            lw=1,
-            label=f"per-message baseline {report['baseline']['tx_per_s']:,.0f} tx/s",
-        )
+    lines = (("stages", "limit_tx_per_s", "#d83b3b", "--", "stage-sum limit {:,.0f} tx/s"),
+             ("baseline", "tx_per_s", "#777", ":", "per-message baseline {:,.0f} tx/s"))  # fmt: skip
+    for section, key, color, style, label in lines:
+        if report.get(section):
+            value = report[section][key]
+            ax.axhline(value, color=color, ls=style, lw=1, label=label.format(value))
     ax.set_xlabel("consumer actors")
     ax.set_ylabel("scored + committed tx/s")
     m = report["machine"]

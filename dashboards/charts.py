@@ -65,13 +65,12 @@ def choropleth(table: pd.DataFrame, measure: str) -> go.Figure:
 def pr_roc(curves: Curves) -> tuple[go.Figure, go.Figure]:
     """Precision–recall and ROC figures of labelled decisions."""
     pr = go.Figure(go.Scatter(x=curves.recall, y=curves.precision, mode="lines", name="ensemble"))
+    unit_square = {"xaxis_range": [0, 1], "yaxis_range": [0, 1.02], "height": 380}
     pr.update_layout(
         title=f"Precision–recall (AP {curves.average_precision:.3f})",
         xaxis_title="recall",
         yaxis_title="precision",
-        xaxis_range=[0, 1],
-        yaxis_range=[0, 1.02],
-        height=380,
+        **unit_square,
     )
     roc = go.Figure(go.Scatter(x=[0.0, *curves.fpr], y=[0.0, *curves.recall], mode="lines", name="ensemble"))
     roc.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot"}, name="chance"))
@@ -79,8 +78,6 @@ def pr_roc(curves: Curves) -> tuple[go.Figure, go.Figure]:
         title=f"ROC (AUC {curves.roc_auc:.3f})",
         xaxis_title="false-positive rate",
         yaxis_title="true-positive rate",
-        xaxis_range=[0, 1],
-        yaxis_range=[0, 1.02],
-        height=380,
+        **unit_square,
     )
     return pr, roc

@@ -21,15 +21,10 @@ _SEEN = st.column_config.DatetimeColumn("last seen (UTC)", format="YYYY-MM-DD HH
 _CONFIRMED = st.column_config.NumberColumn("confirmed fraud", format="%d")
 
 
-def _users(window: Window) -> pd.DataFrame | None:
-    users = common.fetch(queries.top_users, common.dsn(), window, TOP_N)
-    if users is None:
-        return None
-    if users.empty:
-        common.empty_state(common.no_data("decided transactions", window))
-        return users
+def _ranking(frame: pd.DataFrame, amount_column: str, amount_label: str) -> None:
+    """A top-risk table: the columns both rankings share, plus their amount column."""
     st.dataframe(
-        users,
+        frame,
         hide_index=True,
         width="stretch",
         column_config={
@@ -38,9 +33,19 @@ def _users(window: Window) -> pd.DataFrame | None:
             "alert_rate": _RATE,
             "last_seen": _SEEN,
             "confirmed_fraud": _CONFIRMED,
-            "amount_usd": st.column_config.NumberColumn("amount (USD)", format="%.0f"),
+            amount_column: st.column_config.NumberColumn(amount_label, format="%.0f"),
         },
     )
+
+
+def _users(window: Window) -> pd.DataFrame | None:
+    users = common.fetch(queries.top_users, common.dsn(), window, TOP_N)
+    if users is None:
+        return None
+    if users.empty:
+        common.empty_state(common.no_data("decided transactions", window))
+        return users
+    _ranking(users, "amount_usd", "amount (USD)")
     st.caption(f"The {TOP_N} users with the most alerts, then the highest score. Click a header to sort.")
     return users
 
@@ -52,19 +57,7 @@ def _merchants(window: Window) -> None:
     if merchants.empty:
         common.empty_state(common.no_data("decided transactions", window))
         return
-    st.dataframe(
-        merchants,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "max_score": _SCORE,
-            "mean_score": _MEAN,
-            "alert_rate": _RATE,
-            "last_seen": _SEEN,
-            "confirmed_fraud": _CONFIRMED,
-            "fraud_amount_usd": st.column_config.NumberColumn("fraud amount (USD)", format="%.0f"),
-        },
-    )
+    _ranking(merchants, "fraud_amount_usd", "fraud amount (USD)")
     st.caption(f"The {TOP_N} merchants with the most alerts, then the highest score.")
 
 
