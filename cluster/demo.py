@@ -209,7 +209,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 def _bring_up(settings: Settings, steps: Steps) -> tuple[list[str], bool]:
     """The stack and Ray: returns the services that were up before and whether the head is ours."""
-    with steps.step("local stack (PostgreSQL, Redis, Kafka, Prometheus, Alertmanager)"):
+    with steps.step("local stack (PostgreSQL, Redis, Kafka, Schema Registry, Prometheus, Alertmanager)"):
         already_up = [name for name, svc in stack.services(settings).items() if svc.pid() is not None]
         stack.up(settings)
     with steps.step("Ray head"):
@@ -229,6 +229,8 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
     key = api_key(settings)
     steps = Steps(settings.var_dir / "log" / "demo.log")
     already_up, head_started = _bring_up(settings, steps)
+    settings = stack.with_schema_registry(settings)  # producer and consumers use the stack's registry
+    steps.note(f"    Schema Registry: {settings.kafka.schema_registry_url}")
     # Ctrl-C and `kill` (SIGTERM, as process managers stop things) both end in the clean stop
     # below, also when this process was started with SIGINT ignored (`make run &` from a script,
     # nohup: Python then installs no Ctrl-C handler). After ray.init: Ray's driver installs a

@@ -522,6 +522,16 @@ class SchemaRegistry(Service):
         return f"http://127.0.0.1:{self.port}/apis/ccompat/v7"
 
 
+def with_schema_registry(settings: Settings) -> Settings:
+    """``settings`` with the local stack's Schema Registry when none is configured (``make run``
+    sends and reads its records through it; an empty URL elsewhere means the file registry)."""
+    if settings.kafka.schema_registry_url:
+        return settings
+    url = SchemaRegistry("schema-registry", settings.stack.schema_registry_port, settings).url
+    kafka = settings.kafka.model_copy(update={"schema_registry_url": url})
+    return settings.model_copy(update={"kafka": kafka})
+
+
 def services(settings: Settings) -> dict[str, Service]:
     """The stack in start order."""
     return {
