@@ -80,7 +80,7 @@ def _key_class(key: str, ns: str) -> str:
     if parts[0] == "u":
         return f"user:{parts[-1]}"
     if parts[0] == "m":
-        return f"merchant:{parts[-1]}"
+        return f"merchant:{parts[2] if len(parts) > 3 else parts[-1]}"  # :mc:<hour> -> merchant:mc
     return parts[0]
 
 

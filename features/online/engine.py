@@ -174,9 +174,10 @@ def compute(
     txids = batch.transaction_id
     order = np.array(sorted(range(n), key=lambda i: (batch.t_ms[i], txids[i])), dtype=np.int64)
     applied = np.zeros(n, dtype=bool)
-    welford = np.zeros((n, 3))
-    seen_out = np.zeros((n, 3))
-    before = np.zeros(n, dtype=np.int64)  # the user's events processed before the record
+    # Python lists while walking (a numpy row assignment costs ~1 µs), arrays afterwards
+    welford: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * n
+    seen_out: list[list[float]] = [[]] * n
+    before = [0] * n  # the user's events processed before the record
     touched: dict[int, UserState] = {}
     known: dict[int, set[str]] = {}
     kept: dict[int, int] = {}  # events the user's store holds (capped), as in the zset
@@ -199,7 +200,8 @@ def compute(
         before[i] = count[u]
         welford[i] = (cur.n, cur.mean, cur.m2)
         keys = _novelty_keys(batch, i)
-        seen_out[i] = [NOT_APPLICABLE if key is None else cur.seen.get(key, NONE) for key in keys]
+        seen = cur.seen
+        seen_out[i] = [NOT_APPLICABLE if key is None else seen.get(key, NONE) for key in keys]
         if not apply or tx in known[u]:
             continue
         hwm = cur.hwm
@@ -214,28 +216,47 @@ def compute(
         kept[u] = min(kept[u] + 1, k_cap)
         count[u] += 1
         added[u].append((t, tx))
-        if _fold_one(new, amt[i], t, tx, dict(zip(keys, seen_out[i].tolist(), strict=True))):
+        if _fold_one(new, amt[i], t, tx, dict(zip(keys, seen_out[i], strict=True))):
             latest[u] = i
 
-    raw = {"user.n": welford[:, 0], "user.mean": welford[:, 1], "user.m2": welford[:, 2]}
-    for j, fld in enumerate(cat.NOVELTY_FIELDS):
-        raw[f"user.seen.{fld}"] = seen_out[:, j]
-    raw |= _user_windows(batch, order, ucode, states, applied, before=before)
+    raw = _running_raw(welford, seen_out)
+    h = _history(batch, order, ucode, states, applied, before=np.array(before, dtype=np.int64))
+    raw |= _window_sums(h) | _previous(h) | _distinct(h, ucode)
     raw |= _merchant_counts(batch, order, mcode, applied, merchants)
-    rows = user_rows(ucode, applied)
-    for u, new in touched.items():
-        _fold(new, batch, rows[u])
+    _fold_all(touched, h)
     return Outcome(raw, applied, touched, latest)
 
 
-def user_rows(ucode: np.ndarray, applied: np.ndarray) -> dict[int, np.ndarray]:
-    """The applied rows of each user (ascending), grouped in one sort."""
-    rows = np.flatnonzero(applied)
-    users = ucode[rows]
-    o = np.argsort(users, kind="stable")
-    rows, users = rows[o], users[o]
-    cut = np.flatnonzero(np.diff(users)) + 1
-    return {int(g[0]): r for g, r in zip(np.split(users, cut), np.split(rows, cut), strict=True) if len(g)}
+def _fold_all(touched: dict[int, UserState], h: _History) -> None:
+    """Each touched user's retained events: its rows of the history (already sorted by time and
+    id), those within the retention of the new high-water mark, the newest ``USER_EVENTS_CAP``;
+    last-seen times pruned to the novelty horizon and cap."""
+    if not touched:
+        return
+    users = np.fromiter(touched, dtype=np.int64, count=len(touched))
+    ends = np.searchsorted(h.key, (users + 1) * _T_BITS, "left")
+    hwm = np.array([touched[u].hwm or 0 for u in users.tolist()], dtype=np.int64)
+    firsts = np.searchsorted(h.key, users * _T_BITS + hwm - USER_RETAIN_MS, "left")
+    starts = np.maximum(firsts, ends - cat.USER_EVENTS_CAP)
+    for u, a, b in zip(users.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        new = touched[u]
+        new.t, new.amount = h.t[a:b].copy(), h.amount[a:b].copy()
+        new.lat, new.lon = h.lat[a:b].copy(), h.lon[a:b].copy()
+        new.country, new.txid = h.country[a:b].tolist(), h.txid[a:b].tolist()
+        horizon = (new.hwm or 0) - NOVELTY_MS
+        seen = {k: v for k, v in new.seen.items() if v >= horizon}
+        if len(seen) > cat.NOVELTY_CAP:
+            seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-cat.NOVELTY_CAP :])
+        new.seen = seen
+
+
+def _running_raw(welford: list[tuple[float, float, float]], seen: list[list[float]]) -> dict[str, np.ndarray]:
+    w = np.array(welford, dtype=np.float64).reshape(len(welford), 3)
+    so = np.array(seen, dtype=np.float64).reshape(len(seen), 3)
+    raw = {"user.n": w[:, 0], "user.mean": w[:, 1], "user.m2": w[:, 2]}
+    for j, fld in enumerate(cat.NOVELTY_FIELDS):
+        raw[f"user.seen.{fld}"] = so[:, j]
+    return raw
 
 
 def _novelty_keys(batch: TxBatch, i: int) -> tuple[str | None, str, str]:
@@ -267,32 +288,6 @@ def _fits(st: UserState, added: list[tuple[int, str]], t: int, tx: str) -> bool:
     return (t, tx) >= events[-cat.USER_EVENTS_CAP]
 
 
-def _fold(new: UserState, batch: TxBatch, rows: np.ndarray) -> None:
-    """The user's retained events with the applied ``rows`` added, trimmed to the retention and
-    the cap; last-seen times older than the novelty horizon dropped, the least recent beyond
-    ``NOVELTY_CAP``."""
-    t = np.concatenate([new.t, batch.t_ms[rows]])
-    txid = [*new.txid, *batch.transaction_id[rows].tolist()]
-    if len(new.t) == 0 or t[len(new.t) :].min() > new.t[-1]:  # all newer: sort only the rows
-        o = np.array(sorted(range(len(new.t), len(t)), key=lambda i: (t[i], txid[i])), dtype=np.int64)
-        o = np.concatenate([np.arange(len(new.t), dtype=np.int64), o])
-    else:
-        o = np.array(sorted(range(len(t)), key=lambda i: (t[i], txid[i])), dtype=np.int64)
-    keep = o[t[o] >= (new.hwm or 0) - USER_RETAIN_MS][-cat.USER_EVENTS_CAP :]
-    new.t = t[keep]
-    new.amount = np.concatenate([new.amount, batch.amount[rows]])[keep]
-    new.lat = np.concatenate([new.lat, batch.lat[rows]])[keep]
-    new.lon = np.concatenate([new.lon, batch.lon[rows]])[keep]
-    country = [*new.country, *batch.country[rows].tolist()]
-    new.country = [country[i] for i in keep.tolist()]
-    new.txid = [txid[i] for i in keep.tolist()]
-    horizon = (new.hwm or 0) - NOVELTY_MS
-    seen = {k: v for k, v in new.seen.items() if v >= horizon}
-    if len(seen) > cat.NOVELTY_CAP:
-        seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-cat.NOVELTY_CAP :])
-    new.seen = seen
-
-
 @dataclass
 class _History:
     """The users' retained events + the batch's applied records, sorted by (user, time, id),
@@ -305,6 +300,8 @@ class _History:
     lat: np.ndarray
     lon: np.ndarray
     code: np.ndarray
+    country: np.ndarray  # object arrays, in history order
+    txid: np.ndarray
     q_code: np.ndarray
     n_c: int
     key: np.ndarray
@@ -315,19 +312,6 @@ class _History:
     def lower(self, window_s: int) -> np.ndarray:
         """First retained row inside ``[t - window, t)``."""
         return np.maximum(np.searchsorted(self.key, self.qkey - window_s * 1000, "left"), self.retained)
-
-
-def _user_windows(
-    batch: TxBatch, order: np.ndarray, ucode: np.ndarray, states: Sequence[UserState], applied: np.ndarray,
-    *, before: np.ndarray,
-) -> dict[str, np.ndarray]:  # fmt: skip
-    """Window counts and sums, previous (located) transaction and distinct countries of every
-    record, over the history = the users' retained events + the batch's applied records."""
-    h = _history(batch, order, ucode, states, applied, before=before)
-    raw = _window_sums(h)
-    raw |= _previous(h)
-    raw |= _distinct(h, ucode)
-    return raw
 
 
 def _history(
@@ -362,7 +346,11 @@ def _history(
     # the cap: the newest USER_EVENTS_CAP events processed before the record are retained
     # (for an applied in-order record: its own position - CAP, as offline)
     retained = start + np.maximum(before - cat.USER_EVENTS_CAP, 0)
-    return _History(h_u, h_t, h_amt, h_lat, h_lon, h_code, q_code, n_c, hkey, qkey, s, retained)
+    h_country = np.array(h_c, dtype=object)[o] if len(h_c) else np.empty(0, dtype=object)
+    h_txid = np.array(h_tx, dtype=object)[o] if len(h_tx) else np.empty(0, dtype=object)
+    return _History(
+        h_u, h_t, h_amt, h_lat, h_lon, h_code, h_country, h_txid, q_code, n_c, hkey, qkey, s, retained
+    )
 
 
 def _window_sums(h: _History) -> dict[str, np.ndarray]:
