@@ -41,7 +41,7 @@ class DecisionRow(NamedTuple):
     is_fraud: bool
     model_version: str
     latency_ms: float  # pipeline latency: decision time minus the record's Kafka timestamp
-    event_latency_ms: float  # decision time minus event time (meaningful for live traffic only)
+    event_latency_ms: float | None  # decision time minus event time; NULL (None/NaN) unless live
 
 
 class LabelRow(NamedTuple):

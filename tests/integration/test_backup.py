@@ -19,6 +19,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from typer.testing import CliRunner
 
 from cluster import backup
+from core.contracts import DecisionRow, TxRow
 from core.settings import Settings
 from ingest.sinks import PostgresSink
 from tests.helpers import private_postgres, with_topics
@@ -39,9 +40,11 @@ def private_pg(local_stack: Settings) -> Iterator[Settings]:
 def _fill(settings: Settings, n: int, start: datetime, prefix: str) -> list[str]:
     """``n`` transactions an hour apart from ``start``, each decided, every third labelled."""
     ids = [f"{prefix}-{i:05d}" for i in range(n)]
-    tx = [(t, f"u{i % 7}", f"m{i % 5}", 10.0 + i, "EUR", start + timedelta(hours=i), "DE", None, "online",
-           "grocery", 48.1, 11.6, "10.0.0.1", i % 6, i) for i, t in enumerate(ids)]  # fmt: skip
-    dec = [(t, f"u{i % 7}", f'{{"if": {i / n}}}', i / n, i % 10 == 0, "v1", 12.5) for i, t in enumerate(ids)]
+    tx = [TxRow(t, f"u{i % 7}", f"m{i % 5}", 10.0 + i, "EUR", start + timedelta(hours=i), "DE", None,
+                "online", "grocery", 48.1, 11.6, "10.0.0.1", i % 6, i)
+          for i, t in enumerate(ids)]  # fmt: skip
+    dec = [DecisionRow(t, f"u{i % 7}", f'{{"if": {i / n}}}', i / n, i % 10 == 0, "v1", latency_ms=12.5,
+                       event_latency_ms=None) for i, t in enumerate(ids)]  # fmt: skip
     sink = PostgresSink(settings.postgres.dsn.get_secret_value())
     try:
         sink.write(tx, dec)

@@ -24,6 +24,7 @@ import redis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from core.contracts import DecisionRow, TxRow
 from core.errors import ModelNotReady
 from core.settings import Settings
 from dashboards import queries
@@ -239,8 +240,8 @@ def test_sink_stores_payloads_verbatim(dsn: str) -> None:
     tx_rows, decision_rows, expected = [], [], {}
     for i, p in enumerate([*PAYLOADS, "tab\there", "new\nline", "back\\slash", "\\N", "\\."]):
         tx_id = f"inj-{tag}-{i}-{p[:50]}"
-        tx_rows.append((tx_id, p, p, 12.5, "EUR", NOW, "DE", p, p, p, None, None, p, 0, i))
-        decision_rows.append((tx_id, p, '{"if": 0.5}', 0.5, False, p[:100], 1.0))
+        tx_rows.append(TxRow(tx_id, p, p, 12.5, "EUR", NOW, "DE", p, p, p, None, None, p, 0, i))
+        decision_rows.append(DecisionRow(tx_id, p, '{"if": 0.5}', 0.5, False, p[:100], 1.0, None))
         expected[tx_id] = p
     try:
         assert sink.write(tx_rows, decision_rows) == len(tx_rows)

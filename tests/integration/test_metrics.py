@@ -20,7 +20,7 @@ from cluster.drift import production_reference
 from core.settings import Settings
 from ingest.consumer import ConsumerPool, group_lag
 from ingest.producer import TransactionProducer
-from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, retag
+from ingest.simulator import DEMO_EVENTS_PER_S, SimConfig, Simulator, demo_transactions, retag
 from monitoring.metrics import describe
 from tests.helpers import fresh_transactions, produce, stream_tag, with_topics
 from tests.integration.test_monitoring_alertmanager import (  # noqa: F401 - fixtures
@@ -58,8 +58,12 @@ def test_pipeline_metrics_reach_prometheus(
     night = datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0)
     odd = [dict(r, transaction_id=f"odd-{uuid.uuid4().hex}", amount=250_000.0, event_time=night)
            for r in fresh_transactions(30)]  # fmt: skip
+    # And live ones (event time = now): only those are observed as event->decision latency.
+    live_seed = uuid.uuid4().int % 2**31
+    now = datetime.now(UTC)
+    live = list(demo_transactions(100, seed=live_seed, users=50, start=now, tag=stream_tag(live_seed)))
     producer = TransactionProducer(s)
-    producer.send_many(odd)
+    producer.send_many(odd + live)
     producer.flush()
     # With the registry's drift reference, as `fraudray consume` and `make run` start it. The
     # pool stays up while Prometheus is asked: gauges (lag, drift) set by an actor that exits
@@ -76,7 +80,7 @@ def test_pipeline_metrics_reach_prometheus(
         missing, total = wanted, 0.0
         # Every metric present, and the counters past the last batch: a scrape can land between
         # two of Ray's exports and see only part of the stream.
-        while (missing or total < 3030) and time.monotonic() < deadline:
+        while (missing or total < 3130) and time.monotonic() < deadline:
             missing = [
                 name for name in wanted
                 if not _query(s, f"{name}_count" if name.endswith(("_seconds", "_size")) else name)
@@ -91,7 +95,7 @@ def test_pipeline_metrics_reach_prometheus(
         pytest.fail(f"not in Prometheus after 120 s: {missing}; targets: {health}")
     stages = {r["metric"]["stage"] for r in _query(s, "fraudray_stage_seconds_count")}
     assert {"decode", "features", "score", "sink_pg", "commit"} <= stages
-    assert total >= 3030
+    assert total >= 3130
     assert sum(float(r["value"][1]) for r in _query(s, "fraud_summary_is_fraud_total")) >= 1
 
 
