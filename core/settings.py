@@ -255,8 +255,8 @@ class ConsumerSettings(_Section):
     # Most records one poll returns. Below capacity the poll timeout ends a batch first, so this
     # only matters under a backlog, where each batch's fixed costs (the Serve call, the COPY, the
     # commit) are shared by more records: 2,000 drained ~24 % faster than 500 on the dev box
-    # (docs/benchmarks.md, "batch size"). The online store splits it into script calls of
-    # features.online.SCRIPT_BATCH, so Redis is never blocked for a whole batch.
+    # (docs/benchmarks.md, "batch size"). The online store reads and writes the whole batch in
+    # one read script and one guarded write script; the arithmetic runs in the actor.
     batch_size: int = 2000
     # How long a poll waits for a full batch. Below capacity a record waits up to this long before
     # its batch starts, so it sets the latency floor; a backlog fills batches at once whatever it
