@@ -52,7 +52,7 @@ def test_bad_rows_are_reported_with_their_line_numbers(messy: Path) -> None:
         6: "event_time 'yesterday' is not an ISO-8601 date/time",
         9: "IS_FRAUD 'maybe' is not a 0/1 (true/false, yes/no) label",
         10: "row has 6 fields, the header has 9",
-        11: "amount must be finite and in (0, 1e+09], got -1.0",
+        11: "amount must be finite and 0 or in [0.0001, 1e+09], got -1.0",
         12: "currency 'XYZ' is not an ISO-4217 code",
     }
     assert data.rows_read == 10 and data.blank_lines == 1

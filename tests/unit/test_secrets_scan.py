@@ -33,7 +33,7 @@ URL_CREDENTIAL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s:/@'\"]*:(?P<value>[^\s@/'
 # password = "…", "token": "…", API_KEY=… (a quoted or bare literal of 6+ characters).
 ASSIGNMENT = re.compile(
     r"(?P<name>[A-Za-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|auth)[A-Za-z0-9_]*)"
-    r"[\"']?\s*[:=]\s*(?P<quote>[\"']?)(?P<value>[^\s\"',;)}]{6,})(?P=quote)",
+    r"[\"']?\s*[:=](?!=)\s*(?P<quote>[\"']?)(?P<value>[^\s\"',;)}]{6,})(?P=quote)",
     re.IGNORECASE,
 )
 # Values that are placeholders, not secrets (for URLs and quoted literals) ...
@@ -57,6 +57,9 @@ ALLOWED: dict[str, dict[str, str]] = {
         "hunter2": "sample DSN proving settings never print a password",
     },
     "tests/unit/test_deploy_compose.py": {"test-key": "throwaway API key to render the compose file"},
+    "tests/integration/test_init.py": {
+        "pw": "sample credentials of external services at hosts that do not exist (.invalid)",
+    },
     "tests/unit/test_deploy_kuberay.py": {"fraudray-ray-token": "the name of a Kubernetes Secret, no value"},
 }
 # Not text, or machine-written.

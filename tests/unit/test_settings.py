@@ -55,10 +55,12 @@ def test_env_overrides_reach_the_stack_services(clean_env: pytest.MonkeyPatch, t
     clean_env.setenv("FRAUDRAY_PROMETHEUS_PORT", "19090")
     clean_env.setenv("FRAUDRAY_ALERTMANAGER_PORT", "19094")
     clean_env.setenv("FRAUDRAY_STACK_VAR_DIR", str(tmp_path / "v"))
+    clean_env.setenv("FRAUDRAY_STACK_SCHEMA_REGISTRY_PORT", "18081")
     services = stack.services(Settings())
     ports = {name: svc.port for name, svc in services.items()}
     assert ports == {
         "postgres": 15432, "redis": 16379, "kafka": 29092, "prometheus": 19090, "alertmanager": 19094,
+        "schema-registry": 18081,
     }  # fmt: skip
     assert services["redis"].log_file == tmp_path / "v" / "log" / "redis.log"
     assert "--port" in (cmd := services["redis"].command()) and cmd[cmd.index("--port") + 1] == "16379"
