@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +140,15 @@ def test_versions_carry_window_reference_and_runs(
     assert runs["xgb"]["metrics"]["aucpr"] == pytest.approx(trained.metrics["xgb"]["aucpr"])
 
 
-def _register_if(registry: Registry, name: str, threshold: float) -> str:
-    model = IsolationForestModel(["a", "b"], n_estimators=5).fit(np.zeros((20, 2)), np.zeros(20))
+def _register_if(
+    registry: Registry, name: str, threshold: float, features: Sequence[str] = ("a", "b")
+) -> str:
+    names = list(features)
+    model = IsolationForestModel(names, n_estimators=5).fit(np.zeros((20, len(names))), np.zeros(20))
     model.threshold = threshold
     version, path = registry.new_version_dir(name)
     model.save(path)
-    registry.register(name, version, path, metrics={}, params={}, feature_names=["a", "b"])
+    registry.register(name, version, path, metrics={}, params={}, feature_names=names)
     return version
 
 
@@ -210,7 +213,8 @@ def test_models_promote_and_rollback_commands(cli_env: None) -> None:
 
     registry = Registry(get_settings())
     name = f"test-{uuid.uuid4().hex[:8]}"
-    v1, v2 = (_register_if(registry, name, t) for t in (0.1, 0.2))
+    # On the serving catalogue's features: `models promote` refuses versions trained on others.
+    v1, v2 = (_register_if(registry, name, t, FEATURE_NAMES) for t in (0.1, 0.2))
     for v in (v1, v2):
         out = CliRunner().invoke(app, ["models", "promote", name, v], catch_exceptions=False)
         assert out.exit_code == 0 and "now in production" in out.output
