@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from monitoring.dashboards import DASHBOARDS, promql_for_prometheus
-from monitoring.metrics import CATALOGUE, STAGES, PipelineMetrics
+from monitoring.metrics import CATALOGUE, STAGES, LearnMetrics, PipelineMetrics
 from tests.integration.test_monitoring_alertmanager import free_port, render_prometheus_config, start, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -37,13 +37,16 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.m = PipelineMetrics(seed=0)
+        self.learn = LearnMetrics()
 
     def record(self) -> None:
         m = self.m
         m.observe_batch(
             stage_seconds=dict.fromkeys(STAGES, 0.02), size=100, scored=98, fraud=3,
             dead_letters=["DecodeError", "ValidationError"], latencies_s=np.full(98, 0.2),
+            event_latencies_s=np.r_[np.full(49, 0.3), np.full(49, np.nan)],  # half of them live
         )  # fmt: skip
+        self.learn.observe("candidate", 0.61, 0.64)  # one round of the learning loop
         m.retry()
         m.set_lag({0: 120, 1: 0})
         m.set_model_version("isolation_forest", "7")
