@@ -20,6 +20,7 @@ import numpy as np
 import redis
 
 from core import db
+from core.contracts import DecisionRow, TxRow
 from core.settings import Settings
 from features.online import OnlineStore
 from features.validation import validate
@@ -103,7 +104,7 @@ def sinks_us(settings: Settings, records: list[dict[str, Any]], scores: np.ndarr
     """µs/tx of the PostgreSQL sink (rows deleted afterwards) and of the Kafka decisions sink."""
     dsn = settings.postgres.dsn.get_secret_value()
     tx_rows = [
-        (
+        TxRow(
             r["transaction_id"],
             r["user_id"],
             r["merchant_id"],
@@ -123,14 +124,15 @@ def sinks_us(settings: Settings, records: list[dict[str, Any]], scores: np.ndarr
         for i, r in enumerate(records)
     ]
     decision_rows = [
-        (
+        DecisionRow(
             r["transaction_id"],
             r["user_id"],
             json.dumps({"if": float(s)}),
             float(s),
             bool(s > 0.5),
             "bench",
-            1.0,
+            latency_ms=1.0,
+            event_latency_ms=None,
         )
         for r, s in zip(records, scores, strict=True)
     ]
