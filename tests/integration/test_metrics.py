@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,8 @@ from tests.integration.test_monitoring_alertmanager import (  # noqa: F401 - fix
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _query(settings: Settings, promql: str) -> list[dict[str, Any]]:
-    r = httpx.get(
-        f"http://127.0.0.1:{settings.prometheus.port}/api/v1/query", params={"query": promql}, timeout=10
-    )
+def _query(prometheus_url: str, promql: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": promql}, timeout=10)
     r.raise_for_status()
     body = r.json()
     assert body["status"] == "success", body
@@ -49,9 +47,43 @@ def _query(settings: Settings, promql: str) -> list[dict[str, Any]]:
     return result
 
 
+def _session_prometheus(
+    tmp_path: Path, alertmanager_url: str, rules_dir: Path, *args: str
+) -> tuple[str, Any]:
+    """A private Prometheus with the repo's configuration, reading this module's Ray session's
+    service-discovery file: ``/tmp/ray/prom_metrics_service_discovery.json`` (what the stack's
+    Prometheus reads) follows the newest Ray session on the box, which another cluster (make
+    test's isolated modules, a benchmark) may have started. Returns its URL and process."""
+    if PROM_BIN is None:
+        pytest.skip("prometheus is not installed (make setup)")
+    port, am_port = free_port(), int(alertmanager_url.rsplit(":", 1)[1])
+    config = render_prometheus_config(
+        tmp_path / "prometheus.yml", prometheus_port=port, alertmanager_port=am_port,
+        sd_file=_session_dir() / "prom_metrics_service_discovery.json", rules_dir=rules_dir,
+    )  # fmt: skip
+    process = start(
+        [PROM_BIN, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+         f"--web.listen-address=127.0.0.1:{port}", *args],
+        f"http://127.0.0.1:{port}/-/ready", tmp_path / "prometheus.log",
+    )  # fmt: skip
+    return f"http://127.0.0.1:{port}", process
+
+
+@pytest.fixture
+def session_prometheus(serve_app: str, alertmanager: str, tmp_path: Path) -> Iterator[str]:  # noqa: F811
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    url, process = _session_prometheus(tmp_path, alertmanager, rules_dir)
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
 def test_pipeline_metrics_reach_prometheus(
-    serve_app: str, local_stack: Settings, new_topic: Callable[..., str], group_id: str
+    session_prometheus: str, local_stack: Settings, new_topic: Callable[..., str], group_id: str
 ) -> None:
+    prom = session_prometheus
     s = with_topics(local_stack, transactions_topic=new_topic("metrics"), labels_topic=new_topic("labels", 1))
     produce(s, 3000)
     # A few wildly unusual ones (huge amounts at 3 a.m.) so that fraud counters move too.
@@ -83,20 +115,20 @@ def test_pipeline_metrics_reach_prometheus(
         while (missing or total < 3130) and time.monotonic() < deadline:
             missing = [
                 name for name in wanted
-                if not _query(s, f"{name}_count" if name.endswith(("_seconds", "_size")) else name)
+                if not _query(prom, f"{name}_count" if name.endswith(("_seconds", "_size")) else name)
             ]  # fmt: skip
-            total = sum(float(r["value"][1]) for r in _query(s, "fraud_summary_total_transactions_total"))
+            total = sum(float(r["value"][1]) for r in _query(prom, "fraud_summary_total_transactions_total"))
             time.sleep(3)
     finally:
         pool.stop()
     if missing:
-        targets = httpx.get(f"http://127.0.0.1:{s.prometheus.port}/api/v1/targets", timeout=10).json()
+        targets = httpx.get(f"{prom}/api/v1/targets", timeout=10).json()
         health = [(t["scrapeUrl"], t["health"], t.get("lastError")) for t in targets["data"]["activeTargets"]]
         pytest.fail(f"not in Prometheus after 120 s: {missing}; targets: {health}")
-    stages = {r["metric"]["stage"] for r in _query(s, "fraudray_stage_seconds_count")}
+    stages = {r["metric"]["stage"] for r in _query(prom, "fraudray_stage_seconds_count")}
     assert {"decode", "features", "score", "sink_pg", "commit"} <= stages
     assert total >= 3130
-    assert sum(float(r["value"][1]) for r in _query(s, "fraud_summary_is_fraud_total")) >= 1
+    assert sum(float(r["value"][1]) for r in _query(prom, "fraud_summary_is_fraud_total")) >= 1
 
 
 # -- HighFraudRate end to end ---------------------------------------------------------------
@@ -158,16 +190,7 @@ def test_a_fraud_wave_fires_high_fraud_rate_at_the_webhook(
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     (rules_dir / "rules.yml").write_text(yaml.safe_dump(rules))
-    port, am_port = free_port(), int(alertmanager.rsplit(":", 1)[1])
-    config = render_prometheus_config(
-        tmp_path / "prometheus.yml", prometheus_port=port, alertmanager_port=am_port,
-        sd_file=_session_dir() / "prom_metrics_service_discovery.json", rules_dir=rules_dir,
-    )  # fmt: skip
-    prometheus = start(
-        [PROM_BIN, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s"],
-        f"http://127.0.0.1:{port}/-/ready", tmp_path / "prometheus.log",
-    )  # fmt: skip
+    _url, prometheus = _session_prometheus(tmp_path, alertmanager, rules_dir, "--rules.alert.resend-delay=1s")
     s = with_topics(local_stack, transactions_topic=new_topic("wave", 3), labels_topic=new_topic("labels", 1))
     pool = ConsumerPool(s, 1, group_id)
     # 40 % of the traffic is fraud (the default is 0.75 %): the models flag far more than 5 %.
