@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # `make test`: lint and type-check, start the local stack, run the whole suite, and stop
 # the stack again if this script started it (a stack left up by `make run` is kept).
+#
+# Two pytest processes run side by side: the modules that bring up their own stack or Ray
+# cluster (the fault suite, the boot commands of ray_cluster.yaml / compose / KubeRay, the
+# two-node cluster, the Ray Train/Tune jobs) and
+# everything else. They share no topic, group, port or Ray cluster, and most of their time is
+# spent waiting on process start-ups, so the wall time is about the longer of the two
+# (docs/reliability.md, "make test"). Arguments go to the main run only; with arguments, or
+# with FRAUDRAY_TEST_PARALLEL=0, one pytest runs everything in order.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
@@ -14,11 +22,42 @@ was_up=0
 $BIN/fraudray stack status >/dev/null 2>&1 && was_up=1
 echo "== local stack"
 $BIN/fraudray stack up || exit 1
-stop_stack() { [ "$was_up" = 1 ] || $BIN/fraudray stack down; }
-trap stop_stack EXIT
+bg=""
+cleanup() {
+  [ -z "$bg" ] || kill -- "$bg" 2>/dev/null
+  [ "$was_up" = 1 ] || $BIN/fraudray stack down
+}
+trap cleanup EXIT
 
-echo "== pytest"
-$BIN/pytest "$@"
-rc=$?
+ISOLATED=(tests/faults tests/integration/test_boot_commands.py tests/integration/test_multinode.py tests/model/test_tune.py)
+iso_rc=0
+if [ $# -eq 0 ] && [ "${FRAUDRAY_TEST_PARALLEL:-1}" != 0 ]; then
+  mkdir -p var/log
+  iso_log=var/log/test-isolated.log
+  echo "== pytest (isolated modules in the background: ${ISOLATED[*]}; log $iso_log)"
+  $BIN/pytest -p no:cacheprovider --durations=10 "${ISOLATED[@]}" >"$iso_log" 2>&1 &
+  bg=$!
+  echo "== pytest (everything else)"
+  $BIN/pytest --durations=25 $(printf -- '--ignore=%s ' "${ISOLATED[@]}") 2>&1 | tee var/log/test-main.log
+  rc=${PIPESTATUS[0]}
+  wait "$bg"; iso_rc=$?; bg=""
+  echo "== pytest (isolated modules), from $iso_log"
+  cat "$iso_log"
+  # One closing line for both runs: "total: N passed, N failed, N skipped".
+  $BIN/python - var/log/test-main.log "$iso_log" <<'PY'
+import re, sys
+n = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+for path in sys.argv[1:]:
+    lines = [l for l in open(path, errors="replace") if re.search(r" in [0-9.]+s", l) and "=" in l]
+    for count, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", lines[-1] if lines else ""):
+        n[word.rstrip("s") if word.startswith("error") else word] += int(count)
+print(f"total: {n['passed']} passed, {n['failed'] + n['error']} failed, {n['skipped']} skipped")
+PY
+else
+  echo "== pytest"
+  $BIN/pytest "$@"
+  rc=$?
+fi
 echo "== make test wall time: $(( $(date +%s) - t0 )) s"
-exit $rc
+[ "$rc" = 0 ] && [ "$iso_rc" = 0 ]
+exit $?
