@@ -4,7 +4,7 @@
 #
 # Two pytest processes run side by side: the modules that bring up their own stack or Ray
 # cluster (the fault suite, the boot commands of ray_cluster.yaml / compose / KubeRay, the
-# two-node cluster, the Ray Train/Tune jobs) and
+# two-node cluster, the Ray Train/Tune jobs, `make run` on its own head) and
 # everything else. They share no topic, group, port or Ray cluster, and most of their time is
 # spent waiting on process start-ups, so the wall time is about the longer of the two
 # (docs/reliability.md, "make test"). Arguments go to the main run only; with arguments, or
@@ -29,7 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ISOLATED=(tests/faults tests/integration/test_boot_commands.py tests/integration/test_multinode.py tests/model/test_tune.py)
+ISOLATED=(tests/faults tests/integration/test_boot_commands.py tests/integration/test_multinode.py tests/model/test_tune.py
+          tests/integration/test_demo.py)
 iso_rc=0
 if [ $# -eq 0 ] && [ "${FRAUDRAY_TEST_PARALLEL:-1}" != 0 ]; then
   mkdir -p var/log
