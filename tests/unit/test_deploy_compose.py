@@ -89,6 +89,7 @@ def test_ports_are_the_settings_defaults(project: dict[str, Any]) -> None:
     services = project["services"]
     want = {
         "kafka": {s.kafka.port: 9092},
+        "schema-registry": {s.stack.schema_registry_port: 8080},  # Apicurio's image listens on 8080
         "redis": {s.redis.port: 6379},
         "postgres": {s.postgres.port: 5432},
         "prometheus": {s.prometheus.port: 9090, 3000: 3000},  # 3000: Grafana, in this network
@@ -107,9 +108,16 @@ def test_ports_are_the_settings_defaults(project: dict[str, Any]) -> None:
 
 def test_the_services_of_the_stack(project: dict[str, Any]) -> None:
     services = project["services"]
-    assert {"kafka", "redis", "postgres", "prometheus", "alertmanager", "grafana", "ray-head"} <= set(
-        services
-    )
+    assert {
+        "kafka",
+        "schema-registry",
+        "redis",
+        "postgres",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "ray-head",
+    } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:4.")
     for name, svc in services.items():
         for dep in svc.get("depends_on", {}):
