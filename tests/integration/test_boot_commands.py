@@ -57,6 +57,10 @@ class PrivateRay:
         self.temp_dir = tempfile.mkdtemp(prefix="frboot-", dir="/tmp")
         self.gcs, self.dashboard, self.metrics = free_port(), free_port(), free_port()
         self.object_manager, self.http = free_port(), free_port()
+        # The dashboard agent's HTTP port (Ray's default 52365) serves job submissions: another
+        # Ray on the box (make test's other half) may hold the default, and then every
+        # submission answers "No available agent to submit job".
+        self.agent = free_port()
 
     @property
     def dashboard_url(self) -> str:
@@ -182,7 +186,10 @@ def test_ray_cluster_head_commands_run(
             ("~/fraudray", str(REPO_ROOT)),
             ("deploy/serve_config.yaml", str(serve_config)),
             ("--port=6380", f"--port={r.gcs} --temp-dir={r.temp_dir} --node-ip-address=127.0.0.1"),
-            ("--dashboard-port=8265", f"--dashboard-port={r.dashboard}"),
+            (
+                "--dashboard-port=8265",
+                f"--dashboard-port={r.dashboard} --dashboard-agent-listen-port={r.agent}",
+            ),
             ("127.0.0.1:8265", f"127.0.0.1:{r.dashboard}"),
             ("--metrics-export-port=8080", f"--metrics-export-port={r.metrics}"),
             ("--object-manager-port=8076", f"--object-manager-port={r.object_manager}"),
@@ -244,7 +251,7 @@ def test_compose_entrypoint_head_runs(local_stack: Settings, private_ray: Privat
         ("--port 6380", f"--port {r.gcs} --temp-dir {r.temp_dir}"),
         ("\"$(hostname -i | awk '{print $1}')\"", "127.0.0.1"),  # the container's own address
         ("--dashboard-host 0.0.0.0", "--dashboard-host 127.0.0.1"),
-        ("--dashboard-port 8265", f"--dashboard-port {r.dashboard}"),
+        ("--dashboard-port 8265", f"--dashboard-port {r.dashboard} --dashboard-agent-listen-port {r.agent}"),
         ("127.0.0.1:8265", f"127.0.0.1:{r.dashboard}"),
         ("--metrics-export-port 8080", f"--metrics-export-port {r.metrics}"),
         ("deploy/serve_config.yaml", str(serve_config)),
