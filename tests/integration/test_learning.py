@@ -20,6 +20,7 @@ import numpy as np
 import psycopg2
 import pytest
 
+from core import db
 from core.errors import ModelNotReady
 from core.families import ALL_KEYS
 from core.settings import Settings
@@ -65,14 +66,8 @@ def private(
     delete_registry_rows(local_stack, str(var))
     for w in worlds:
         delete_registry_rows(local_stack, str(var), w)
-    conn = psycopg2.connect(local_stack.postgres.dsn.get_secret_value())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "DELETE FROM training_runs WHERE model_name = 'learn' AND config->>'trigger' = 'tests'"
-            )
-    finally:
-        conn.close()
+    with db.transaction(local_stack.postgres.dsn.get_secret_value()) as cur:
+        cur.execute("DELETE FROM training_runs WHERE model_name = 'learn' AND config->>'trigger' = 'tests'")
 
 
 def test_a_challenger_of_the_new_fraud_mix_is_promoted(

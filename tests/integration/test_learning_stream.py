@@ -29,6 +29,7 @@ import psycopg2
 import pytest
 import xgboost as xgb
 
+from core import db
 from core.errors import ModelNotReady
 from core.families import ALL_KEYS
 from core.settings import ConsumerSettings, Settings
@@ -200,13 +201,9 @@ def champion(
         delete_world(base, old)
         delete_registry_rows(base, str(var), old)
         delete_registry_rows(base, str(var), World("", NEW_START, NEW_START, 0, 0))
-        conn = psycopg2.connect(base.postgres.dsn.get_secret_value())
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute("DELETE FROM training_runs WHERE model_name = 'learn'"
-                            " AND config->>'trigger' LIKE 'tests-stream:%%'")  # fmt: skip
-        finally:
-            conn.close()
+        with db.transaction(base.postgres.dsn.get_secret_value()) as cur:
+            cur.execute("DELETE FROM training_runs WHERE model_name = 'learn'"
+                        " AND config->>'trigger' LIKE 'tests-stream:%%'")  # fmt: skip
 
 
 @pytest.fixture
