@@ -299,9 +299,13 @@ def _deploy_serve(s: Settings) -> None:
     from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
+    from cluster.first_start import ensure_models
     from serve_deployments import deploy as serving
     from serve_deployments.app import production_versions
 
+    # On a fresh machine this suite may be the first to need a model (pytest runs tests/faults
+    # before tests/integration): train the first-start models as `make run` would.
+    ensure_models(Settings())
     v = dict(production_versions(Settings())["if"])
     dest = s.var_dir / "models" / "if" / v["version"]
     shutil.copytree(v["uri"], dest, dirs_exist_ok=True)
