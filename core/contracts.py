@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import numpy as np
 
@@ -42,6 +42,10 @@ class DecisionRow(NamedTuple):
     model_version: str
     latency_ms: float  # pipeline latency: decision time minus the record's Kafka timestamp
     event_latency_ms: float | None  # decision time minus event time; NULL (None/NaN) unless live
+    # The shadow challenger's ensemble score of the same feature row, and its version (#23): set
+    # only while the learning loop has a challenger installed in the scorer; never deciding.
+    shadow_score: float | None = None
+    shadow_version: str | None = None
 
 
 class LabelRow(NamedTuple):
@@ -67,6 +71,11 @@ class ScoreResult(TypedDict):
     model_version: str  # the version that decided (ensemble, or the IF without one)
     model_scores: dict[str, np.ndarray]  # family -> each member's raw score
     model_versions: dict[str, str]  # family (and "ensemble" when stacked) -> version
+    # Only while a shadow challenger is installed (serve_deployments/app.py, #23): its ensemble
+    # score of every row (never deciding) and its ensemble version. Absent otherwise, or when
+    # the challenger failed on this call (the decision never waits on or fails for it).
+    shadow_scores: NotRequired[np.ndarray]
+    shadow_version: NotRequired[str]
 
 
 # -- the stream's decision, as GET /predict answers it --------------------------------------------

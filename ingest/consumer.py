@@ -304,6 +304,7 @@ class ScoringLoop:
         scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
         self._observe_drift(matrix, version)
         per_model = result["model_scores"]  # each member's raw score, kept in decisions.scores
+        shadow, shadow_version = result.get("shadow_scores"), result.get("shadow_version")  # challenger, #23
         event_ms = np.fromiter((event_time_ms(r) for r in records), dtype=np.int64, count=len(records))
         done_ms = time.time() * 1000
         pipeline_ms, event_latency_ms = decision_latencies_ms(
@@ -337,7 +338,8 @@ class ScoringLoop:
                 )
             batch.decision_rows.append(
                 DecisionRow(r["transaction_id"], r["user_id"], scores_json, float(scores[i]),
-                 bool(flags[i]), version, float(pipeline_ms[i]), float(event_latency_ms[i]))
+                 bool(flags[i]), version, float(pipeline_ms[i]), float(event_latency_ms[i]),
+                 None if shadow is None else float(shadow[i]), shadow_version)
             )  # fmt: skip
         return pipeline_ms / 1000.0, event_latency_ms / 1000.0
 
