@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class BenchConfig:
     count: int = 100_000  # transactions per drain run
     actors: tuple[int, ...] = (1, 2, 4)
-    rates: tuple[int, ...] = (1000, 5000)  # offered tx/s for the latency runs
+    rates: tuple[int, ...] = (2000, 5000)  # offered tx/s for the latency runs (#25's targets)
+    paced_actors: int = 2  # consumer actors of the latency runs: one per core
     replicas: tuple[int, ...] = (1, 2)  # Serve replicas per model deployment, one drain each
     replica_actors: int = 2  # consumer actors of those drains (2 replicas of everything fill 2 cores)
     paced_seconds: float = 10.0
@@ -74,7 +75,7 @@ class BenchConfig:
     def quick_config(cls, **overrides: Any) -> BenchConfig:
         base: dict[str, Any] = {
             "count": 5000,
-            "rates": (1000,),
+            "rates": (2000,),
             "replicas": (1,),
             "paced_seconds": 5.0,
             "baseline_count": 100,
@@ -418,7 +419,7 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
         report["paced"] = []
         for rate in config.rates:
             records = ctx.records(f"p{rate}", int(rate * config.paced_seconds))
-            row = paced_run(settings, ctx.topics, records, rate, max(config.actors))
+            row = paced_run(settings, ctx.topics, records, rate, config.paced_actors)
             report["paced"].append(row)
             log(f"offered {rate:,} tx/s (sent {row['sent_per_s']:,.0f}): latency ms {row['latency_ms']}")
     if "baseline" in config.steps:

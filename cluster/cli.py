@@ -431,6 +431,30 @@ def _hot_swap(settings: Any) -> None:
             ray.shutdown()
 
 
+def _install_shadow(settings: Any, versions: dict[str, str] | None) -> None:
+    """Install the challenger ``versions`` as the running app's live shadow (None: clear it);
+    raises when Serve cannot take it, which the learning round records (``shadow_error``)."""
+    import ray
+
+    from core.errors import ModelNotReady
+    from serve_deployments import deploy as serving
+
+    try:
+        if not settings.ray.address:  # the managed local head: never start one just for this
+            import socket
+
+            host, port = ray_client.head_address(settings).rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+            except OSError:
+                raise ModelNotReady("Ray (and so Serve) is not running: no live shadow") from None
+        installed = serving.install_shadow(settings, versions)
+        console.print(f"live shadow: challenger ensemble {installed}" if installed else "live shadow cleared")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 @models_app.command("list")
 def models_list(name: Annotated[str | None, typer.Argument()] = None) -> None:
     """Registered model versions, newest first, with their test metrics and training window."""
@@ -455,9 +479,12 @@ def learn_cmd(
     once: Annotated[bool, typer.Option(help="one round now, then exit (else: loop on the schedule)")] = False,
     train_workers: Annotated[int, typer.Option(help="Ray Train workers (0: fit in this process)")] = 0,
 ) -> None:
-    """Champion/challenger loop: every FRAUDRAY_LEARN_EVERY_LABELS new labels, every
-    FRAUDRAY_LEARN_EVERY_MINUTES, or on a PSI drift alert, fit challengers on the rolling window,
-    compare them with production on the newest labelled days, promote and hot-swap the winners."""
+    """Champion/challenger loop: every FRAUDRAY_LEARN_EVERY_LABELS new labels (counted on
+    arrival, replayed ones too), every FRAUDRAY_LEARN_EVERY_MINUTES, or on a PSI drift alert,
+    fit challengers on the rolling window ending at the newest labelled transaction, compare
+    them with production on the newest labelled days, promote and hot-swap the winners; a
+    challenger kept as candidate shadow-scores the stream (decisions.shadow_score) until the
+    next promotion."""
     from cluster.drift import psi_alert
     from training.learning import Decision, learn_once, run_loop
 
@@ -465,13 +492,20 @@ def learn_cmd(
 
     def show(d: Decision) -> None:
         console.print(f"learn ({d.trigger}): {d.action}: {d.reason} [{d.seconds:.0f} s]", highlight=False)
+        if d.shadow_error:
+            console.print(f"  live shadow not changed: {d.shadow_error}", highlight=False)
+
+    def shadow(versions: dict[str, str] | None) -> None:
+        _install_shadow(settings, versions)
 
     try:
         if once:
-            show(learn_once(settings, swap=lambda: _hot_swap(settings), train_workers=train_workers))
+            show(learn_once(settings, swap=lambda: _hot_swap(settings), shadow=shadow,
+                            train_workers=train_workers))  # fmt: skip
         else:
-            run_loop(settings, swap=lambda: _hot_swap(settings), drifted=lambda: psi_alert(settings),
-                     on_decision=show, train_workers=train_workers)  # fmt: skip
+            run_loop(settings, swap=lambda: _hot_swap(settings), shadow=shadow,
+                     drifted=lambda: psi_alert(settings), on_decision=show,
+                     train_workers=train_workers)  # fmt: skip
     except FraudrayError as exc:
         raise _fail(exc) from exc
     except KeyboardInterrupt:
@@ -548,6 +582,16 @@ def bench_cmd(
     replicas: Annotated[
         str | None, typer.Option(help="Serve replicas per model deployment for the replica drains, e.g. 1,2")
     ] = None,
+    rates: Annotated[
+        str | None, typer.Option(help="offered tx/s of the fixed-load latency runs, e.g. 2000,5000")
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            help="only these steps, e.g. paced or drain,stages (of drain, paced, baseline, stages, http,"
+            " replicas); the docs page is then left alone"
+        ),
+    ] = None,
     report: Annotated[Path, typer.Option(help="the JSON report")] = Path("var/bench/e2e.json"),
     docs: Annotated[
         Path | None, typer.Option(help="markdown whose generated section is rewritten (chart under img/)")
@@ -574,13 +618,30 @@ def bench_cmd(
     if from_report:
         result = json.loads(report.read_text())
     else:
-        overrides: dict[str, Any] = {"command": "fraudray bench" + (" --quick" if quick else "")}
+        overrides: dict[str, Any] = {}
         if count:
             overrides["count"] = count
         if actors:
             overrides["actors"] = tuple(int(a) for a in actors.split(","))
         if replicas:
             overrides["replicas"] = tuple(int(r) for r in replicas.split(","))
+        if rates:
+            overrides["rates"] = tuple(int(r) for r in rates.split(","))
+        if steps:
+            chosen = tuple(x.strip() for x in steps.split(","))
+            unknown = sorted(set(chosen) - set(e2e.BenchConfig.steps))
+            if unknown:
+                raise _fail(
+                    ValueError(f"unknown bench steps {unknown}: choose from {list(e2e.BenchConfig.steps)}")
+                )
+            overrides["steps"] = chosen
+            docs = None  # a partial report would blank the page's other tables
+        options = [
+            ("--quick" if quick else ""),
+            (f"--rates {rates}" if rates else ""),
+            (f"--steps {steps}" if steps else ""),
+        ]
+        overrides["command"] = " ".join(["fraudray bench", *filter(None, options)])
         config = e2e.BenchConfig.quick_config(**overrides) if quick else e2e.BenchConfig(**overrides)
         settings = get_settings()
         app_ = None
