@@ -9,8 +9,10 @@ and one raw aggregate in each engine); the skew test then proves both engines ag
 
 Time semantics (see docs/features.md): a user's *history* before transaction ``i`` is every
 earlier transaction of the user in ``(event_time, transaction_id)`` order; windowed aggregates
-(counts, sums, previous transaction, distinct countries) use only those strictly earlier in event
-time, within ``[t - window, t)``.
+(counts, sums, means, previous transaction, distinct countries) use only those strictly earlier in
+event time, within ``[t - window, t)``. Merchant windows have a coarser grain: whole minutes before
+the event's minute (``count``) or whole UTC days before the event's day (``day_count``,
+``day_mean``), what per-minute and per-day counters can answer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ USER_TTL_S = 120 * DAY  # a user idle this long starts afresh (both engines)
 MERCHANT_EVENTS_CAP = 100_000  # a merchant's retained events (24 h window)
 LABEL_HORIZON_DAYS = 60  # a label counts only if it arrives within this many days of its tx
 MERCHANT_TTL_S = 32 * DAY
-
+DAY_BLOCK = 32  # merchant day counters: one Redis string per merchant and 32 UTC days
+CENTS = 100  # merchant day sums are integer cents: exact in both engines, any order
 # -- constants of the feature math --------------------------------------------------------------
 GEO_DECIMALS = 4  # lat/lon kept to ~11 m: short Redis members, identical in both engines
 SPEED_MIN_DT_S = 60.0  # travel time floor: clock jitter must not make 2 km look supersonic
@@ -76,12 +79,29 @@ class Feature:
 
 def _velocity() -> list[Feature]:
     out = []
-    for label, w in (("1m", MINUTE), ("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY)):
+    for label, w in (("1m", MINUTE), ("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY), ("30d", 30 * DAY)):
         out.append(Feature(f"user_tx_count_{label}", "user", "count",
                            f"the user's transactions in the {label} before this one", w))  # fmt: skip
     for label, w in (("1m", MINUTE), ("1h", HOUR), ("24h", DAY), ("7d", 7 * DAY)):
         out.append(Feature(f"user_amount_sum_{label}", "user", "sum",
                            f"amount spent by the user in the {label} before this one", w))  # fmt: skip
+    for label, w in (("7d", 7 * DAY), ("30d", 30 * DAY)):
+        out.append(Feature(f"user_amount_mean_{label}", "user", "mean",
+                           f"mean amount of the user's transactions in the {label} before this one "
+                           "(0 when there is none: the count says so)", w))  # fmt: skip
+    return out
+
+
+def _merchant_days() -> list[Feature]:
+    out = []
+    for label, w in (("7d", 7 * DAY), ("30d", 30 * DAY)):
+        out.append(Feature(f"merchant_tx_count_{label}", "merchant", "day_count",
+                           f"the merchant's transactions in the {w // DAY} whole UTC days before the "
+                           "event's day", w))  # fmt: skip
+    for label, w in (("7d", 7 * DAY), ("30d", 30 * DAY)):
+        out.append(Feature(f"merchant_amount_mean_{label}", "merchant", "day_mean",
+                           f"mean amount of the merchant's transactions in the {w // DAY} whole UTC "
+                           "days before the event's day, to the cent (0 when there is none)", w))  # fmt: skip
     return out
 
 
@@ -113,6 +133,7 @@ FEATURES: tuple[Feature, ...] = (
             "the merchant's transactions in the 60 whole minutes before the event's minute", HOUR),
     Feature("merchant_tx_count_24h", "merchant", "count",
             "the merchant's transactions in the 1,440 whole minutes before the event's minute", DAY),
+    *_merchant_days(),
     Feature("merchant_fraud_risk_7d", "merchant", "fraud_risk",
             "(fraud labels + 1) / (labels + 100) over labels that ARRIVED in the 7 d before", 7 * DAY),
     Feature("merchant_fraud_risk_30d", "merchant", "fraud_risk",
@@ -142,12 +163,16 @@ def windows(entity: Entity, *aggregations: str) -> tuple[int, ...]:
     )  # fmt: skip
 
 
-USER_WINDOWS = windows("user", "count", "sum")
+USER_WINDOWS = windows("user", "count", "sum", "mean")  # each has a count and a sum aggregate
 DISTINCT_WINDOWS = windows("user", "distinct")
-MERCHANT_WINDOWS = windows("merchant", "count")
+MERCHANT_WINDOWS = windows("merchant", "count")  # whole minutes
+MERCHANT_DAY_WINDOWS = windows("merchant", "day_count", "day_mean")  # whole UTC days
 RISK_WINDOWS = windows("merchant", "fraud_risk")
-# How far back the user's event set is scanned: every window-based user feature fits in it.
-USER_SCAN_S = max(windows("user", "count", "sum", "distinct", "since_last", "geo_distance", "geo_speed"))
+# How far back the user's event set is scanned (and retained online): every window-based user
+# feature fits in it.
+USER_SCAN_S = max(
+    windows("user", "count", "sum", "mean", "distinct", "since_last", "geo_distance", "geo_speed")
+)
 NOVELTY_FIELDS = ("device_id", "country", "merchant_id")  # order of the engines' seen-times
 
 
@@ -158,6 +183,14 @@ def _check() -> None:
     for f in FEATURES:
         if f.aggregation == "distinct" and f.field != "country":
             raise ValueError(f"{f.name}: the engines count distinct countries only")
+        if f.entity == "merchant" and f.aggregation in {"sum", "mean"}:
+            raise ValueError(f"{f.name}: merchant amounts are kept per day only (day_mean)")
+        if f.aggregation in {"day_count", "day_mean"} and (
+            f.entity != "merchant" or not f.window_s or f.window_s % DAY
+        ):
+            raise ValueError(f"{f.name}: day windows are whole UTC days of a merchant")
+        if f.aggregation == "count" and f.entity == "merchant" and (not f.window_s or f.window_s % MINUTE):
+            raise ValueError(f"{f.name}: merchant counts are whole minutes")
         if f.aggregation == "is_new" and (f.field not in NOVELTY_FIELDS or f.window_s != NOVELTY_HORIZON_S):
             raise ValueError(f"{f.name}: novelty is kept for {NOVELTY_FIELDS} over {NOVELTY_HORIZON_S} s")
 

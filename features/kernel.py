@@ -39,6 +39,8 @@ def _raw_keys() -> tuple[str, ...]:
     keys += ["user.n", "user.mean", "user.m2"]
     keys += [f"user.seen.{fld}" for fld in cat.NOVELTY_FIELDS]
     keys += [f"merchant.count.{w}" for w in cat.MERCHANT_WINDOWS]
+    for w in cat.MERCHANT_DAY_WINDOWS:  # whole UTC days: count, and amount sum in integer cents
+        keys += [f"merchant.dcount.{w}", f"merchant.dsum.{w}"]
     for w in cat.RISK_WINDOWS:
         keys += [f"merchant.fraud.{w}", f"merchant.labels.{w}"]
     return tuple(keys)
@@ -55,6 +57,13 @@ def to_ms(value: datetime | int | float) -> int:
             raise ValueError("event_time must be timezone-aware")
         return (value - _EPOCH) // _MS
     return int(value)
+
+
+def to_cents(amount: np.ndarray) -> np.ndarray:
+    """Amounts as int64 cents, as both engines count them into merchant day sums (integers add
+    exactly in any order and in Redis's BITFIELD); NaN as 0, clipped far beyond any valid amount."""
+    cents = np.rint(np.nan_to_num(np.asarray(amount, dtype=np.float64)) * cat.CENTS)
+    return np.clip(cents, -(2.0**53), 2.0**53).astype(np.int64)
 
 
 def geo_round(values: np.ndarray) -> np.ndarray:
@@ -236,6 +245,16 @@ def _sum(f: Feature, _b: TxBatch, raw: Mapping[str, np.ndarray]) -> np.ndarray:
     return raw[f"user.sum.{f.window_s}"]
 
 
+def _mean(f: Feature, _b: TxBatch, raw: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Window sum / window count; 0 for an empty window (the count feature tells it apart from a
+    window of zero amounts). Users' sums are amounts, merchants' day sums integer cents."""
+    if f.aggregation == "day_mean":
+        count, total = raw[f"merchant.dcount.{f.window_s}"], raw[f"merchant.dsum.{f.window_s}"] / cat.CENTS
+    else:
+        count, total = raw[f"{f.entity}.count.{f.window_s}"], raw[f"{f.entity}.sum.{f.window_s}"]
+    return np.where(count > 0, total / np.maximum(count, 1.0), 0.0)
+
+
 def _fraud_risk(f: Feature, _b: TxBatch, raw: Mapping[str, np.ndarray]) -> np.ndarray:
     fraud, labels = raw[f"merchant.fraud.{f.window_s}"], raw[f"merchant.labels.{f.window_s}"]
     return (fraud + cat.RISK_PRIOR_FRAUD) / (labels + cat.RISK_PRIOR_TOTAL)
@@ -255,6 +274,9 @@ KERNELS: dict[str, Kernel] = {
     "high_risk_category": lambda _f, b, _r: _in_set(b.merchant_category, cat.HIGH_RISK_CATEGORIES),
     "count": _count,
     "sum": _sum,
+    "mean": _mean,
+    "day_count": lambda f, _b, r: r[f"merchant.dcount.{f.window_s}"],
+    "day_mean": _mean,
     "since_last": _since_last,
     "lifetime_count": lambda _f, _b, r: r["user.n"],
     "zscore": _zscore,

@@ -24,7 +24,7 @@ import psycopg2
 
 from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES
-from features.kernel import MS_PER_DAY, NONE, NOT_APPLICABLE, RAW_KEYS, TxBatch, assemble, to_ms
+from features.kernel import MS_PER_DAY, NONE, NOT_APPLICABLE, RAW_KEYS, TxBatch, assemble, to_cents, to_ms
 
 RECORD_COLUMNS = (
     "transaction_id", "user_id", "merchant_id", "amount", "event_time", "country", "device_id",
@@ -196,6 +196,15 @@ def _merchant_raw(df: pd.DataFrame, labels: pd.DataFrame, raw: dict[str, np.ndar
         lo = groups.search(codes, minute_start - w * 1000, "left")
         hi = groups.search(codes, minute_start, "left")
         raw[f"merchant.count.{w}"] = (hi - lo).astype(np.float64)
+    # whole UTC days [d - w, d) before the event's day d, amounts in integer cents: what the
+    # per-day counters give (exact, so the engines agree to the cent)
+    day_start = t - t % MS_PER_DAY
+    cents = np.concatenate([[0], np.cumsum(to_cents(df["amount"].to_numpy(dtype=np.float64))[order])])
+    hi = groups.search(codes, day_start, "left")
+    for w in cat.MERCHANT_DAY_WINDOWS:
+        lo = groups.search(codes, day_start - w * 1000, "left")
+        raw[f"merchant.dcount.{w}"] = (hi - lo).astype(np.float64)
+        raw[f"merchant.dsum.{w}"] = (cents[hi] - cents[lo]).astype(np.float64)
 
     # Labels count for the merchant of their transaction when they arrive within the horizon.
     lab = labels.merge(df[["transaction_id", "merchant_id", "t_ms"]], on="transaction_id", how="inner")

@@ -6,7 +6,8 @@ numpy over the whole batch: the users' retained events and the batch's applied r
 history sorted by (user, event time, tx id), and every window bound is a ``searchsorted`` on it
 — the method of :mod:`features.offline`, so both engines agree by construction. What has to
 follow the processing order (which records are applied, Welford, last-seen times) is one pass
-over the records. Merchant counts come from per-minute and per-hour counters.
+over the records. Merchant counts come from per-minute and per-hour counters, merchant day
+counts and amounts from per-day counters.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from features import catalogue as cat
-from features.kernel import NONE, NOT_APPLICABLE, RAW_KEYS, TxBatch
+from features.kernel import MS_PER_DAY, NONE, NOT_APPLICABLE, RAW_KEYS, TxBatch, to_cents
 
 USER_RETAIN_MS = (cat.USER_SCAN_S + cat.ALLOWED_LATENESS_S) * 1000
 NOVELTY_MS = cat.NOVELTY_HORIZON_S * 1000
@@ -32,7 +33,7 @@ _MIN_BITS = 2**27  # minutes since the epoch < 2**27
 @dataclass
 class UserState:
     """A user's compact state: Welford, high-water mark, latest transaction, the retained events
-    (newest ``USER_EVENTS_CAP`` of the last 7 d + lateness, sorted by time then id) and the
+    (newest ``USER_EVENTS_CAP`` of the last ``USER_SCAN_S`` + lateness, sorted by time then id) and the
     last-seen times of devices, countries and merchants."""
 
     n: float = 0.0
@@ -78,7 +79,8 @@ class UserState:
 @dataclass
 class MerchantCounts:
     """What the store holds for the batch's merchants: per-minute counts of the hours in
-    ``minute_hours`` and per-hour counts of the days in ``days`` (arrays by merchant code), and
+    ``minute_hours``, per-hour counts of the days in ``days``, per-day counts and amount sums
+    (cents) of the ``DAY_BLOCK``-day blocks in ``day_blocks`` (arrays by merchant code), and
     the label / fraud-label arrival times."""
 
     minute_hours: np.ndarray  # hours whose per-minute counters were read
@@ -87,6 +89,9 @@ class MerchantCounts:
     hours: np.ndarray  # (merchants, len(days) * 24) counts
     labels: list[np.ndarray]
     fraud: list[np.ndarray]
+    day_blocks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    day_counts: np.ndarray | None = None  # (merchants, len(day_blocks) * DAY_BLOCK) counts
+    day_cents: np.ndarray | None = None  # the same shape: amount sums in cents
 
 
 def counter_span(t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +106,56 @@ def counter_span(t_ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     first = (m_lo - max(widths)) // HOUR_MIN
     totals = {h for h in range(first, m_hi // HOUR_MIN) if h not in detail}
     return np.array(sorted(detail), np.int64), np.array(sorted({h // DAY_HOURS for h in totals}), np.int64)
+
+
+def day_span(t_ms: np.ndarray) -> np.ndarray:
+    """The blocks of ``DAY_BLOCK`` days whose per-day counters a batch with these event times
+    needs: the days ``[d - longest window, d)`` before each event's day ``d``."""
+    if not cat.MERCHANT_DAY_WINDOWS:
+        return np.empty(0, np.int64)
+    d_lo, d_hi = int(t_ms.min()) // MS_PER_DAY, int(t_ms.max()) // MS_PER_DAY
+    first = (d_lo - max(cat.MERCHANT_DAY_WINDOWS) // cat.DAY) // cat.DAY_BLOCK
+    return np.arange(first, (d_hi - 1) // cat.DAY_BLOCK + 1, dtype=np.int64)
+
+
+def _merchant_days(
+    batch: TxBatch, mcode: np.ndarray, applied: np.ndarray, mc: MerchantCounts
+) -> dict[str, np.ndarray]:
+    """Per record, the merchant's transactions and their amount (cents) in the whole UTC days
+    ``[d - w, d)`` before its event's day ``d``: prefix sums over the counters' day axis (no sort
+    of the counters: they are in day order already) plus the batch's applied records of earlier
+    days (all earlier in processing order too). Integer arithmetic: exact, as offline."""
+    n = len(batch)
+    day = batch.t_ms // MS_PER_DAY
+    raw: dict[str, np.ndarray] = {}
+    if mc.day_counts is None or mc.day_cents is None or not len(mc.day_blocks):
+        zero = np.zeros(n)
+        return {
+            k: zero for w in cat.MERCHANT_DAY_WINDOWS for k in (f"merchant.dcount.{w}", f"merchant.dsum.{w}")
+        }
+    first_day = int(mc.day_blocks[0]) * cat.DAY_BLOCK
+    width = mc.day_counts.shape[1]
+    zero_col = np.zeros((mc.day_counts.shape[0], 1), np.int64)
+    c_cum = np.hstack([zero_col, np.cumsum(mc.day_counts, axis=1, dtype=np.int64)])
+    s_cum = np.hstack([zero_col, np.cumsum(mc.day_cents, axis=1, dtype=np.int64)])
+    # the batch's applied records by (merchant, day), with their prefix sums
+    done = np.flatnonzero(applied)
+    bkey = mcode[done].astype(np.int64) * _MIN_BITS + day[done]
+    o = np.argsort(bkey, kind="stable")
+    bkey = bkey[o]
+    b_cents = np.concatenate([[0], np.cumsum(to_cents(batch.amount[done])[o])])
+    base = mcode.astype(np.int64) * _MIN_BITS
+    m = mcode.astype(np.int64)
+    hi = np.clip(day - first_day, 0, width)
+    b_hi = np.searchsorted(bkey, base + day, "left")
+    for w in cat.MERCHANT_DAY_WINDOWS:
+        lo = np.clip(day - w // cat.DAY - first_day, 0, width)
+        b_lo = np.searchsorted(bkey, base + day - w // cat.DAY, "left")
+        raw[f"merchant.dcount.{w}"] = (c_cum[m, hi] - c_cum[m, lo] + (b_hi - b_lo)).astype(np.float64)
+        raw[f"merchant.dsum.{w}"] = (s_cum[m, hi] - s_cum[m, lo] + b_cents[b_hi] - b_cents[b_lo]).astype(
+            np.float64
+        )
+    return raw
 
 
 def _merchant_counts(
@@ -222,7 +277,9 @@ def compute(
     raw = _running_raw(welford, seen_out)
     h = _history(batch, order, ucode, states, applied, before=np.array(before, dtype=np.int64))
     raw |= _window_sums(h) | _previous(h) | _distinct(h, ucode)
-    raw |= _merchant_counts(batch, order, mcode, applied, merchants)
+    raw |= _merchant_counts(batch, order, mcode, applied, merchants) | _merchant_days(
+        batch, mcode, applied, merchants
+    )
     _fold_all(touched, h)
     return Outcome(raw, applied, touched, latest)
 
@@ -354,24 +411,29 @@ def _history(
 
 
 def _window_sums(h: _History) -> dict[str, np.ndarray]:
-    s, lower = h.s, h.lower
-    h_amt = h.amount
+    """Counts and sums of every user window. Each window's sum adds its events from the newest
+    back, starting at 0: the result depends on the window's events only, not on what else the
+    round read (prefix sums over the history would round differently when a batch is split into
+    rounds). One row per record of its longest window's amounts, newest first, zero-padded,
+    and a cumulative sum along the rows (sequential, as that walk) give every window at once:
+    a window is a prefix of the longest one."""
+    s, n = h.s, len(h.s)
+    lengths = {w: np.maximum(s - h.lower(w), 0) for w in cat.USER_WINDOWS}
+    longest = lengths[max(cat.USER_WINDOWS)]  # <= USER_EVENTS_CAP
+    depth = int(longest.max(initial=0))
     raw: dict[str, np.ndarray] = {}
-    # Sums walk each window from its newest event back: the result depends on the window's
-    # events only, not on what else the round read (prefix sums would round differently when a
-    # batch is split into rounds).
-    lengths = {w: np.maximum(s - lower(w), 0) for w in cat.USER_WINDOWS}
-    sums = {w: np.zeros(len(s)) for w in cat.USER_WINDOWS}
-    longest = lengths[max(cat.USER_WINDOWS)]
-    for d in range(1, int(longest.max(initial=0)) + 1):
-        rows = np.flatnonzero(longest >= d)
-        x = h_amt[s[rows] - d]
-        for w in cat.USER_WINDOWS:
-            inside = lengths[w][rows] >= d
-            sums[w][rows[inside]] += x[inside]
+    if depth:
+        rows = np.repeat(np.arange(n), longest)
+        back = np.arange(len(rows)) - np.repeat(np.cumsum(longest) - longest, longest)
+        walk = np.zeros((n, depth))
+        walk[rows, back] = h.amount[s[rows] - back - 1]
+        walk = np.cumsum(walk, axis=1)
     for w in cat.USER_WINDOWS:
-        raw[f"user.count.{w}"] = lengths[w].astype(np.float64)
-        raw[f"user.sum.{w}"] = sums[w]
+        length = lengths[w]
+        raw[f"user.count.{w}"] = length.astype(np.float64)
+        raw[f"user.sum.{w}"] = (
+            np.where(length > 0, walk[np.arange(n), np.maximum(length - 1, 0)], 0.0) if depth else np.zeros(n)
+        )
     return raw
 
 

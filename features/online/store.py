@@ -13,6 +13,8 @@ round is read and computed again, so a transaction is never applied twice. Keys 
 - ``ns:u:<user>:l`` string: the latest transaction and its raw aggregates, for ``GET /predict``.
 - ``ns:m:<merchant>:mc:<hour>`` / ``:hc:<day>`` strings of 60 / 24 big-endian u32 counters
   (``BITFIELD INCRBY``): the merchant's transactions per minute of an hour / per hour of a day.
+- ``ns:m:<merchant>:dc:<day // 32>`` string of 32 big-endian u32 counts then 32 big-endian i64
+  amount sums in cents: the merchant's transactions per UTC day of a 32-day block.
 - ``ns:m:<merchant>:lab`` / ``:fr`` zsets of labelled / fraud-labelled transaction ids scored by
   the time the label arrived; ``ns:txm:<day>`` hash tx_id -> merchant (for labels).
 
@@ -37,7 +39,16 @@ import redis
 from core.errors import FraudrayError, StoreUnavailable
 from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES
-from features.kernel import MS_PER_DAY, RAW_KEYS, TxBatch, assemble, empty_raw, raw_from_matrix, to_ms
+from features.kernel import (
+    MS_PER_DAY,
+    RAW_KEYS,
+    TxBatch,
+    assemble,
+    empty_raw,
+    raw_from_matrix,
+    to_cents,
+    to_ms,
+)
 from features.online import engine
 from features.online.engine import MerchantCounts, UserState
 
@@ -48,10 +59,16 @@ CHUNK_SPAN_MS = 2 * 3_600_000
 _USER_TTL_MS = (cat.USER_TTL_S + cat.DAY) * 1000
 _MINUTE_TTL_MS = (max(cat.MERCHANT_WINDOWS) + 2 * cat.HOUR + cat.ALLOWED_LATENESS_S) * 1000
 _HOUR_TTL_MS = (max(cat.MERCHANT_WINDOWS) + cat.DAY + cat.DAY) * 1000
+# a day's counters are read by the events of the next 30 days: from its last write, at most the
+# longest window + the rest of that day + lateness (a day of margin)
+_DAY_TTL_MS = (max(cat.MERCHANT_DAY_WINDOWS, default=0) + 2 * cat.DAY + cat.ALLOWED_LATENESS_S) * 1000
 _MAP_TTL_MS = (cat.LABEL_HORIZON_DAYS + 2) * cat.DAY * 1000
 _RISK_RETAIN_MS = (max(cat.RISK_WINDOWS) + cat.DAY) * 1000
 _CAS_ROUNDS = 5
 _ZERO_MINUTES, _ZERO_HOURS = bytes(240), bytes(96)  # 60 / 24 u32 counters
+_DAY_COUNTS_BYTES = 4 * cat.DAY_BLOCK  # a day block: 32 u32 counts, then 32 i64 sums (cents)
+_DAY_BYTES = _DAY_COUNTS_BYTES + 8 * cat.DAY_BLOCK
+_ZERO_DAYS = bytes(_DAY_BYTES)
 _FIELD_SEP = "\x1f"  # between the fields of the stored latest transaction
 _LAST_SEP = "\x1e"  # between that record and its raw aggregates
 _BINARY_MARK = b"\x1e\x1e"  # ...when they follow as float64 bytes (a record field holds no 0x1e)
@@ -186,19 +203,29 @@ class RedisOnlineStore(FeatureStore):
         prefixes = [f"{ns}:m:{m}" for m in merchants]
         minute_suffixes = [f":mc:{h}" for h in minute_hours.tolist()]
         hour_suffixes = [f":hc:{d}" for d in days.tolist()]
+        day_blocks = engine.day_span(batch.t_ms)
+        day_suffixes = [f":dc:{b}" for b in day_blocks.tolist()]
         mkeys = [p + x for p in prefixes for x in minute_suffixes]
         hkeys = [p + x for p in prefixes for x in hour_suffixes]
+        dkeys = [p + x for p in prefixes for x in day_suffixes]
         lreqs = [[f"{ns}:m:{m}:lab", f"{ns}:m:{m}:fr", lo, hi] for m in merchants]
-        request = msgpack.packb([[self.state_key(u) for u in users], mkeys, hkeys, lreqs], use_bin_type=False)
+        request = msgpack.packb(
+            [[self.state_key(u) for u in users], mkeys, hkeys, lreqs, dkeys], use_bin_type=False
+        )
         try:
             reply = msgpack.unpackb(self._read(keys=[], args=[request]), raw=True)
         except redis.RedisError as exc:
             raise store_error(exc) from exc
-        uvals, mvals, hvals, labels = reply
+        uvals, mvals, hvals, labels, dvals = reply
         mbytes = b"".join(v.ljust(240, b"\0")[:240] if v else _ZERO_MINUTES for v in mvals)
         hbytes = b"".join(v.ljust(96, b"\0")[:96] if v else _ZERO_HOURS for v in hvals)
+        dbytes = b"".join(v.ljust(_DAY_BYTES, b"\0")[:_DAY_BYTES] if v else _ZERO_DAYS for v in dvals)
         states = [UserState.decode(v) for v in uvals]
         n_m = len(merchants)
+        # (merchant, block) rows of [32 counts | 32 sums] -> (merchant, day) arrays in day order
+        dblocks = np.frombuffer(dbytes, np.uint8).reshape(n_m, len(day_blocks), _DAY_BYTES)
+        day_counts = dblocks[:, :, :_DAY_COUNTS_BYTES].copy().view(">u4").astype(np.int64)
+        day_cents = dblocks[:, :, _DAY_COUNTS_BYTES:].copy().view(">i8").astype(np.int64)
         counts = MerchantCounts(
             minute_hours=minute_hours,
             minutes=np.frombuffer(mbytes, ">u4").reshape(n_m, len(minute_hours) * 60),
@@ -206,6 +233,9 @@ class RedisOnlineStore(FeatureStore):
             hours=np.frombuffer(hbytes, ">u4").reshape(n_m, len(days) * 24),
             labels=[np.asarray(x[0] or [], np.float64) for x in labels],
             fraud=[np.asarray(x[1] or [], np.float64) for x in labels],
+            day_blocks=day_blocks,
+            day_counts=day_counts.reshape(n_m, len(day_blocks) * cat.DAY_BLOCK),
+            day_cents=day_cents.reshape(n_m, len(day_blocks) * cat.DAY_BLOCK),
         )
         result = engine.compute(batch, ucode, states, mcode, counts, apply=apply)
         raw = engine.raw_matrix(result.raw)
@@ -259,11 +289,31 @@ class RedisOnlineStore(FeatureStore):
                 for off, k in zip((cells[a:b] % width).tolist(), n[a:b].tolist(), strict=True):
                     ops += ["INCRBY", "u32", f"#{off}", k]
                 counters.append(ops)
+        # per (merchant, 32-day block) each day's count and amount sum (cents), one BITFIELD
+        if len(rows) and cat.MERCHANT_DAY_WINDOWS:
+            event_day = batch.t_ms[rows] // MS_PER_DAY
+            width = cat.DAY_BLOCK
+            keyed = (mcode[rows].astype(np.int64) << 32 | event_day // width) * width + event_day % width
+            o = np.argsort(keyed, kind="stable")
+            keyed = keyed[o]
+            cells, first, n = np.unique(keyed, return_index=True, return_counts=True)
+            cents = np.add.reduceat(to_cents(batch.amount[rows])[o], first).tolist()
+            groups, gfirst = np.unique(cells // width, return_index=True)
+            bounds = [*gfirst.tolist(), len(cells)]
+            for g, (a, b) in zip(groups.tolist(), itertools.pairwise(bounds), strict=True):
+                ops = [f"{ns}:m:{merchants[g >> 32]}:dc:{g & 0xFFFFFFFF}", "day"]
+                for j in range(a, b):
+                    off = int(cells[j] % width)
+                    # the sum as text: Redis formats a Lua number argument in as few digits as
+                    # it likes (1e+14), BITFIELD wants an integer
+                    ops += ["INCRBY", "u32", f"#{off}", int(n[j]),
+                            "INCRBY", "i64", f"#{_DAY_COUNTS_BYTES // 8 + off}", str(cents[j])]  # fmt: skip
+                counters.append(ops)
         maps: dict[int, list[Any]] = {}
         for i in rows.tolist():
             day = int(batch.t_ms[i] // MS_PER_DAY)
             maps.setdefault(day, [f"{ns}:txm:{day}"]).extend((batch.transaction_id[i], merchants[mcode[i]]))
-        ttls = [_USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS]
+        ttls = [_USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS, _DAY_TTL_MS]
         payload = [*ttls, entries, counters, list(maps.values())]
         # raw (str) types: the scripts' cmsgpack predates msgpack's bin type
         return msgpack.packb(payload, use_bin_type=False), names
@@ -342,15 +392,43 @@ def _pack_latest(batch: TxBatch, i: int, raw: np.ndarray) -> bytes:
     return _FIELD_SEP.join(fields).encode() + _BINARY_MARK + np.asarray(raw, dtype="<f8").tobytes()
 
 
+# The raw-aggregate layout before the 30-day windows (issue #23, 2026-12-04): latest vectors
+# written then are still read (a user's is replaced by their next transaction; TTL 121 d).
+_RAW_KEYS_BEFORE_23 = (
+    "user.count.60", "user.sum.60", "user.count.3600", "user.sum.3600", "user.count.86400",
+    "user.sum.86400", "user.count.604800", "user.sum.604800", "user.prev_ms", "user.prev_loc_ms",
+    "user.prev_lat", "user.prev_lon", "user.distinct.86400", "user.n", "user.mean", "user.m2",
+    "user.seen.device_id", "user.seen.country", "user.seen.merchant_id", "merchant.count.3600",
+    "merchant.count.86400", "merchant.fraud.604800", "merchant.labels.604800",
+    "merchant.fraud.2592000", "merchant.labels.2592000",
+)  # fmt: skip
+
+
+def _raw_of(values: np.ndarray, batch: TxBatch) -> dict[str, np.ndarray]:
+    """A stored latest vector's raw aggregates. One of an older layout gives the aggregates it
+    holds; those it lacks (the 30-day windows) are those of an empty history, 0 — /predict
+    answers with them rather than failing, until the user's next transaction rewrites it."""
+    if len(values) == len(RAW_KEYS):
+        return raw_from_matrix(values.reshape(1, -1))
+    if len(values) != len(_RAW_KEYS_BEFORE_23):
+        raise FeatureStoreError(
+            f"a stored latest vector of {len(values)} aggregates (expected {len(RAW_KEYS)})"
+        )
+    raw = empty_raw(batch)
+    for k, v in zip(_RAW_KEYS_BEFORE_23, values.tolist(), strict=True):
+        raw[k] = np.array([v])
+    return raw
+
+
 def decode_latest(value: bytes) -> np.ndarray:
     """The feature vector of a stored latest transaction (``ns:u:<user>:l``)."""
-    size = 8 * len(RAW_KEYS)
-    if value[-size - 2 : -size] == _BINARY_MARK:
-        record_part = value[: -size - 2].decode()
-        raw = np.frombuffer(value[-size:], dtype="<f8").reshape(1, len(RAW_KEYS))
+    # the record's fields hold no 0x1e: the first one starts the aggregates (binary or text)
+    cut = value.index(_LAST_SEP.encode())
+    record_part = value[:cut].decode()
+    if value[cut : cut + 2] == _BINARY_MARK:
+        values = np.frombuffer(value[cut + 2 :], dtype="<f8")
     else:  # written by the Lua store (before 2026-12-04): the aggregates as text; gone in 121 d
-        record_part, raw_text = value.decode().split(_LAST_SEP)
-        raw = np.array(raw_text.split(","), dtype=np.float64).reshape(1, len(RAW_KEYS))
+        values = np.array(value[cut + 1 :].decode().split(","), dtype=np.float64)
     txid, uid, mid, t, amount, country, device, lat, lon, channel, category = record_part.split(_FIELD_SEP)
     record = {
         "transaction_id": txid, "user_id": uid, "merchant_id": mid, "event_time": int(t),
@@ -358,7 +436,8 @@ def decode_latest(value: bytes) -> np.ndarray:
         "channel": channel or None, "merchant_category": category or None,
         "lat": float(lat) if lat else None, "lon": float(lon) if lon else None,
     }  # fmt: skip
-    return assemble(TxBatch.from_records([record]), raw_from_matrix(raw))[0]
+    batch = TxBatch.from_records([record])
+    return assemble(batch, _raw_of(values, batch))[0]
 
 
 def records_features(records: Sequence[Mapping[str, Any]], event_ms: np.ndarray) -> np.ndarray:

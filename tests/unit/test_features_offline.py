@@ -36,7 +36,10 @@ def test_catalogue_is_consistent() -> None:
     assert {f.aggregation for f in FEATURES} <= set(KERNELS)
     for f in FEATURES:
         assert f.description and f.entity in {"transaction", "user", "merchant"}
-    assert cat.USER_WINDOWS == (60, 3600, 86_400, 604_800)
+    assert cat.USER_WINDOWS == (60, 3600, 86_400, 604_800, 2_592_000)
+    assert cat.USER_SCAN_S == 30 * 86_400  # the user's retained events cover the 30-day windows
+    assert cat.MERCHANT_WINDOWS == (3600, 86_400)
+    assert cat.MERCHANT_DAY_WINDOWS == (604_800, 2_592_000)
     assert cat.RISK_WINDOWS == (604_800, 2_592_000)
     assert len(RAW_KEYS) == len(set(RAW_KEYS))
 
@@ -53,6 +56,9 @@ def test_stateless_row_of_a_new_user() -> None:
     row = dict(zip(FEATURE_NAMES, assemble(batch, empty_raw(batch))[0], strict=True))
     assert row["log_amount"] == pytest.approx(np.log1p(99.0))
     assert row["user_tx_count_1h"] == 0 and row["user_amount_sum_7d"] == 0
+    assert row["user_tx_count_30d"] == 0 and row["user_amount_mean_7d"] == row["user_amount_mean_30d"] == 0
+    assert row["merchant_tx_count_7d"] == row["merchant_tx_count_30d"] == 0
+    assert row["merchant_amount_mean_7d"] == row["merchant_amount_mean_30d"] == 0
     assert row["user_seconds_since_last"] == 7 * 86_400
     assert row["user_amount_zscore"] == 0 and row["user_amount_ratio"] == 1
     assert row["user_new_device"] == row["user_new_country"] == row["user_new_merchant"] == 1
@@ -138,6 +144,55 @@ def test_merchant_counts_span_users() -> None:
     f = frame_from_records(recs)
     assert col(f, "merchant_tx_count_1h") == [0, 1, 2, 1]  # [30 min, 90 min) holds one
     assert col(f, "merchant_tx_count_24h") == [0, 1, 2, 3]
+
+
+def test_user_30_day_count_and_window_means() -> None:
+    day = 24 * 60
+    at = [(0, 10.0), (1 * day, 20.0), (9 * day, 60.0), (9 * day + 1, 1.0), (29 * day, 5.0), (39 * day, 7.0)]
+    recs = [tx(i, minutes, amount=amount) for i, (minutes, amount) in enumerate(at)]
+    f = frame_from_records(recs)
+    assert col(f, "user_tx_count_7d") == [0, 1, 0, 1, 0, 0]
+    # exactly 30 days before still counts (the lower bound is inclusive): day 39 sees days 9-29
+    assert col(f, "user_tx_count_30d") == [0, 1, 2, 3, 4, 3]
+    assert col(f, "user_amount_mean_7d") == [0, 10, 0, 60, 0, 0]  # 0 for an empty window
+    assert col(f, "user_amount_mean_30d") == pytest.approx([0, 10, 15, 30, 91 / 4, 22], rel=1e-6)
+    # the mean is the window's sum over its count, as the kernel's other windows are
+    for w in ("7d",):
+        mean, total, n = (np.array(col(f, c)) for c in (f"user_amount_mean_{w}", f"user_amount_sum_{w}",
+                                                        f"user_tx_count_{w}"))  # fmt: skip
+        np.testing.assert_allclose(mean * n, total, rtol=1e-6)
+
+
+def test_merchant_day_windows_are_whole_utc_days_before_the_events_day() -> None:
+    midnight = datetime(2026, 3, 10, tzinfo=UTC)  # a Tuesday
+
+    def at(i: int, when: datetime, amount: float) -> dict[str, Any]:
+        return tx(i, (when - T0).total_seconds() / 60, user_id=f"u{i}", amount=amount)
+
+    minute = timedelta(minutes=1)
+    recs = [
+        at(1, midnight - 8 * timedelta(days=1), 100.0),  # day d - 8
+        at(2, midnight - 7 * timedelta(days=1), 7.0),  # day d - 7
+        at(3, midnight - minute, 0.1),  # 23:59 the day before d
+        at(4, midnight + minute, 0.2),  # 00:01 of day d
+        at(5, midnight + timedelta(hours=23, minutes=59), 9.0),  # 23:59 of day d
+        at(6, midnight + timedelta(days=1), 1.0),  # 00:00 of d + 1
+    ]
+    f = frame_from_records(recs)
+    # 00:01 sees the 23:59 of the day before (2 minutes earlier) and day d - 7, not day d - 8;
+    # 23:59 of day d does not see 00:01 of its own day; midnight after it sees all of day d
+    assert col(f, "merchant_tx_count_7d") == [0, 1, 2, 2, 2, 3]
+    assert col(f, "merchant_tx_count_30d") == [0, 1, 2, 3, 3, 5]
+    assert col(f, "merchant_amount_mean_7d") == pytest.approx([0, 100, 107 / 2, 7.1 / 2, 7.1 / 2, 9.3 / 3])
+    assert col(f, "merchant_amount_mean_30d") == pytest.approx(
+        [0, 100, 107 / 2, 107.1 / 3, 107.1 / 3, 116.3 / 5]
+    )
+    # the minute windows of the same merchant are unchanged: the 23:59 one is 2 minutes before
+    assert col(f, "merchant_tx_count_1h")[3] == 1
+    # sums are whole cents: 0.1 + 0.2 is 0.30, the mean of 0.1 and 0.2 exactly 0.15
+    g = frame_from_records([at(1, midnight - minute, 0.1), at(2, midnight - 2 * minute, 0.2),
+                            at(3, midnight + minute, 1.0)])  # fmt: skip
+    assert g["merchant_amount_mean_7d"].iloc[2] == np.float32(0.15)
 
 
 def test_merchant_risk_uses_only_labels_arrived_by_event_time() -> None:

@@ -2,14 +2,17 @@
 -- version the actor read (its first 8 bytes; '' when there was none). If any does not (another
 -- actor applied it meanwhile: a rebalance, a zombie), nothing is written and those users are
 -- returned: the actor reads and computes the round again, so no transaction is ever applied
--- twice. Otherwise the users' states and latest vectors are set, the merchants' per-minute and
--- per-hour counters incremented (BITFIELD, atomic across actors) and the tx -> merchant day
--- maps extended, all in this one atomic call.
--- ARGV[1]: msgpack [user ttl ms, minute-counter ttl, hour-counter ttl, map ttl, users,
---   counters, maps] with user = [state key, expected version, new value, latest key, latest
---   value or false], counter = [key, minute|hour, BITFIELD ops...], map = [key, field, value...]
+-- twice. Otherwise the users' states and latest vectors are set, the merchants' per-minute,
+-- per-hour and per-day counters incremented (BITFIELD, atomic across actors) and the
+-- tx -> merchant day maps extended, all in this one atomic call.
+-- ARGV[1]: msgpack [user ttl ms, minute-counter ttl, hour-counter ttl, map ttl, day-counter ttl,
+--   users, counters, maps] with user = [state key, expected version, new value, latest key,
+--   latest value or false], counter = [key, minute|hour|day, BITFIELD ops...],
+--   map = [key, field, value...]
 local req = cmsgpack.unpack(ARGV[1])
-local uttl, mttl, httl, xttl, users, counters, maps = req[1], req[2], req[3], req[4], req[5], req[6], req[7]
+local uttl, mttl, httl, xttl, dttl = req[1], req[2], req[3], req[4], req[5]
+local users, counters, maps = req[6], req[7], req[8]
+local ttl = {minute = mttl, hour = httl, day = dttl}
 local call = redis.call
 
 local failed = {}
@@ -26,7 +29,7 @@ end
 for i = 1, #counters do
   local c = counters[i]
   call('BITFIELD', c[1], 'OVERFLOW', 'SAT', unpack(c, 3))
-  call('PEXPIRE', c[1], c[2] == 'minute' and mttl or httl)
+  call('PEXPIRE', c[1], ttl[c[2]])
 end
 for i = 1, #maps do
   local m = maps[i]

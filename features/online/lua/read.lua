@@ -1,11 +1,11 @@
 -- Read a batch's stored state in one round trip; no arithmetic here (the actors compute).
--- ARGV[1]: msgpack [user state keys, minute-counter keys, hour-counter keys, label requests]
--- where a label request is [labels zset, fraud zset, min ms, max ms].
--- Reply: msgpack [user values, minute-counter values, hour-counter values (false when
--- missing; the caller pads counters to their width), per label request {label times, fraud
--- times}].
+-- ARGV[1]: msgpack [user state keys, minute-counter keys, hour-counter keys, label requests,
+-- day-counter keys] where a label request is [labels zset, fraud zset, min ms, max ms].
+-- Reply: msgpack [user values, minute-counter values, hour-counter values, per label request
+-- {label times, fraud times}, day-counter values] (counters false when missing; the caller
+-- pads them to their width).
 local req = cmsgpack.unpack(ARGV[1])
-local ukeys, mkeys, hkeys, lreqs = req[1], req[2], req[3], req[4]
+local ukeys, mkeys, hkeys, lreqs, dkeys = req[1], req[2], req[3], req[4], req[5]
 local call = redis.call
 
 -- MGET in slices: one redis.call per 1,000 keys, not one per key (the call is the cost)
@@ -31,4 +31,4 @@ for i = 1, #lreqs do
   local r = lreqs[i]
   labels[i] = {times(r[1], r[3], r[4]), times(r[2], r[3], r[4])}
 end
-return cmsgpack.pack({users, mget(mkeys), mget(hkeys), labels})
+return cmsgpack.pack({users, mget(mkeys), mget(hkeys), labels, mget(dkeys)})

@@ -1,0 +1,167 @@
+"""The online store's engine and its Redis layouts without a Redis: the two scripts played by a
+dict (MGET, the guarded SET, BITFIELD INCRBY on big-endian u32/i64 cells), so the store's
+packing, the day counters' byte layout and the engine's window arithmetic are checked against
+the offline engine in a unit test. The real Redis is the integration skew test's
+(tests/integration/test_features_store.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import redis
+
+from features.catalogue import FEATURE_NAMES, FEATURES
+from features.kernel import RAW_KEYS, TxBatch, assemble, empty_raw, raw_from_matrix
+from features.offline import frame_from_records
+from features.online import OnlineStore
+from features.online import store as store_module
+
+# exact: counts, flags, and the merchant day features (integer cents on both sides)
+EXACT = {f.name for f in FEATURES if f.aggregation in {"count", "lifetime_count", "day_count", "day_mean"}}
+RTOL, ATOL = 1e-5, 1e-5
+
+
+class ScriptRedis:
+    """read.lua and apply.lua over a dict; labels are not modelled (no label zsets)."""
+
+    def __init__(self) -> None:
+        self.kv: dict[bytes, bytes] = {}
+        self.ttl: dict[bytes, int] = {}
+
+    def register_script(self, source: str) -> Any:
+        if "GETRANGE" in source:
+            return self._apply
+        if "cmsgpack.pack({users" in source:
+            return self._read
+        return lambda **_: 0
+
+    def _read(self, keys: list[str], args: list[bytes]) -> bytes:
+        ukeys, mkeys, hkeys, lreqs, dkeys = msgpack.unpackb(args[0], raw=True)
+
+        def mget(ks: list[bytes]) -> list[bytes | bool]:
+            return [self.kv.get(k, False) for k in ks]
+
+        return msgpack.packb([mget(ukeys), mget(mkeys), mget(hkeys), [[[], []] for _ in lreqs], mget(dkeys)])
+
+    def _apply(self, keys: list[str], args: list[bytes]) -> list[int]:
+        req = msgpack.unpackb(args[0], raw=True)
+        ttls = dict(zip((b"minute", b"hour", b"day"), (req[1], req[2], req[4]), strict=True))
+        users, counters, maps = req[5], req[6], req[7]
+        failed = [i for i, u in enumerate(users) if self.kv.get(u[0], b"")[:8] != u[1]]
+        if failed:
+            return failed
+        for key, _, value, latest_key, latest in users:
+            self.kv[key] = value
+            if latest:
+                self.kv[latest_key] = latest
+        for c in counters:
+            cell = bytearray(self.kv.get(c[0], b""))
+            ops = c[2:]
+            for j in range(0, len(ops), 4):
+                assert ops[j] == b"INCRBY"
+                kind, off, by = ops[j + 1].decode(), int(ops[j + 2].decode()[1:]), int(ops[j + 3])
+                width = int(kind[1:]) // 8
+                start = off * width
+                cell.extend(bytes(max(0, start + width - len(cell))))
+                old = int.from_bytes(cell[start : start + width], "big", signed=kind[0] == "i")
+                cell[start : start + width] = (old + by).to_bytes(width, "big", signed=kind[0] == "i")
+            self.kv[c[0]] = bytes(cell)
+            self.ttl[c[0]] = ttls[c[1]]
+        for m in maps:
+            self.kv.setdefault(m[0], b"")
+        return []
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptRedis]:
+    r = ScriptRedis()
+    monkeypatch.setattr(redis.Redis, "from_url", staticmethod(lambda *a, **k: r))
+    yield r
+
+
+def world(n: int, days: int, seed: int = 3) -> list[dict[str, Any]]:
+    """``n`` transactions of 25 users at 8 merchants over ``days`` days, in event-time order,
+    a fifth of them within a minute of midnight UTC, amounts with and without whole cents."""
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    out = []
+    for i in range(n):
+        day = rng.randrange(days)
+        second = rng.choice([rng.randrange(86_400), rng.randrange(60), 86_340 + rng.randrange(60)])
+        out.append({
+            "transaction_id": f"t{i:05d}", "user_id": f"u{rng.randrange(25)}",
+            "merchant_id": f"m{rng.randrange(8)}",
+            "amount": rng.choice([round(rng.uniform(1, 300), 2), rng.uniform(0, 50), 0.0, 12.345]),
+            "currency": "EUR", "event_time": start + timedelta(days=day, seconds=second), "country": "FR",
+            "device_id": "d1", "channel": "online", "merchant_category": "grocery", "lat": None, "lon": None,
+        })  # fmt: skip
+    return sorted(out, key=lambda r: (r["event_time"], r["transaction_id"]))
+
+
+def assert_match(online: np.ndarray, offline: np.ndarray) -> None:
+    for j, name in enumerate(FEATURE_NAMES):
+        a, b = online[:, j].astype(np.float64), offline[:, j].astype(np.float64)
+        bad = np.flatnonzero(a != b if name in EXACT else np.abs(a - b) > ATOL + RTOL * np.abs(b))
+        assert len(bad) == 0, f"{name} differs on {len(bad)} rows, e.g. {a[bad[:3]]} vs {b[bad[:3]]}"
+
+
+def test_online_long_windows_equal_offline_over_40_days(fake: ScriptRedis) -> None:
+    records = world(1500, days=40)
+    store = OnlineStore("redis://fake")
+    online = np.vstack([store.update_and_compute(records[i : i + 60]) for i in range(0, len(records), 60)])
+    offline = frame_from_records(records)[list(FEATURE_NAMES)].to_numpy()
+    assert_match(online, offline)
+    for name in ("user_tx_count_30d", "merchant_tx_count_7d", "merchant_amount_mean_30d"):
+        j = FEATURE_NAMES.index(name)
+        assert np.unique(offline[:, j]).size > 10, name  # the windows filled and emptied
+    # the day counters: 32 u32 counts then 32 i64 cent sums per merchant and 32-day block
+    blocks = {k: v for k, v in fake.kv.items() if b":dc:" in k}
+    assert blocks and all(len(v) <= 384 for v in blocks.values())
+    total = sum(int(np.frombuffer(v.ljust(384, b"\0")[:128], ">u4").sum()) for v in blocks.values())
+    assert total == len(records)
+    cents = sum(int(np.frombuffer(v.ljust(384, b"\0")[128:], ">i8").sum()) for v in blocks.values())
+    assert cents == sum(round(r["amount"] * 100) for r in records)
+    assert {fake.ttl[k] for k in blocks} == {(32 * 86_400 + 3600) * 1000}
+
+
+def test_rounds_and_redelivery_change_no_long_window(fake: ScriptRedis) -> None:
+    records = world(600, days=35, seed=5)
+    whole = OnlineStore("redis://fake", namespace="w")
+    split = OnlineStore("redis://fake", namespace="s", round_size=7)
+    for i in range(0, len(records), 100):
+        part = records[i : i + 100]
+        np.testing.assert_array_equal(split.update_and_compute(part), whole.update_and_compute(part))
+        split.update_and_compute(part)  # redelivered: nothing counts twice
+    state = {k[1:]: v for k, v in fake.kv.items() if k.startswith(b"s:")}
+    assert state == {k[1:]: v for k, v in fake.kv.items() if k.startswith(b"w:")}
+
+
+def test_a_latest_vector_of_the_layout_before_the_30_day_windows_still_decodes() -> None:
+    old = store_module._RAW_KEYS_BEFORE_23
+    assert set(old) < set(RAW_KEYS) and len(old) == 25
+    record = world(1, days=1)[0]
+    batch = TxBatch.from_records([record])
+    raw = empty_raw(batch)
+    raw["user.count.604800"][:] = 3
+    raw["user.sum.604800"][:] = 30.0
+    raw["merchant.count.3600"][:] = 5
+    raw["user.count.2592000"][:] = 9  # not in the old layout: 0 after decoding
+    values = np.array([raw[k][0] for k in old], dtype="<f8")
+    written = store_module._pack_latest(batch, 0, np.zeros(len(RAW_KEYS)))
+    stored = written[: written.index(b"\x1e")] + b"\x1e\x1e" + values.tobytes()
+    row = dict(zip(FEATURE_NAMES, store_module.decode_latest(stored), strict=True))
+    assert row["user_tx_count_7d"] == 3 and row["user_amount_mean_7d"] == 10
+    assert row["merchant_tx_count_1h"] == 5
+    assert row["user_tx_count_30d"] == 0 and row["user_amount_mean_30d"] == 0
+    # today's layout round-trips exactly
+    full = np.array([raw[k][0] for k in RAW_KEYS])
+    np.testing.assert_array_equal(
+        store_module.decode_latest(store_module._pack_latest(batch, 0, full)),
+        assemble(batch, raw_from_matrix(full.reshape(1, -1)))[0],
+    )
