@@ -91,6 +91,39 @@ def decide(
     return np.asarray(model_scores["if"], dtype=np.float64), float(if_threshold), False
 
 
+class ShadowChallenger:
+    """A challenger scored beside the champion, never deciding (#23): its member models and its
+    stacked ensemble, loaded in the Ensemble replica from ``{family: {"uri", "version"}}`` (every
+    member family and ``ensemble``). Each member scores its own feature columns of the served
+    matrix (``FEATURE_NAMES`` order), as the learning loop evaluated it."""
+
+    def __init__(self, config: dict[str, dict[str, str]]) -> None:
+        from training.ensemble import Ensemble as StackedEnsemble
+
+        missing = {*FAMILIES, "ensemble"} - config.keys()
+        if missing:
+            raise ModelNotReady(f"shadow challenger without {sorted(missing)}")
+        names = list(FEATURE_NAMES)
+        self.members: dict[str, tuple[Any, list[int] | None]] = {}
+        for fam in FAMILIES:
+            model = member_models.load_family(fam, config[fam]["uri"])
+            wanted = list(model.feature_names)
+            if not set(wanted) <= set(names):
+                raise ModelNotReady(f"shadow {fam} {config[fam]['version']} was trained on other features")
+            columns = None if wanted == names else [names.index(n) for n in wanted]
+            self.members[fam] = (model, columns)
+        self.stacked = StackedEnsemble.load(Path(config["ensemble"]["uri"]))
+        self.version = str(config["ensemble"]["version"])
+        self.versions = {f: str(v["version"]) for f, v in config.items()}
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        scores = {
+            fam: np.asarray(model.score(matrix if cols is None else matrix[:, cols]), dtype=np.float64)
+            for fam, (model, cols) in self.members.items()
+        }
+        return np.asarray(self.stacked.predict(scores), dtype=np.float64)
+
+
 @serve.deployment(
     name=SCORER_DEPLOYMENT,
     ray_actor_options={"num_cpus": 0.1},
@@ -105,7 +138,12 @@ class Ensemble:
     scores with the registry's ensemble (logistic stacking, training/ensemble.py).
 
     ``user_config`` is ``{"uri", "version"}`` of the ensemble model, or ``{}`` when the registry
-    has none yet: then the Isolation Forest's score and threshold decide.
+    has none yet: then the Isolation Forest's score and threshold decide. An optional
+    ``"shadow": {family: {"uri", "version"}}`` (every member and ``ensemble``) is a challenger
+    the learning loop installed (``serve_deployments.deploy.install_shadow``): it scores every
+    matrix too, in a thread while the members answer, and the reply carries its scores as
+    ``shadow_scores`` / ``shadow_version``; it never decides, and a shadow that cannot load or
+    score is logged and left out of the reply, never failing a decision.
     """
 
     def __init__(self, members: dict[str, DeploymentHandle]) -> None:
@@ -114,6 +152,9 @@ class Ensemble:
         self.members = dict(members)
         self.ensemble: Any = None
         self.version = ""
+        self.shadow: ShadowChallenger | None = None
+        self.shadow_error = ""
+        self._shadow_failed = ""  # the version whose scoring failure was logged already
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         from training.ensemble import Ensemble as StackedEnsemble
@@ -122,26 +163,55 @@ class Ensemble:
             ens, version = StackedEnsemble.load(Path(config["uri"])), str(config["version"])
         else:
             ens, version = None, ""
-        self.ensemble, self.version = ens, version
+        shadow, error = None, ""
+        wanted = config.get("shadow") or None
+        if (
+            wanted
+            and self.shadow is not None
+            and self.shadow.versions == {f: str(v["version"]) for f, v in wanted.items()}
+        ):
+            shadow = self.shadow  # unchanged: no reload
+        elif wanted:
+            try:
+                shadow = ShadowChallenger(wanted)
+            except Exception as exc:  # noqa: BLE001 - the champion must load whatever the shadow does
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                log.error("shadow challenger not installed: %s", error)
+        self.ensemble, self.version, self.shadow, self.shadow_error = ens, version, shadow, error
         if version:
             shared_metrics().set_model_version("ensemble", version)
+
+    def shadow_status(self) -> dict[str, Any]:
+        """This replica's shadow: ``{"version", "versions", "error"}`` (empty version: none)."""
+        shadow = self.shadow
+        return {
+            "version": shadow.version if shadow else "",
+            "versions": dict(shadow.versions) if shadow else {},
+            "error": self.shadow_error,
+        }
 
     async def _members(self, method: str, arg: np.ndarray) -> dict[str, dict[str, Any]]:
         calls = [getattr(h, method).remote(arg) for h in self.members.values()]
         return dict(zip(self.members, await asyncio.gather(*calls), strict=True))
 
-    async def score(self, matrix: np.ndarray) -> ScoreResult:
+    async def score(self, matrix: np.ndarray, shadow: bool = True) -> ScoreResult:
         """The decision of every row (``core.contracts.ScoreResult``): the ensemble's probability,
-        or the IF score without an ensemble; ``model_scores`` holds each member's raw score."""
+        or the IF score without an ensemble; ``model_scores`` holds each member's raw score.
+        With a shadow challenger installed (and ``shadow``: the HTTP API passes False), its
+        scores too, computed in a thread while the members answer."""
         matrix = np.atleast_2d(np.asarray(matrix, dtype=np.float32))
         ensemble, version = self.ensemble, self.version  # one snapshot per call
+        challenger = self.shadow if shadow and len(matrix) else None
+        shadowed = asyncio.ensure_future(asyncio.to_thread(challenger.score, matrix)) if challenger else None
+        if shadowed is not None:  # a member call that raises leaves it unawaited: no asyncio warning
+            shadowed.add_done_callback(lambda f: f.cancelled() or f.exception())
         results = await self._members("score", matrix)
         model_scores = {f: np.asarray(r["scores"], dtype=np.float64) for f, r in results.items()}
         versions = {f: str(r["version"]) for f, r in results.items()}
         scores, threshold, stacked = decide(ensemble, model_scores, results["if"]["threshold"])
         if stacked:
             versions["ensemble"] = version
-        return ScoreResult(
+        reply = ScoreResult(
             scores=scores,
             is_fraud=scores > threshold,
             threshold=threshold,
@@ -149,11 +219,20 @@ class Ensemble:
             model_scores=model_scores,
             model_versions=versions,
         )
+        if shadowed is not None and challenger is not None:
+            try:
+                reply["shadow_scores"] = await shadowed
+                reply["shadow_version"] = challenger.version
+            except Exception as exc:  # noqa: BLE001 - the challenger never fails a decision
+                if self._shadow_failed != challenger.version:
+                    self._shadow_failed = challenger.version
+                    log.error("shadow challenger %s failed to score: %r", challenger.version, exc)
+        return reply
 
     async def explain(self, row: np.ndarray) -> dict[str, Any]:
         """The score of one row plus each member's per-feature attribution."""
         row = np.asarray(row, dtype=np.float32).reshape(1, -1)
-        scored, explained = await asyncio.gather(self.score(row), self._members("explain", row[0]))
+        scored, explained = await asyncio.gather(self.score(row, False), self._members("explain", row[0]))
         return scored | {"attributions": {f: r["attribution"] for f, r in explained.items()}}
 
 
@@ -351,7 +430,7 @@ class FraudApi:
     @serve.batch(max_batch_size=API_MAX_BATCH, batch_wait_timeout_s=API_BATCH_WAIT_S)
     async def _score_batched(self, matrices: list[np.ndarray]) -> list[dict[str, Any]]:
         """One Ensemble call for the matrices of concurrent requests; each gets its rows back."""
-        result = await self.scorer.score.remote(np.concatenate(matrices))
+        result = await self.scorer.score.remote(np.concatenate(matrices), False)
         out, start = [], 0
         for matrix in matrices:
             rows = slice(start, start + len(matrix))
@@ -364,7 +443,7 @@ class FraudApi:
 
     async def _score(self, matrix: np.ndarray) -> dict[str, Any]:
         if len(matrix) >= API_MAX_BATCH:  # big enough to amortise its own round trip
-            result = await self.scorer.score.remote(matrix)
+            result = await self.scorer.score.remote(matrix, False)  # the API: no shadow
         else:
             result = await self._score_batched(matrix)
         self._live = (result["model_versions"], time.monotonic())

@@ -302,3 +302,67 @@ def configure(settings: Settings, deployments: dict[str, dict[str, Any]]) -> Non
         merged[name] = {**merged.get(name, {"name": name}), **options}
     # Not blocking: an autoscaling change can leave the app UPSCALING for a while, which is fine.
     _apply(settings, ours | {"deployments": list(merged.values())}, others, blocking=False)
+
+
+def shadow_config(settings: Settings, versions: dict[str, str]) -> dict[str, dict[str, str]]:
+    """``{family: {"uri", "version"}}`` of a challenger (family -> version, every member family
+    and ``ensemble``) from the registry, as the Ensemble's ``user_config["shadow"]``. Refuses a
+    challenger whose members were trained on features serving does not compute."""
+    from core.errors import ModelNotReady
+    from core.families import ALL_KEYS, MEMBER_KEYS
+    from features.catalogue import FEATURE_NAMES
+    from training.registry import Registry
+
+    missing = set(ALL_KEYS) - versions.keys()
+    if missing:
+        raise ModelNotReady(f"a shadow challenger needs every family; {sorted(missing)} missing")
+    registry = Registry(settings)
+    out = {}
+    for family in ALL_KEYS:
+        mv = registry.get(family, versions[family])
+        if family in MEMBER_KEYS and not set(mv.feature_names) <= set(FEATURE_NAMES):
+            raise ModelNotReady(f"{family} {mv.version} was trained on other features than serving computes")
+        out[family] = {"uri": mv.uri, "version": mv.version}
+    return out
+
+
+def install_shadow(settings: Settings, versions: dict[str, str] | None) -> str:
+    """Make the challenger ``versions`` (family -> version) the running app's shadow: the
+    Ensemble scores every stream batch with it too, next to the champion, never deciding
+    (``serve_deployments.app.ShadowChallenger``); ``None`` clears it. Only the Ensemble's
+    ``user_config`` changes, so its live replicas reconfigure in place (no request dropped).
+    Returns the installed ensemble version ('' when cleared); a call that changes nothing is
+    not applied. ``hot_swap`` (a promotion, a rollback) clears the shadow too: it rewrites
+    the Ensemble's ``user_config`` from the production versions."""
+    import ray
+
+    from core import ray_client
+    from core.errors import ModelNotReady
+    from core.families import SCORER_DEPLOYMENT
+    from serve_deployments.app import production_versions
+
+    if not ray.is_initialized():
+        ray_client.init(settings, log_to_driver=False)
+    ours, others = _live(settings)
+    if ours is None:
+        raise ModelNotReady(
+            f"Serve app {settings.serve.app_name!r} is not running (deploy it with `fraudray serve`)"
+        )
+    deployments = [dict(d) for d in ours.get("deployments") or []]
+    scorer = next((d for d in deployments if d["name"] == SCORER_DEPLOYMENT), None)
+    if scorer is None:
+        scorer = {"name": SCORER_DEPLOYMENT}
+        deployments.append(scorer)
+    # The champion's part as served now (an entry without user_config: what the builder bound).
+    if "user_config" in scorer:
+        current = dict(scorer["user_config"] or {})
+    else:
+        current = dict(production_versions(settings).get("ensemble", {}))
+    wanted = {k: v for k, v in current.items() if k != "shadow"}
+    if versions is not None:
+        wanted["shadow"] = shadow_config(settings, versions)
+    if "user_config" in scorer and wanted == current:
+        return str(wanted.get("shadow", {}).get("ensemble", {}).get("version", ""))
+    scorer["user_config"] = wanted
+    _apply(settings, ours | {"deployments": deployments}, others)
+    return "" if versions is None else versions["ensemble"]
