@@ -1,7 +1,8 @@
 """The learning loop as a background thread of `make run` (``cluster/demo.py``): the same
 ``training.learning.run_loop`` as `fraudray learn`, with the hot swap of the running app and the
-PSI drift check composed here (training imports neither), its settings from ``LearnSettings``
-(``FRAUDRAY_LEARN_*``), and a one-line status for the live view.
+PSI drift check composed here (training imports neither), the live shadow install of a
+challenger kept as candidate (``serve_deployments.deploy.install_shadow``), its settings from
+``LearnSettings`` (``FRAUDRAY_LEARN_*``), and a one-line status for the live view.
 
 Fits run in this process (``train_workers=0``): a thread, not a Ray actor, so that a stop
 never leaves a fit behind on the cluster. ``stop`` ends the wait between checks at once; a
@@ -26,15 +27,18 @@ class LearnerThread(threading.Thread):
 
     def run(self) -> None:
         from cluster.drift import psi_alert
-        from serve_deployments.deploy import hot_swap
+        from serve_deployments.deploy import hot_swap, install_shadow
         from training.learning import run_loop
 
         def swap() -> None:
-            hot_swap(self.settings)
+            hot_swap(self.settings)  # also clears a live shadow (the Ensemble's config is rewritten)
+
+        def shadow(versions: dict[str, str] | None) -> None:
+            install_shadow(self.settings, versions)
 
         try:
             run_loop(
-                self.settings, swap=swap, drifted=lambda: psi_alert(self.settings),
+                self.settings, swap=swap, shadow=shadow, drifted=lambda: psi_alert(self.settings),
                 stop=self.stop_event.is_set, on_decision=self._decided, on_check=self._checked,
                 sleep=self.stop_event.wait,
             )  # fmt: skip
@@ -59,7 +63,14 @@ class LearnerThread(threading.Thread):
     @staticmethod
     def line(d: Decision) -> str:
         """``promoted (labels:5000) at 12:03:04: challenger AP 0.8800 beats … [23 s]``."""
-        return f"{d.action} ({d.trigger}) at {time.strftime('%H:%M:%S')}: {d.reason} [{d.seconds:.0f} s]"
+        shadow = {"installed": f"; shadow-scoring {d.shadow_version}", "cleared": "; shadow cleared"}.get(
+            d.shadow, ""
+        )
+        if d.shadow_error:
+            shadow = f"; shadow not changed ({d.shadow_error[:80]})"
+        return (
+            f"{d.action} ({d.trigger}) at {time.strftime('%H:%M:%S')}: {d.reason}{shadow} [{d.seconds:.0f} s]"
+        )
 
     def stop(self, timeout: float = 120.0) -> None:
         self.stop_event.set()

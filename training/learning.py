@@ -1,27 +1,40 @@
-"""Champion / challenger learning loop: when enough new labels have arrived, enough time has
+"""Champion / challenger loop: when enough new labels have arrived, enough time has
 passed, or the live features drifted, fit challengers of every family on the rolling window
 of labelled transactions in PostgreSQL, compare them with the production champion on the most
 recent labelled days, and promote them when they win by a margin with enough frauds to tell.
 
-Every fitted challenger is **shadow-scored**: its ensemble scores the transactions of the
-evaluation window (the newest labelled days) that the stream decided, from the same
-point-in-time frame, and the scores are written next to the champion's in
-``decisions.shadow_score`` / ``shadow_version`` (``write_shadow_scores``; never deciding). This
-happens in the round, over that window, not per batch in the consumer.
+New labels are counted by when they *reached* fraudray (``labels.received_at``), and the
+rolling window ends at the event time of the newest labelled transaction (of the labels
+received since the last round, else of all), not at wall-clock now: live traffic gets the
+window it always had, a replayed or back-filled data set (event times years ago) triggers
+rounds and gets a window over its own time (``window_end``).
+
+Two kinds of challenger scores, kept apart:
+
+- **live shadow scoring**: a round that keeps its challenger as ``candidate`` installs it as
+  the shadow of the Serve scorer (the injected ``shadow`` callable); from then on every
+  decision the stream makes carries the challenger's score of the same feature row in
+  ``decisions.shadow_score`` / ``shadow_version`` (never deciding). A promotion clears it.
+- **the round's evaluation on the decided rows** (``evaluate_decided``): the challenger's AP,
+  from the round's point-in-time frame, on the evaluation-window transactions the stream
+  decided, next to the AP of the live deciding scores (and of any live shadow scores) on the
+  same rows; read-only, recorded in ``training_runs``. The guard itself compares champion and
+  challenger on the frame's recent window.
 
 Every round is one ``training_runs`` row (``model_name = 'learn'``) saying what was decided
-and why, and a metric (``monitoring.metrics.LearnMetrics``). The hot swap of the running Serve
-app is injected (``swap``): training does not import serving (cluster/cli.py composes them).
-The guard refuses a promotion on too few recent frauds, on a regression, or on a failed fit.
+and why, and a metric (``monitoring.metrics.LearnMetrics``). The hot swap and the shadow
+install of the running Serve app are injected (``swap``, ``shadow``): training does not import
+serving (cluster/cli.py and cluster/learner.py compose them). The guard refuses a promotion on
+too few recent frauds, on a regression, or on a failed fit.
 """
 
 from __future__ import annotations
 
-import io
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -51,13 +64,22 @@ class Decision:
     versions: dict[str, str] = field(default_factory=dict)  # the challenger's, per family
     window: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
-    # Shadow scoring: decisions of the evaluation window given the challenger's score, and the
-    # AP there of what the stream decided (the live scores) and of the challenger's shadow score.
-    shadow_version: str = ""
-    shadow_rows: int = 0
-    shadow_frauds: int = 0
+    # The round's evaluation on the decided rows (evaluate_decided): the evaluation window's
+    # transactions that the stream decided, the AP there of the live deciding scores and of this
+    # challenger (offline frame); and of the live shadow scores some decisions carry, if any.
+    decided_rows: int = 0
+    decided_frauds: int = 0
     live_aucpr: float | None = None
-    shadow_aucpr: float | None = None
+    challenger_decided_aucpr: float | None = None
+    live_shadow_rows: int = 0
+    live_shadow_version: str = ""
+    live_shadow_aucpr: float | None = None
+    live_shadow_champion_aucpr: float | None = None  # the deciding scores on those same rows
+    evaluation_error: str = ""
+    # Live shadow scoring: "installed" (this challenger scores the stream from now on),
+    # "cleared" (a promotion), "" (unchanged); the installed ensemble version.
+    shadow: str = ""
+    shadow_version: str = ""
     shadow_error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -116,63 +138,86 @@ def champion_scores(registry: Registry, recent: pd.DataFrame) -> np.ndarray | No
         return None
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-_SHADOW_UPDATE = """
-UPDATE decisions d SET shadow_score = s.score, shadow_version = %s
-FROM shadow_stage s WHERE d.transaction_id = s.transaction_id
-RETURNING d.transaction_id, d.ensemble_score
+_DECIDED_SQL = """
+SELECT transaction_id, ensemble_score, shadow_score, shadow_version FROM decisions
+WHERE transaction_id = ANY(%s)
 """
 
 
-def write_shadow_scores(
-    settings: Settings, transaction_ids: Sequence[str], scores: np.ndarray, version: str
-) -> dict[str, float]:
-    """Store ``scores`` of the challenger ensemble ``version`` in ``decisions.shadow_score`` /
-    ``shadow_version`` of those transactions that have a decision (others are skipped): one
-    COPY into a temporary table and one ``UPDATE … FROM``, in one database transaction.
-    Idempotent (the same call again leaves the same rows); a later challenger overwrites.
-    Returns the live (deciding) ensemble score of every transaction updated."""
-    seen: set[str] = set()
-    lines = []
-    for tid, score in zip(transaction_ids, np.asarray(scores, dtype=np.float64).tolist(), strict=True):
-        if tid not in seen:
-            seen.add(tid)
-            lines.append(f"{tid.translate(_COPY_ESCAPES)}\t{score!r}\n")
-    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
-        cur.execute(
-            "CREATE TEMP TABLE shadow_stage (transaction_id text, score double precision) ON COMMIT DROP"
-        )
-        cur.copy_expert("COPY shadow_stage (transaction_id, score) FROM STDIN", io.StringIO("".join(lines)))
-        cur.execute(_SHADOW_UPDATE, (version,))
-        return {str(tid): float(live) for tid, live in cur.fetchall()}
+def _ap(scores: Sequence[float] | np.ndarray, y: np.ndarray) -> float | None:
+    """Average precision, or None when ``y`` is all one class (nothing to rank)."""
+    if not 0 < int(y.sum()) < len(y):
+        return None
+    return float(evaluate(np.asarray(scores, dtype=np.float64), y)["aucpr"])
 
 
-def shadow_score(
+def evaluate_decided(
     settings: Settings, decision: Decision, versions: dict[str, ModelVersion], recent: pd.DataFrame
 ) -> None:
-    """Score ``recent`` with the challenger, write it next to the stream's decisions, and put
-    the live vs shadow AP on those decisions into ``decision``. A failure here is recorded
-    (``shadow_error``), it does not change the round's outcome."""
+    """The challenger on the evaluation-window transactions the stream decided, next to what
+    decided them (read-only): AP of the live deciding scores and of the challenger there; of
+    the live shadow scores on the decisions that carry one (of the shadow version most of
+    them carry), with the deciding scores on the same rows. A failure here is recorded
+    (``evaluation_error``); it does not change the round's outcome."""
     import psycopg2
 
     try:
         members = {fam: versions[fam] for fam in MEMBER_KEYS}
         scores = ensemble_scores(members, versions[ENSEMBLE], recent)
-        decision.shadow_version = versions[ENSEMBLE].version
-        ids = recent["transaction_id"].tolist()
-        live = write_shadow_scores(settings, ids, scores, decision.shadow_version)
+        with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+            cur.execute(_DECIDED_SQL, (recent["transaction_id"].tolist(),))
+            rows = {str(r[0]): r[1:] for r in cur.fetchall()}
     except (FraudrayError, KeyError, ValueError, OSError, psycopg2.Error) as exc:
-        decision.shadow_error = f"{type(exc).__name__}: {exc}"[:300]
+        decision.evaluation_error = f"{type(exc).__name__}: {exc}"[:300]
         return
-    decision.shadow_rows = len(live)
-    mask = recent["transaction_id"].isin(live).to_numpy()
-    y = recent["is_fraud"].to_numpy()[mask]
-    decision.shadow_frauds = int(y.sum())
-    if 0 < decision.shadow_frauds < len(y):
-        live_scores = np.asarray([live[t] for t in recent["transaction_id"][mask]], dtype=np.float64)
-        decision.live_aucpr = float(evaluate(live_scores, y)["aucpr"])
-        decision.shadow_aucpr = float(evaluate(scores[mask], y)["aucpr"])
+    mask = recent["transaction_id"].isin(rows).to_numpy()
+    ids = recent["transaction_id"][mask].tolist()
+    y = recent["is_fraud"].to_numpy()[mask].astype(int)
+    decision.decided_rows, decision.decided_frauds = len(ids), int(y.sum())
+    decision.live_aucpr = _ap([rows[t][0] for t in ids], y)
+    decision.challenger_decided_aucpr = _ap(scores[mask], y)
+    shadowed = [i for i, t in enumerate(ids) if rows[t][1] is not None]
+    if shadowed:
+        version = Counter(str(rows[ids[i]][2]) for i in shadowed).most_common(1)[0][0]
+        same = [i for i in shadowed if rows[ids[i]][2] == version]
+        decision.live_shadow_rows, decision.live_shadow_version = len(same), version
+        decision.live_shadow_aucpr = _ap([rows[ids[i]][1] for i in same], y[same])
+        decision.live_shadow_champion_aucpr = _ap([rows[ids[i]][0] for i in same], y[same])
+
+
+# The newest labelled transaction's event time: of the labels received since the last round
+# (the ones that made it due), else of every label. ``starts_with``: the tests' id prefixes.
+_NEWEST_LABELLED_SQL = """
+SELECT max(t.event_time) FROM labels l JOIN transactions t USING (transaction_id)
+WHERE (%(since)s::timestamptz IS NULL OR l.received_at > %(since)s)
+  AND (%(prefix)s::text IS NULL OR starts_with(l.transaction_id, %(prefix)s))
+"""
+
+
+def window_end(cur: Any, *, since: datetime | None = None, id_prefix: str | None = None) -> datetime:
+    """Where the rolling window ends: just after the event time of the newest labelled
+    transaction among the labels received after ``since`` (the previous round), or among all
+    labels when none arrived since (a drift or a manual round) or ``since`` is None. Live
+    traffic's newest label is for a transaction of hours or days ago, as its window always
+    was; a replayed data set's is in its own past, wherever wall-clock now is. ``cur``: a
+    PostgreSQL cursor. Raises ``DataError`` when no transaction has a label."""
+    newest = None
+    for bound in (since, None) if since is not None else (None,):
+        cur.execute(_NEWEST_LABELLED_SQL, {"since": bound, "prefix": id_prefix})
+        newest = cur.fetchone()[0]
+        if newest is not None:
+            break
+    if newest is None:
+        raise DataError(
+            "no labelled transaction in PostgreSQL: labels arrive on the labels topic "
+            "(`fraudray produce`, `fraudray replay --label-column …`)"
+        )
+    return newest + timedelta(microseconds=1)  # the window's end is exclusive
+
+
+def window_bounds(end: datetime, policy: LearnSettings) -> tuple[datetime, datetime]:
+    """``[end - window_days, end)``: the rolling window of labelled transactions."""
+    return end - timedelta(days=policy.window_days), end
 
 
 def _path(uri: str) -> Any:
@@ -186,14 +231,22 @@ def learn_once(
     *,
     trigger: str = "manual",
     swap: Callable[[], None] | None = None,
+    shadow: Callable[[dict[str, str] | None], None] | None = None,
     now: datetime | None = None,
+    labels_since: datetime | None = None,
     id_prefix: str | None = None,
     feature_names: list[str] | None = None,
     train_workers: int = 0,
 ) -> Decision:
     """One round: frame of the rolling window, challengers fitted (registered as candidates),
     champion vs challenger on the recent window, guard, promotion (+ ``swap``). Never raises
-    for a failed fit or too little data: that is a ``refused`` decision, recorded."""
+    for a failed fit or too little data: that is a ``refused`` decision, recorded.
+
+    The window ends at ``now`` when given, else at the newest labelled transaction's event
+    time (``window_end``; ``labels_since``: the previous round's start, so that the labels
+    that made this round due choose it). ``shadow(versions)`` installs a ``candidate``
+    challenger (family -> version) as the live shadow of the Serve scorer; ``shadow(None)``
+    clears it after a promotion. A failing ``shadow`` is recorded, it changes nothing else."""
     from training.pipeline import train_all
 
     policy = settings.learn
@@ -202,17 +255,18 @@ def learn_once(
     decision = Decision("refused", "", trigger=trigger)
     with registry.run("learn", {"trigger": trigger, "policy": policy.model_dump()}) as row:
         try:
-            end = now or datetime.now(UTC)
-            frame = frame_from_store(
-                settings, end - timedelta(days=policy.window_days), end, id_prefix=id_prefix
-            )
+            if now is None:
+                with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+                    now = window_end(cur, since=labels_since, id_prefix=id_prefix)
+            start, end = window_bounds(now, policy)
+            frame = frame_from_store(settings, start, end, id_prefix=id_prefix)
             last = pd.Timestamp(frame[TIME].max())
             recent_from = (last - pd.Timedelta(days=policy.recent_days)).to_pydatetime()
             val_from = recent_from - timedelta(days=policy.recent_days)
             split = split_by_windows(frame, feature_names, train=(None, val_from),
                                      val=(val_from, recent_from),
                                      test=(recent_from, None))  # fmt: skip
-            decision.window = split.window()
+            decision.window = split.window() | {"frame": [start.isoformat(), end.isoformat()]}
             recent = frame[pd.to_datetime(frame[TIME], utc=True) >= pd.Timestamp(recent_from)]
             decision.recent_rows, decision.recent_frauds = len(recent), int(recent["is_fraud"].sum())
             champ = champion_scores(registry, recent)
@@ -223,24 +277,45 @@ def learn_once(
             )
             decision.versions = {k: v.version for k, v in result.versions.items()}
             decision.challenger_aucpr = float(result.metrics[ENSEMBLE]["aucpr"])
-            shadow_score(settings, decision, result.versions, recent)
+            evaluate_decided(settings, decision, result.versions, recent)
             decision.action, decision.reason = guard(
                 decision.champion_aucpr, decision.challenger_aucpr, decision.recent_frauds, policy
             )
         except (DataError, FraudrayError, KeyError, ValueError, RuntimeError) as exc:
             reason = "too few labels" if isinstance(exc, DataError) else "failed fit"
             decision.action, decision.reason = "refused", f"{reason}: {exc}"[:500]
-        if decision.action == "promoted" and set(ALL_KEYS) <= set(decision.versions):
+        complete = set(ALL_KEYS) <= set(decision.versions)
+        if decision.action == "promoted" and complete:
             for fam in ALL_KEYS:
                 registry.promote(fam, decision.versions[fam])
             if swap is not None:
                 swap()
+            _shadow(decision, shadow, None)
         elif decision.action == "promoted":
             decision.action, decision.reason = "refused", "failed fit: not every family was registered"
+        elif decision.action == "candidate" and complete:
+            _shadow(decision, shadow, {fam: decision.versions[fam] for fam in ALL_KEYS})
         decision.seconds = round(time.monotonic() - t0, 2)
         row.update(decision.as_dict())
     _record_metric(decision)
     return decision
+
+
+def _shadow(
+    decision: Decision,
+    shadow: Callable[[dict[str, str] | None], None] | None,
+    versions: dict[str, str] | None,
+) -> None:
+    """Install ``versions`` as the live shadow (None: clear it); a failure is recorded only."""
+    if shadow is None:
+        return
+    try:
+        shadow(versions)
+    except Exception as exc:  # noqa: BLE001 - Serve away, a replica that cannot load it: the round stands
+        decision.shadow_error = f"{type(exc).__name__}: {exc}"[:300]
+        return
+    decision.shadow = "cleared" if versions is None else "installed"
+    decision.shadow_version = "" if versions is None else versions[ENSEMBLE]
 
 
 def _record_metric(decision: Decision) -> None:
@@ -249,25 +324,31 @@ def _record_metric(decision: Decision) -> None:
     LearnMetrics.shared().observe(decision.action, decision.champion_aucpr, decision.challenger_aucpr)
 
 
-_NEW_LABELS_SQL = "SELECT count(*) FROM labels WHERE labelled_at > %s"
+_NEW_LABELS_SQL = "SELECT count(*), now() FROM labels WHERE received_at > %s"
 
 
-def new_labels_since(settings: Settings, since: datetime) -> int:
-    import psycopg2
+def new_labels_since(settings: Settings, since: datetime) -> tuple[int, datetime]:
+    """How many labels reached PostgreSQL after ``since`` (``received_at``, whatever their own
+    ``labelled_at``: a replay's labels count too), and the database's clock now (the next
+    ``since``: one clock for both sides of the comparison)."""
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(_NEW_LABELS_SQL, (since,))
+        count, now = cur.fetchone()
+        return int(count), now
 
-    conn = psycopg2.connect(settings.postgres.dsn.get_secret_value(), connect_timeout=10)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(_NEW_LABELS_SQL, (since,))
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
+
+def database_now(settings: Settings) -> datetime:
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute("SELECT now()")
+        now: datetime = cur.fetchone()[0]
+        return now
 
 
 def run_loop(
     settings: Settings,
     *,
     swap: Callable[[], None] | None = None,
+    shadow: Callable[[dict[str, str] | None], None] | None = None,
     drifted: Callable[[], bool] = lambda: False,
     stop: Callable[[], bool] = lambda: False,
     on_decision: Callable[[Decision], None] = lambda d: None,
@@ -276,18 +357,20 @@ def run_loop(
     train_workers: int = 0,
 ) -> None:
     """Check every ``poll_s`` whether a round is due (``due``) and run it; until ``stop()``.
-    ``on_check`` gets each check's count of new labels and trigger ('' = not due); ``sleep``
-    waits between checks (an ``Event.wait`` ends the wait as soon as the caller stops)."""
+    New labels are those received since the last round's start (or the loop's), by the
+    database's clock. ``on_check`` gets each check's count of new labels and trigger ('' = not
+    due); ``sleep`` waits between checks (an ``Event.wait`` ends the wait as soon as the caller
+    stops)."""
     policy = settings.learn
-    last = datetime.now(UTC)
+    last = database_now(settings)
     while not stop():
-        minutes = (datetime.now(UTC) - last).total_seconds() / 60
-        new_labels = new_labels_since(settings, last)
+        new_labels, checked_at = new_labels_since(settings, last)
+        minutes = (checked_at - last).total_seconds() / 60
         trigger = due(new_labels, minutes, drifted(), policy)
         on_check(new_labels, trigger)
         if trigger:
-            started = datetime.now(UTC)
-            on_decision(learn_once(settings, trigger=trigger, swap=swap, train_workers=train_workers))
-            last = started
+            on_decision(learn_once(settings, trigger=trigger, swap=swap, shadow=shadow,
+                                   labels_since=last, train_workers=train_workers))  # fmt: skip
+            last = checked_at
         else:
             sleep(policy.poll_s)
