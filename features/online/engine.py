@@ -13,6 +13,7 @@ counts and amounts from per-day counters.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -382,9 +383,12 @@ def _history(
     h_amt = np.concatenate([*(s.amount for s in states), batch.amount[done]])
     h_lat = np.concatenate([*(s.lat for s in states), batch.lat[done]])
     h_lon = np.concatenate([*(s.lon for s in states), batch.lon[done]])
-    h_c = [c for s in states for c in s.country] + batch.country[done].tolist()
-    h_tx = [x for s in states for x in s.txid] + batch.transaction_id[done].tolist()
-    o = np.lexsort((h_t, h_u))
+    h_c = [*itertools.chain.from_iterable(s.country for s in states), *batch.country[done].tolist()]
+    h_tx = [*itertools.chain.from_iterable(s.txid for s in states), *batch.transaction_id[done].tolist()]
+    # by (user, time), stable: one int64 key, nearly sorted already (the states are), which
+    # a stable argsort takes in ~linear time (np.lexsort of two keys: 5.7 ms vs 0.15 ms for
+    # 500 users with 90 events each, the 30-day retention's typical batch)
+    o = np.argsort(h_u * _T_BITS + h_t, kind="stable")
     if len(o) > 1 and not np.all(np.diff((h_u * _T_BITS + h_t)[o]) > 0):
         # events of a user at the same millisecond: their order is by id (it decides the
         # previous located event among them)
@@ -403,8 +407,8 @@ def _history(
     # the cap: the newest USER_EVENTS_CAP events processed before the record are retained
     # (for an applied in-order record: its own position - CAP, as offline)
     retained = start + np.maximum(before - cat.USER_EVENTS_CAP, 0)
-    h_country = np.array(h_c, dtype=object)[o] if len(h_c) else np.empty(0, dtype=object)
-    h_txid = np.array(h_tx, dtype=object)[o] if len(h_tx) else np.empty(0, dtype=object)
+    h_country = np.array(h_c, dtype=object)[o] if h_c else np.empty(0, dtype=object)
+    h_txid = np.array(h_tx, dtype=object)[o] if h_tx else np.empty(0, dtype=object)
     return _History(
         h_u, h_t, h_amt, h_lat, h_lon, h_code, h_country, h_txid, q_code, n_c, hkey, qkey, s, retained
     )
@@ -466,7 +470,7 @@ def _distinct(h: _History, ucode: np.ndarray) -> dict[str, np.ndarray]:
     # distinct countries: a history row of [a, s) counts when its previous same-country row of
     # the user is before a; the record's own country counts unless it occurs in [a, s)
     grp = h.u * n_c + h.code
-    by_grp = np.lexsort((np.arange(n_h), grp))
+    by_grp = np.argsort(grp, kind="stable")  # by group, then history index
     prev_c = np.full(n_h, -1, dtype=np.int64)
     same = grp[by_grp[1:]] == grp[by_grp[:-1]]
     prev_c[by_grp[1:]] = np.where(same, by_grp[:-1], -1)

@@ -297,17 +297,20 @@ class RedisOnlineStore(FeatureStore):
             o = np.argsort(keyed, kind="stable")
             keyed = keyed[o]
             cells, first, n = np.unique(keyed, return_index=True, return_counts=True)
-            cents = np.add.reduceat(to_cents(batch.amount[rows])[o], first).tolist()
+            cents = np.add.reduceat(to_cents(batch.amount[rows])[o], first)
+            off = cells % width
+            # per cell: INCRBY u32 #day count INCRBY i64 #(16 + day) cents, the sum as text
+            # (Redis formats a Lua number argument in as few digits as it likes, 1e+14)
+            cell_ops = [
+                ["INCRBY", "u32", f"#{d}", k, "INCRBY", "i64", f"#{_DAY_COUNTS_BYTES // 8 + d}", str(c)]
+                for d, k, c in zip(off.tolist(), n.tolist(), cents.tolist(), strict=True)
+            ]
             groups, gfirst = np.unique(cells // width, return_index=True)
             bounds = [*gfirst.tolist(), len(cells)]
             for g, (a, b) in zip(groups.tolist(), itertools.pairwise(bounds), strict=True):
                 ops = [f"{ns}:m:{merchants[g >> 32]}:dc:{g & 0xFFFFFFFF}", "day"]
-                for j in range(a, b):
-                    off = int(cells[j] % width)
-                    # the sum as text: Redis formats a Lua number argument in as few digits as
-                    # it likes (1e+14), BITFIELD wants an integer
-                    ops += ["INCRBY", "u32", f"#{off}", int(n[j]),
-                            "INCRBY", "i64", f"#{_DAY_COUNTS_BYTES // 8 + off}", str(cents[j])]  # fmt: skip
+                for cell in cell_ops[a:b]:
+                    ops += cell
                 counters.append(ops)
         maps: dict[int, list[Any]] = {}
         for i in rows.tolist():
