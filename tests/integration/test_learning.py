@@ -2,21 +2,23 @@
 fraud scenario (card testing) is in production; a later world brings other scenarios
 (account takeover, bust-out) with their labels; one round of the loop fits challengers on the
 new world's rolling window, finds they beat the champion on the newest labelled day by the
-margin, promotes them, hot-swaps (an injected callable here) and records the round in
-``training_runs``. The challenger is shadow-scored: the decisions of the newest labelled day
-get its score next to the deciding one (``decisions.shadow_score`` / ``shadow_version``),
-idempotently, without any deciding column changing. The production versions found before the
-test are restored afterwards."""
+margin, promotes them, hot-swaps (an injected callable here), clears the live shadow (another
+injected callable) and records the round in ``training_runs``. The round's evaluation on the
+decided rows compares the challenger with what the stream decided on the newest labelled day,
+read-only: no decision changes (live shadow scores are the stream's, test_learning_shadow.py).
+
+Replayed data (#23): a world with event times in 2017 whose labels reach PostgreSQL now is
+counted as new labels (``received_at``) and gets a round whose window is its own time, not
+wall-clock now's. The production versions found before the test are restored afterwards."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import psycopg2
 import pytest
 
@@ -26,7 +28,7 @@ from core.families import ALL_KEYS
 from core.settings import Settings
 from features.catalogue import FEATURE_NAMES
 from training.data import frame_from_store, temporal_split
-from training.learning import learn_once, write_shadow_scores
+from training.learning import database_now, due, learn_once, new_labels_since
 from training.pipeline import train_all
 from training.registry import Registry
 
@@ -35,6 +37,7 @@ from ..model.world import World, delete_registry_rows, delete_world, write_world
 pytestmark = [pytest.mark.integration]
 
 OLD_MIX, NEW_MIX = "card_testing=1", "account_takeover=0.5,bust_out=0.5"
+REPLAY_START = datetime(2017, 2, 6, tzinfo=UTC)  # no other test writes 2017
 
 
 @pytest.fixture(scope="module")
@@ -81,41 +84,80 @@ def test_a_challenger_of_the_new_fraud_mix_is_promoted(
     _decide_with_random_scores(private, new)
 
     swaps: list[int] = []
-    decision = learn_once(private, trigger="tests", swap=lambda: swaps.append(1), now=new.end,
-                          id_prefix=new.prefix, feature_names=list(FEATURE_NAMES))  # fmt: skip
+    shadows: list[dict[str, str] | None] = []
+    decision = learn_once(private, trigger="tests", swap=lambda: swaps.append(1), shadow=shadows.append,
+                          now=new.end, id_prefix=new.prefix, feature_names=list(FEATURE_NAMES))  # fmt: skip
     print(f"\nlearn: {decision.as_dict()}")
     assert decision.recent_frauds >= 15
     assert decision.champion_aucpr is not None and decision.challenger_aucpr is not None
     assert decision.challenger_aucpr >= decision.champion_aucpr + 0.02
     assert decision.action == "promoted", decision.reason
     assert swaps == [1]
+    assert shadows == [None] and decision.shadow == "cleared"  # a promotion clears the live shadow
     registry = Registry(private)
     assert {fam: registry.production(fam).version for fam in ALL_KEYS} == decision.versions
     run = next(r for r in registry.runs("learn", limit=5) if r["config"].get("trigger") == "tests")
     assert run["status"] == "finished" and run["metrics"]["action"] == "promoted"
 
-    # Shadow scoring: every decision of the evaluation window (the newest labelled day) holds the
-    # challenger ensemble's score; the rest of the world none; nothing deciding changed.
-    recent_from = decision.window["test"][0]
+    # The evaluation on the decided rows: every transaction of the evaluation window (the newest
+    # labelled day) has a decision; the challenger's AP there is its measured AP, the random live
+    # scores' about the fraud rate; nothing was written to any decision.
     rows = _decisions(private, new)
-    recent = {t: r for t, r in rows.items() if r["event_time"] >= datetime.fromisoformat(recent_from)}
-    assert decision.shadow_version == decision.versions["ensemble"]
-    assert decision.shadow_rows == len(recent) == decision.recent_rows, decision.shadow_error
-    assert all(r["shadow_version"] == decision.shadow_version for r in recent.values())
-    assert all(r["shadow_score"] is not None for r in recent.values())
-    assert all(r["shadow_score"] is None and r["shadow_version"] is None
-               for t, r in rows.items() if t not in recent)  # fmt: skip
-    assert all(r["model_version"] == "tests-live" for r in rows.values())
-    # the shadow scores are the challenger's: their AP on the window is its measured AP, and the
-    # random live scores' AP is about the fraud rate
-    assert decision.shadow_aucpr == pytest.approx(decision.challenger_aucpr, abs=1e-6)
+    assert decision.decided_rows == decision.recent_rows, decision.evaluation_error
+    assert decision.decided_frauds == decision.recent_frauds
+    assert decision.challenger_decided_aucpr == pytest.approx(decision.challenger_aucpr, abs=1e-6)
     assert decision.live_aucpr is not None and decision.live_aucpr < 0.2
-    # idempotent: writing the same scores again changes nothing
-    ids = list(recent)
-    scores = np.asarray([recent[t]["shadow_score"] for t in ids])
-    again = write_shadow_scores(private, ids, scores, decision.shadow_version)
-    assert set(again) == set(recent)
-    assert _decisions(private, new) == rows
+    assert decision.live_shadow_rows == 0  # no live shadow scored these decisions
+    assert all(r["shadow_score"] is None and r["shadow_version"] is None for r in rows.values())
+    assert all(r["model_version"] == "tests-live" for r in rows.values())
+
+
+def test_replayed_labels_trigger_a_round_over_their_own_time(
+    private: Settings, worlds: tuple[World, World]
+) -> None:
+    """A data set replayed with event times in 2017 (`fraudray replay … --labels all`): its labels
+    reach PostgreSQL now, so they count as new labels, and the round's window ends at its newest
+    labelled transaction, not at wall-clock now (where it would hold none of them)."""
+    since = database_now(private)
+    replayed = write_world(private, seed=3, start=REPLAY_START, fraud_mix=NEW_MIX)
+    try:
+        new_labels, checked_at = new_labels_since(private, since)
+        assert new_labels >= replayed.rows and checked_at > since  # labelled_at is in 2017
+        trigger = due(new_labels, 0.0, False, private.learn.model_copy(update={"every_labels": 5000}))
+        assert trigger.startswith("labels:"), trigger
+        shadows: list[dict[str, str] | None] = []
+        decision = learn_once(private, trigger="tests", shadow=shadows.append, labels_since=since,
+                              id_prefix=replayed.prefix, feature_names=list(FEATURE_NAMES))  # fmt: skip
+        print(f"\nlearn (replayed): {decision.as_dict()}")
+        newest = _newest_labelled(private, replayed)
+        start, end = (datetime.fromisoformat(t) for t in decision.window["frame"])
+        assert end == newest + timedelta(microseconds=1)  # the replay's own newest labelled tx
+        assert replayed.start < newest < replayed.end and end - start == timedelta(
+            days=private.learn.window_days
+        )
+        assert decision.action != "refused" or not decision.reason.startswith("too few"), decision.reason
+        assert set(decision.versions) == set(ALL_KEYS), decision.reason
+        assert decision.recent_rows > 0 and decision.recent_frauds >= 15
+        assert datetime.fromisoformat(decision.window["test"][0]).year == REPLAY_START.year
+        # a challenger kept as candidate shadow-scores the stream; a promoted one clears the shadow
+        if decision.action == "candidate":
+            assert shadows == [decision.versions] and decision.shadow == "installed"
+        elif decision.action == "promoted":
+            assert shadows == [None]
+    finally:
+        delete_world(private, replayed)
+        delete_registry_rows(private, str(private.stack.var_dir), replayed)
+
+
+def _newest_labelled(settings: Settings, world: World) -> datetime:
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(
+            "SELECT max(t.event_time) FROM transactions t JOIN labels l USING (transaction_id)"
+            " WHERE t.transaction_id LIKE %s",
+            (world.prefix + "%",),
+        )
+        newest: datetime = cur.fetchone()[0]
+        return newest
 
 
 def _decide_with_random_scores(settings: Settings, world: World) -> None:
