@@ -5,7 +5,9 @@ Every transaction PostgreSQL holds from the last ``NOVELTY_HORIZON_S`` (+ allowe
 replayed through :meth:`OnlineStore.update_and_compute` in ``(event_time, transaction_id)``
 order, then every label through :meth:`OnlineStore.apply_labels` in arrival order. Both calls
 are idempotent per transaction id and exact in any arrival order, so the rebuild can run while
-the consumers keep scoring: a transaction applied by both is applied once.
+the consumers keep scoring: a transaction applied by both is applied once. The replay writes
+everything a live batch writes: users' states (30 days of events), the merchants' minute, hour
+and day counters (the 7- and 30-day windows: counts and cent sums) and the tx -> merchant maps.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class RebuildStats:
 
 def horizon() -> timedelta:
     """How far back state matters: the longest lookback of any feature, plus lateness."""
-    longest = max(cat.NOVELTY_HORIZON_S, cat.USER_SCAN_S, cat.LABEL_HORIZON_DAYS * cat.DAY)
+    merchant_days = max(cat.MERCHANT_DAY_WINDOWS, default=0) + cat.DAY  # whole days before today's
+    longest = max(cat.NOVELTY_HORIZON_S, cat.USER_SCAN_S, merchant_days, cat.LABEL_HORIZON_DAYS * cat.DAY)
     return timedelta(seconds=longest + cat.ALLOWED_LATENESS_S)
 
 

@@ -36,11 +36,12 @@ from serve_deployments.predict_cache import PredictCache
 pytestmark = pytest.mark.integration
 
 # The documented skew tolerance: |online - offline| <= ATOL + RTOL * |offline| (float32 outputs;
-# the engines add the same numbers in different orders). Counts and flags must match exactly.
+# the engines add the same numbers in different orders). Counts and flags must match exactly, and
+# so must the merchant day means (integer cents on both sides).
 RTOL, ATOL = 1e-5, 1e-5
 EXACT = {f.name for f in FEATURES if f.aggregation in {
     "count", "lifetime_count", "is_new", "distinct", "hour", "weekend", "night", "channel_code",
-    "card_not_present", "category_code", "high_risk_category"}}  # fmt: skip
+    "card_not_present", "category_code", "high_risk_category", "day_count", "day_mean"}}  # fmt: skip
 
 
 @pytest.fixture
@@ -160,11 +161,15 @@ def test_online_and_offline_features_agree_on_20k_transactions(
     dsn = local_stack.postgres.dsn.get_secret_value()
     prefix = f"sk{uuid.uuid4().hex[:8]}-"
     start = past_week()
-    # Four bursts of traffic 100 h apart (nights and a Saturday included), by the same 500 users:
-    # histories span 12.5 days, so 7-day windows fill and empty and labels arrive days later.
+    # Four bursts of traffic (~4 min each) by the same 500 users over 34 days: three of them
+    # straddle a UTC midnight (Sunday to Monday first), so a merchant's day windows gain a day
+    # mid-burst; day 8 drops day -1/0 out of the 7-day windows, and day 34 sees the burst of
+    # day 3/4 half inside its 30 days (the user's retained events span 30 d + 1 h).
+    offsets = (-timedelta(minutes=2), timedelta(days=4, minutes=-2), timedelta(days=8, hours=10),
+               timedelta(days=34, minutes=-2))  # fmt: skip
     records: list[dict[str, Any]] = []
-    for k in range(4):
-        burst = demo_transactions(5000, seed=1000 + k, users=500, start=start + timedelta(hours=100 * k))
+    for k, offset in enumerate(offsets):
+        burst = demo_transactions(5000, seed=1000 + k, users=500, start=start + offset)
         records += prefixed(list(burst), prefix)
     records.sort(key=lambda r: r["event_time"])
     labels = labels_for(records)
@@ -187,7 +192,9 @@ def test_online_and_offline_features_agree_on_20k_transactions(
             write_pg(dsn, batch, [])
         write_pg(dsn, [], labels)
 
-        frame = build_frame(dsn, start=start, end=records[-1]["event_time"] + timedelta(milliseconds=1))
+        frame = build_frame(
+            dsn, start=records[0]["event_time"], end=records[-1]["event_time"] + timedelta(milliseconds=1)
+        )
         frame = frame[frame["transaction_id"].str.startswith(prefix)].set_index("transaction_id")
         assert len(frame) == len(records)
         ids = [r["transaction_id"] for r in records]
@@ -204,6 +211,16 @@ def test_online_and_offline_features_agree_on_20k_transactions(
             if name not in {"is_night", "channel_code"}:
                 assert np.unique(offline[:, j]).size > 1, f"{name} is constant in the skew data"
         assert offline[:, FEATURE_NAMES.index("merchant_fraud_risk_30d")].max() > 0.011
+        # the long windows reach beyond 7 days and across midnights
+        col = {name: offline[:, j] for j, name in enumerate(FEATURE_NAMES)}
+        # (the bursts of days 8 and 34 see users' events older than 7 days: 41 % of all rows)
+        assert (col["user_tx_count_30d"] > col["user_tx_count_7d"]).mean() > 0.3
+        assert (col["merchant_tx_count_30d"] > col["merchant_tx_count_7d"]).any()
+        # the first burst's minutes after midnight see its minutes before midnight, and only those
+        day = np.array([r["event_time"].date() for r in records])
+        sunday, monday = sorted(set(day))[:2]
+        assert col["merchant_tx_count_30d"][day == sunday].max() == 0
+        assert col["merchant_tx_count_7d"][day == monday].max() > 0
     finally:
         delete_pg(dsn, [r["transaction_id"] for r in records])
 
@@ -349,9 +366,10 @@ def test_out_of_order_events_follow_the_documented_policy(store: OnlineStore, lo
         if keys:
             r.delete(*keys)
 
-    # far too late (before the 7-day retention): scored, not stored, no crash
+    # far too late (before the retention of USER_SCAN_S + lateness = 30 d + 1 h): scored, not
+    # stored (not counted for its merchant either), no crash
     before = snapshot(r, store.namespace)
-    ancient = store.update_and_compute([tx(prefix, 50, t0 - timedelta(days=9))])
+    ancient = store.update_and_compute([tx(prefix, 50, t0 - timedelta(days=31))])
     assert np.isfinite(ancient).all()
     assert snapshot(r, store.namespace) == before
 
