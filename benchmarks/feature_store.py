@@ -156,7 +156,7 @@ def stream(
 
 
 def report(run: Run, args: argparse.Namespace, ns: str, size: dict[str, int], count: dict[str, int]) -> None:
-    users = count.get("user:s", 0)
+    users = count.get("user:st", 0)  # the state key, one per user
     per_user = sum(b for c, b in size.items() if c.startswith("user:")) / max(users, 1)
     other = sum(b for c, b in size.items() if not c.startswith("user:"))
     per_batch_us = [t / args.batch * 1e6 for t in run.wall]
