@@ -252,15 +252,14 @@ class StackSettings(_Section):
 
 
 class ConsumerSettings(_Section):
-    # Most records one poll returns. Below capacity the poll timeout ends a batch first, so this
-    # only matters under a backlog, where each batch's fixed costs (the Serve call, the COPY, the
-    # commit) are shared by more records: 2,000 drained ~24 % faster than 500 on the dev box
-    # (docs/benchmarks.md, "batch size"). The online store reads and writes the whole batch in
-    # one read script and one guarded write script; the arithmetic runs in the actor.
+    # Most records one batch holds. A poll takes what the Kafka client has already fetched, up to
+    # this, so under a backlog batches are full and each batch's fixed costs (the Serve call, the
+    # COPY, the commit) are shared by more records: 2,000 drained ~24 % faster than 500 on the
+    # dev box (docs/benchmarks.md, "batch size"). Below capacity a batch is what arrived while
+    # the previous one was processed.
     batch_size: int = 2000
-    # How long a poll waits for a full batch. Below capacity a record waits up to this long before
-    # its batch starts, so it sets the latency floor; a backlog fills batches at once whatever it
-    # is. 0.1 s halves p50 against 0.5 s at 500-2,000 tx/s (docs/benchmarks.md, "poll timeout").
+    # How long an idle consumer waits for a first record before it polls again (and serves
+    # rebalances, pauses, its stop flag). A record that arrives ends the wait at once.
     poll_timeout_s: float = 0.1
     fraud_threshold: float = 0.5
 

@@ -198,7 +198,7 @@ class ScoringLoop:
     async def poll(self) -> list[Any]:
         c = self.settings.consumer
         with self.timed("poll"):
-            msgs = await asyncio.to_thread(self.consumer.consume, c.batch_size, c.poll_timeout_s)
+            msgs = await asyncio.to_thread(self._consume, c.batch_size, c.poll_timeout_s)
         for m in msgs:
             err = m.error()
             if err is not None and err.code() != KafkaError._PARTITION_EOF:
@@ -208,6 +208,18 @@ class ScoringLoop:
             self.stats.first_record_at = time.time()
         self.stats.polled += len(good)
         return good
+
+    def _consume(self, n: int, timeout_s: float) -> list[Any]:
+        """What the client has already fetched (up to ``n``) at once; only when that is nothing,
+        the first records to arrive within ``timeout_s`` and whatever came with them. A batch is
+        then what accumulated while the previous one was processed: under a backlog that is ``n``,
+        at a low rate a record waits for no timer (waiting for a full ``n`` kept each one up to
+        ``timeout_s`` in the client's queue)."""
+        msgs = self.consumer.consume(n, 0)
+        if msgs:
+            return msgs
+        msgs = self.consumer.consume(1, timeout_s)
+        return msgs + self.consumer.consume(n - 1, 0) if msgs and n > 1 else msgs
 
     # -- one batch, with the failure policy ------------------------------------------
     async def handle(self, msgs: list[Any], *, commit: bool = True) -> None:
@@ -478,7 +490,9 @@ ACTOR_CPUS = 0.25  # Ray's logical CPUs per consumer actor: four fit a core on p
 
 # Restarted after a crash, with the `run` call retried: the new consumer resumes from the
 # committed offsets, and whatever the dead one had half-written is absorbed by idempotency.
-@ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1)
+# Spread over the nodes: Ray's default packs small actors onto one node until it is half busy,
+# and a pool is only faster than one actor where its members get cores of their own.
+@ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")
 class ConsumerActor:
     """One member of the scoring consumer group."""
 
