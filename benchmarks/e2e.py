@@ -57,7 +57,8 @@ class BenchConfig:
     paced_actors: int = 2  # consumer actors of the latency runs: one per core
     replicas: tuple[int, ...] = (1, 2)  # Serve replicas per model deployment, one drain each
     replica_actors: int = 2  # consumer actors of those drains (2 replicas of everything fill 2 cores)
-    paced_seconds: float = 10.0
+    paced_seconds: float = 10.0  # measured, after the warm-up
+    paced_warmup_s: float = 3.0  # sent first at the same rate, left out of the percentiles
     baseline_count: int = 300
     stage_count: int = 10_000
     http_rps: tuple[int, ...] = (10, 30, 100, 300, 1000)  # open loop (benchmarks/http_load.py)
@@ -78,6 +79,7 @@ class BenchConfig:
             "rates": (2000,),
             "replicas": (1,),
             "paced_seconds": 5.0,
+            "paced_warmup_s": 1.0,
             "baseline_count": 100,
             "stage_count": 2000,
             "http_rps": (100,),
@@ -238,10 +240,29 @@ def drain_run(
     }
 
 
+def latency_by_second(settings: Settings, ids: list[str]) -> list[dict[str, float]]:
+    """p50/p99 pipeline latency (ms) of ``ids`` per second of event time (= send time when
+    restamped): how a paced run's latency moves from its start to its end."""
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(
+            "SELECT floor(extract(epoch FROM t.event_time)) AS s, count(*),"
+            " percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY d.latency_ms)"
+            " FROM decisions d JOIN transactions t USING (transaction_id)"
+            " WHERE d.transaction_id = ANY(%s) GROUP BY s ORDER BY s",
+            (ids,),
+        )
+        rows = cur.fetchall()
+    t0 = rows[0][0] if rows else 0
+    return [{"s": int(s - t0), "n": int(n), "p50": round(float(p[0]), 1), "p99": round(float(p[1]), 1)}
+            for s, n, p in rows]  # fmt: skip
+
+
 def paced_run(
-    settings: Settings, topics: Topics, records: list[dict[str, Any]], rate: int, actors: int
-) -> dict[str, Any]:
-    """Offer ``records`` at ``rate`` tx/s (event time = send time) to a running pool."""
+    settings: Settings, topics: Topics, records: list[dict[str, Any]], rate: int, actors: int, *,
+    warmup: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Offer ``records`` at ``rate`` tx/s (event time = send time) to a running pool; the
+    latency percentiles leave out the first ``warmup`` records (exactly once covers all)."""
     from ingest.consumer import ConsumerPool
     from ingest.producer import FastTransactionProducer, send_paced
 
@@ -257,14 +278,17 @@ def paced_run(
         FastTransactionProducer(s), iter(records), rate=rate, count=len(records), restamp=True
     )
     stats = pool.drain(timeout=600)
-    checked = check(s, [r["transaction_id"] for r in records[:sent]])
+    ids = [r["transaction_id"] for r in records[:sent]]
+    checked = check(s, ids)
     checked["exactly_once"] = checked["exactly_once"] and sum(x["new_decisions"] for x in stats) == sent
     return {
         "rate": rate,
         "actors": actors,
         "sent": sent,
+        "warmup": min(warmup, sent),
         "sent_per_s": round(sent / max(seconds, 1e-9), 1),
-        "latency_ms": checked["latency_ms"],
+        "latency_ms": check(s, ids[warmup:])["latency_ms"] if warmup < sent else checked["latency_ms"],
+        "by_second": latency_by_second(s, ids),
         "check": checked,
         "load1": load1(),
     }
@@ -418,8 +442,9 @@ def _steps(ctx: _Ctx, report: dict[str, Any], log: Callable[[str], None]) -> Non
     if "paced" in config.steps:
         report["paced"] = []
         for rate in config.rates:
-            records = ctx.records(f"p{rate}", int(rate * config.paced_seconds))
-            row = paced_run(settings, ctx.topics, records, rate, config.paced_actors)
+            warmup = int(rate * config.paced_warmup_s)
+            records = ctx.records(f"p{rate}", warmup + int(rate * config.paced_seconds))
+            row = paced_run(settings, ctx.topics, records, rate, config.paced_actors, warmup=warmup)
             report["paced"].append(row)
             log(f"offered {rate:,} tx/s (sent {row['sent_per_s']:,.0f}): latency ms {row['latency_ms']}")
     if "baseline" in config.steps:
@@ -534,7 +559,7 @@ def run(
         alerts_topic=topics.new("alerts"),
         dlq_topic=topics.new("dlq"),
     )
-    paced = max((int(r * config.paced_seconds) for r in config.rates), default=0)
+    paced = max((int(r * (config.paced_warmup_s + config.paced_seconds)) for r in config.rates), default=0)
     size = max(config.count, config.baseline_count, config.stage_count, paced)
     ctx = _Ctx(settings, topics, Workload(size, config.seed, config.users), config, uuid.uuid4().hex[:6])
     try:

@@ -25,6 +25,7 @@ def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_pa
         actors=(1, 2),
         rates=(200,),
         paced_seconds=1.0,
+        paced_warmup_s=0.5,
         baseline_count=20,
         stage_count=300,
         users=100,
@@ -59,7 +60,9 @@ def test_bench_quick_report(serve_app: str, serve_app_settings: Settings, tmp_pa
         assert {"decode", "features", "score", "sink_pg", "commit"} <= set(row["us_per_tx"])
         assert "consumer actors" in row["processes"] and "postgres" in row["processes"]
     paced = report["paced"][0]
-    assert paced["sent"] == 200
+    assert paced["sent"] == 300 and paced["warmup"] == 100  # 0.5 s warm-up + 1 s measured at 200 tx/s
+    assert paced["check"]["workload"] == 300  # exactly once covers the warm-up too
+    assert sum(s["n"] for s in paced["by_second"]) == 300
     assert 0 <= paced["latency_ms"]["p50"] <= paced["latency_ms"]["p95"] <= paced["latency_ms"]["p99"]
     base = report["baseline"]
     assert base["complete"] and base["count"] == 20 and base["tx_per_s"] > 0
