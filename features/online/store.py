@@ -27,7 +27,7 @@ from __future__ import annotations
 import abc
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -274,44 +274,33 @@ class RedisOnlineStore(FeatureStore):
             names.append(user)
         rows = np.flatnonzero(result.applied)
         counters: list[list[Any]] = []
-        # per (merchant, hour) the minutes' increments, per (merchant, day) the hours'
-        for kind, bucket, offset, width in (
-            ("minute", hour[rows], minute[rows] % 60, 64),
-            ("hour", hour[rows] // 24, hour[rows] % 24, 32),
+        # per (merchant, hour) the minutes' increments, per (merchant, day) the hours', per
+        # (merchant, 32-day block) each day's count and amount sum (cents): one BITFIELD each
+        m_rows = mcode[rows].astype(np.int64)
+        for kind, infix, bucket, offset, width in (
+            ("minute", ":mc:", hour[rows], minute[rows] % 60, 64),
+            ("hour", ":hc:", hour[rows] // 24, hour[rows] % 24, 32),
         ):
-            keyed = (mcode[rows].astype(np.int64) << 32 | bucket) * width + offset
-            cells, n = np.unique(keyed, return_counts=True)
-            groups, first = np.unique(cells // width, return_index=True)
-            bounds = [*first.tolist(), len(cells)]
-            infix = ":mc:" if kind == "minute" else ":hc:"
-            for g, (a, b) in zip(groups.tolist(), itertools.pairwise(bounds), strict=True):
-                ops: list[Any] = [f"{ns}:m:{merchants[g >> 32]}{infix}{g & 0xFFFFFFFF}", kind]
-                for off, k in zip((cells[a:b] % width).tolist(), n[a:b].tolist(), strict=True):
-                    ops += ["INCRBY", "u32", f"#{off}", k]
-                counters.append(ops)
-        # per (merchant, 32-day block) each day's count and amount sum (cents), one BITFIELD
+            cells, n = np.unique((m_rows << 32 | bucket) * width + offset, return_counts=True)
+            cell_ops = [
+                ["INCRBY", "u32", f"#{d}", k]
+                for d, k in zip((cells % width).tolist(), n.tolist(), strict=True)
+            ]
+            counters += _grouped_ops(cells // width, cell_ops, _counter_key(ns, merchants, infix), kind)
         if len(rows) and cat.MERCHANT_DAY_WINDOWS:
             event_day = batch.t_ms[rows] // MS_PER_DAY
             width = cat.DAY_BLOCK
-            keyed = (mcode[rows].astype(np.int64) << 32 | event_day // width) * width + event_day % width
+            keyed = (m_rows << 32 | event_day // width) * width + event_day % width
             o = np.argsort(keyed, kind="stable")
-            keyed = keyed[o]
-            cells, first, n = np.unique(keyed, return_index=True, return_counts=True)
+            cells, first, n = np.unique(keyed[o], return_index=True, return_counts=True)
             cents = np.add.reduceat(to_cents(batch.amount[rows])[o], first)
-            off = cells % width
             # per cell: INCRBY u32 #day count INCRBY i64 #(16 + day) cents, the sum as text
             # (Redis formats a Lua number argument in as few digits as it likes, 1e+14)
             cell_ops = [
                 ["INCRBY", "u32", f"#{d}", k, "INCRBY", "i64", f"#{_DAY_COUNTS_BYTES // 8 + d}", str(c)]
-                for d, k, c in zip(off.tolist(), n.tolist(), cents.tolist(), strict=True)
+                for d, k, c in zip((cells % width).tolist(), n.tolist(), cents.tolist(), strict=True)
             ]
-            groups, gfirst = np.unique(cells // width, return_index=True)
-            bounds = [*gfirst.tolist(), len(cells)]
-            for g, (a, b) in zip(groups.tolist(), itertools.pairwise(bounds), strict=True):
-                ops = [f"{ns}:m:{merchants[g >> 32]}:dc:{g & 0xFFFFFFFF}", "day"]
-                for cell in cell_ops[a:b]:
-                    ops += cell
-                counters.append(ops)
+            counters += _grouped_ops(cells // width, cell_ops, _counter_key(ns, merchants, ":dc:"), "day")
         maps: dict[int, list[Any]] = {}
         for i in rows.tolist():
             day = int(batch.t_ms[i] // MS_PER_DAY)
@@ -379,6 +368,27 @@ OnlineStore = RedisOnlineStore  # the implementation the pipeline uses
 
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _grouped_ops(
+    groups: np.ndarray, cell_ops: list[list[Any]], key: Callable[[int], str], kind: str
+) -> list[list[Any]]:
+    """One BITFIELD argument list per counter key: ``groups`` (sorted, one per cell) name the
+    key through ``key``, followed by ``kind`` (which TTL apply.lua gives it) and the ops of the
+    key's cells."""
+    keys, first = np.unique(groups, return_index=True)
+    out: list[list[Any]] = []
+    for g, (a, b) in zip(keys.tolist(), itertools.pairwise([*first.tolist(), len(groups)]), strict=True):
+        ops: list[Any] = [key(g), kind]
+        for cell in cell_ops[a:b]:
+            ops += cell
+        out.append(ops)
+    return out
+
+
+def _counter_key(ns: str, merchants: Any, infix: str) -> Callable[[int], str]:
+    """``merchant code << 32 | bucket`` -> ``ns:m:<merchant><infix><bucket>``."""
+    return lambda g: f"{ns}:m:{merchants[g >> 32]}{infix}{g & 0xFFFFFFFF}"
 
 
 def _pack_latest(batch: TxBatch, i: int, raw: np.ndarray) -> bytes:
