@@ -405,21 +405,30 @@ def _tune(
     return best
 
 
+def _head_listens(settings: Any) -> bool:
+    """Whether the Ray head answers: a configured cluster is assumed to; the managed local head
+    is asked with a TCP connect, so that a command never starts one just to update Serve."""
+    if settings.ray.address:
+        return True
+    import socket
+
+    host, port = ray_client.head_address(settings).rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def _hot_swap(settings: Any) -> None:
     """Push the production versions to the running Serve app; never fails the command."""
     from serve_deployments import deploy as serving
 
     later = "the next `fraudray serve` picks the production versions up"
     try:
-        if not settings.ray.address:  # the managed local head: is anything listening at all?
-            import socket
-
-            host, port = ray_client.head_address(settings).rsplit(":", 1)
-            try:
-                socket.create_connection((host, int(port)), timeout=2).close()
-            except OSError:
-                console.print(f"Ray (and so Serve) is not running: {later}")
-                return
+        if not _head_listens(settings):
+            console.print(f"Ray (and so Serve) is not running: {later}")
+            return
         swapped = serving.hot_swap(settings)
         console.print("Serve app swapped to " + ", ".join(f"{f} {v}" for f, v in sorted(swapped.items())))
     except Exception as exc:  # noqa: BLE001 - the registry change stands whatever Serve says
@@ -440,14 +449,8 @@ def _install_shadow(settings: Any, versions: dict[str, str] | None) -> None:
     from serve_deployments import deploy as serving
 
     try:
-        if not settings.ray.address:  # the managed local head: never start one just for this
-            import socket
-
-            host, port = ray_client.head_address(settings).rsplit(":", 1)
-            try:
-                socket.create_connection((host, int(port)), timeout=2).close()
-            except OSError:
-                raise ModelNotReady("Ray (and so Serve) is not running: no live shadow") from None
+        if not _head_listens(settings):
+            raise ModelNotReady("Ray (and so Serve) is not running: no live shadow")
         installed = serving.install_shadow(settings, versions)
         console.print(f"live shadow: challenger ensemble {installed}" if installed else "live shadow cleared")
     finally:
