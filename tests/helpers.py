@@ -12,10 +12,13 @@ from typing import Any
 import psycopg2
 
 from cluster import stack
+from core.errors import ModelNotReady
+from core.families import ALL_KEYS
 from core.ports import free_port
 from core.settings import PostgresSettings, Settings, StackSettings
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
+from training.registry import Registry
 
 API_KEY = "test-key-for-the-suite"
 
@@ -80,3 +83,14 @@ def private_postgres(settings: Settings, var_dir: Path) -> Iterator[Settings]:
         pg.stop()
         shutil.rmtree(var_dir, ignore_errors=True)
         shutil.rmtree(pg.data_dir, ignore_errors=True)
+
+
+def production_version_ids(settings: Settings) -> dict[str, str]:
+    """family -> the registry's production version, for the families that have one (what a
+    test that promotes puts back afterwards)."""
+    registry = Registry(settings)
+    before = {}
+    for fam in ALL_KEYS:
+        with contextlib.suppress(ModelNotReady):
+            before[fam] = registry.production(fam).version
+    return before

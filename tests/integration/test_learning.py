@@ -13,7 +13,6 @@ wall-clock now's. The production versions found before the test are restored aft
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,10 +22,10 @@ import psycopg2
 import pytest
 
 from core import db
-from core.errors import ModelNotReady
 from core.families import ALL_KEYS
 from core.settings import Settings
 from features.catalogue import FEATURE_NAMES
+from tests.helpers import production_version_ids
 from training.data import frame_from_store, temporal_split
 from training.learning import database_now, due, learn_once, new_labels_since
 from training.pipeline import train_all
@@ -56,10 +55,7 @@ def private(
     """Private var/ and learning settings; the production versions of before restored after."""
     var = tmp_path_factory.mktemp("var")
     registry = Registry(local_stack)
-    before = {}
-    for fam in ALL_KEYS:
-        with contextlib.suppress(ModelNotReady):
-            before[fam] = registry.production(fam).version
+    before = production_version_ids(local_stack)
     learn = local_stack.learn.model_copy(update={"recent_days": 1.0, "margin": 0.02, "min_recent_frauds": 15})
     yield local_stack.model_copy(update={
         "stack": local_stack.stack.model_copy(update={"var_dir": var}), "learn": learn,

@@ -25,7 +25,7 @@ from core.settings import ConsumerSettings, Settings
 from features.catalogue import FEATURE_NAMES
 from ingest.consumer import ConsumerPool
 from serve_deployments.deploy import hot_swap, install_shadow
-from tests.helpers import produce, with_topics
+from tests.helpers import produce, production_version_ids, with_topics
 from training.data import frame_from_store, temporal_split
 from training.learning import ensemble_scores
 from training.pipeline import train_all
@@ -47,10 +47,7 @@ def challenger(
     base = serve_app_settings
     var = tmp_path_factory.mktemp("var")
     registry = Registry(base)
-    before = {}
-    for fam in ALL_KEYS:
-        with contextlib.suppress(ModelNotReady):
-            before[fam] = registry.production(fam).version
+    before = production_version_ids(base)
     consumer = ConsumerSettings(batch_size=200, poll_timeout_s=0.2)
     s = base.model_copy(
         update={"stack": base.stack.model_copy(update={"var_dir": var}), "consumer": consumer}

@@ -42,7 +42,7 @@ from ingest.simulator import SimConfig, Simulator, parse_mix, retag
 from ingest.simulator.simulate import SimChunk
 from ingest.stream import StreamStats, Unpaced, run_stream
 from serve_deployments.deploy import hot_swap
-from tests.helpers import stream_tag, with_topics
+from tests.helpers import production_version_ids, stream_tag, with_topics
 from training.data import frame_from_store, split_by_windows, temporal_split
 from training.evaluate import evaluate
 from training.learning import Decision, due, learn_once
@@ -178,10 +178,7 @@ def champion(
     base = serve_app_settings
     var = tmp_path_factory.mktemp("var")
     registry = Registry(base)
-    before = {}
-    for fam in ALL_KEYS:
-        with contextlib.suppress(ModelNotReady):
-            before[fam] = registry.production(fam).version
+    before = production_version_ids(base)
     learn = base.learn.model_copy(update={"recent_days": 1.0, "margin": 0.02, "min_recent_frauds": 15,
                                           "every_labels": 5000})  # fmt: skip
     consumer = ConsumerSettings(batch_size=500, poll_timeout_s=0.2)
