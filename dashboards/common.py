@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypeGuard
 
 import pandas as pd
 import psycopg2
@@ -66,6 +66,27 @@ def empty_state(message: str) -> None:
 
 def no_data(what: str, window: Window) -> str:
     return f"No {what} between {window.label()} — {START_HINT}, or widen the time range."
+
+
+def has_rows(frame: pd.DataFrame | None, empty: str) -> TypeGuard[pd.DataFrame]:
+    """Whether a fetched ``frame`` has rows to show. When not, the page says why: ``fetch``
+    has shown the database error, or this shows the explained empty state ``empty``."""
+    if frame is None:
+        return False
+    if frame.empty:
+        empty_state(empty)
+        return False
+    return True
+
+
+def table(frame: pd.DataFrame, column_config: dict[str, Any] | None = None) -> None:
+    """A full-width table without the index, as every page shows its rows."""
+    st.dataframe(frame, hide_index=True, width="stretch", column_config=column_config)
+
+
+def utc_column(label: str) -> Any:
+    """A timestamp column shown to the second (timestamps are UTC throughout)."""
+    return st.column_config.DatetimeColumn(label, format="YYYY-MM-DD HH:mm:ss")
 
 
 # -- sidebar --------------------------------------------------------------------------------
@@ -137,6 +158,14 @@ def window() -> Window:
     selected, cut = timerange.clipped(start, end)
     if cut:
         st.warning(f"Custom range cut to its last {timerange.MAX_WINDOW.days} days.")
+    return selected
+
+
+def captioned_window(clock: str) -> Window:
+    """The selected window under a caption naming the clock the page filters on
+    (``"Event time"`` or ``"Decision time"``)."""
+    selected = window()
+    st.caption(f"{clock} {selected.label()}")
     return selected
 
 

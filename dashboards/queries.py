@@ -65,6 +65,13 @@ def _fx() -> dict[str, Any]:
     return {"fx_codes": list(FX_PER_USD), "fx_rates": list(FX_PER_USD.values())}
 
 
+def _with_rate(df: pd.DataFrame, rate: str, part: str, whole: str = "transactions") -> pd.DataFrame:
+    """``df`` with a column ``rate`` = ``part`` / ``whole`` (per row; none on an empty frame)."""
+    if not df.empty:
+        df[rate] = df[part] / df[whole]
+    return df
+
+
 # -- Overview -------------------------------------------------------------------------------
 
 _OVERVIEW = """
@@ -113,7 +120,17 @@ def throughput(dsn: str, window: Window, step: timedelta) -> pd.DataFrame:
 
 # -- Geography ------------------------------------------------------------------------------
 
-_BY_COUNTRY = """
+# The window's decided transactions (by event time) with their label when one has arrived and
+# the amount in USD (NULL for a currency without a display rate): what the geography and the
+# top-risk rankings aggregate.
+_DECIDED_IN_WINDOW = """FROM transactions t
+JOIN decisions d ON d.transaction_id = t.transaction_id
+LEFT JOIN labels l ON l.transaction_id = t.transaction_id
+LEFT JOIN unnest(%(fx_codes)s::text[], %(fx_rates)s::float8[]) AS fx (currency, per_usd)
+    ON fx.currency = t.currency::text
+WHERE t.event_time >= %(start)s AND t.event_time < %(end)s"""
+
+_BY_COUNTRY = f"""
 SELECT t.country::text AS country,
        count(*) AS transactions,
        count(*) FILTER (WHERE d.is_fraud) AS fraud_transactions,
@@ -122,12 +139,7 @@ SELECT t.country::text AS country,
        count(*) FILTER (WHERE fx.per_usd IS NULL) AS unconverted,
        count(l.transaction_id) AS labelled,
        count(*) FILTER (WHERE l.is_fraud) AS confirmed_fraud
-FROM transactions t
-JOIN decisions d ON d.transaction_id = t.transaction_id
-LEFT JOIN labels l ON l.transaction_id = t.transaction_id
-LEFT JOIN unnest(%(fx_codes)s::text[], %(fx_rates)s::float8[]) AS fx (currency, per_usd)
-    ON fx.currency = t.currency::text
-WHERE t.event_time >= %(start)s AND t.event_time < %(end)s
+{_DECIDED_IN_WINDOW}
 GROUP BY t.country
 ORDER BY fraud_transactions DESC, transactions DESC
 """
@@ -136,26 +148,20 @@ ORDER BY fraud_transactions DESC, transactions DESC
 def fraud_by_country(dsn: str, window: Window) -> pd.DataFrame:
     """Per country of the transaction, over its event time: decided transactions, how many of
     *them* were decided fraud, their amounts in USD, and confirmed labels."""
-    df = _frame(dsn, _BY_COUNTRY, {**_window(window), **_fx()})
-    if not df.empty:
-        df["fraud_rate"] = df["fraud_transactions"] / df["transactions"]
-    return df
+    return _with_rate(
+        _frame(dsn, _BY_COUNTRY, {**_window(window), **_fx()}), "fraud_rate", "fraud_transactions"
+    )
 
 
 # -- Top-risk users and merchants -----------------------------------------------------------
 
 # Rank with a hash aggregate over the window, then count distinct countries/devices/users for
 # the top rows only (count(DISTINCT) over every group would sort the whole window).
-_TOP_USERS = """
+_TOP_USERS = f"""
 WITH tx AS (
     SELECT t.user_id, t.country, t.device_id, t.event_time, t.amount / fx.per_usd AS amount_usd,
            d.is_fraud, d.ensemble_score, l.is_fraud AS confirmed
-    FROM transactions t
-    JOIN decisions d ON d.transaction_id = t.transaction_id
-    LEFT JOIN labels l ON l.transaction_id = t.transaction_id
-    LEFT JOIN unnest(%(fx_codes)s::text[], %(fx_rates)s::float8[]) AS fx (currency, per_usd)
-        ON fx.currency = t.currency::text
-    WHERE t.event_time >= %(start)s AND t.event_time < %(end)s
+    {_DECIDED_IN_WINDOW}
 ), ranked AS (
     SELECT user_id,
            count(*) AS transactions,
@@ -180,18 +186,13 @@ SELECT r.user_id, r.transactions, r.alerts, r.max_score, r.mean_score, r.amount_
 FROM ranked r
 JOIN spread s ON s.user_id = r.user_id
 ORDER BY r.alerts DESC, r.max_score DESC, r.user_id
-"""
+"""  # noqa: S608 - fixed fragments, values travel as parameters
 
-_TOP_MERCHANTS = """
+_TOP_MERCHANTS = f"""
 WITH tx AS (
     SELECT t.merchant_id, t.merchant_category, t.user_id, t.event_time,
            t.amount / fx.per_usd AS amount_usd, d.is_fraud, d.ensemble_score, l.is_fraud AS confirmed
-    FROM transactions t
-    JOIN decisions d ON d.transaction_id = t.transaction_id
-    LEFT JOIN labels l ON l.transaction_id = t.transaction_id
-    LEFT JOIN unnest(%(fx_codes)s::text[], %(fx_rates)s::float8[]) AS fx (currency, per_usd)
-        ON fx.currency = t.currency::text
-    WHERE t.event_time >= %(start)s AND t.event_time < %(end)s
+    {_DECIDED_IN_WINDOW}
 ), ranked AS (
     SELECT merchant_id,
            min(merchant_category) AS merchant_category,
@@ -217,23 +218,22 @@ SELECT r.merchant_id, r.merchant_category, r.transactions, r.alerts, r.max_score
 FROM ranked r
 JOIN spread s ON s.merchant_id = r.merchant_id
 ORDER BY r.alerts DESC, r.max_score DESC, r.merchant_id
-"""
+"""  # noqa: S608 - fixed fragments, values travel as parameters
 
 
 def top_users(dsn: str, window: Window, limit: int = 100) -> pd.DataFrame:
     """The riskiest users of the window: most alerts first, then the highest score."""
-    df = _frame(dsn, _TOP_USERS, {**_window(window), **_fx(), "limit": limit})
-    if not df.empty:
-        df["alert_rate"] = df["alerts"] / df["transactions"]
-    return df
+    return _ranking(dsn, _TOP_USERS, window, limit)
 
 
 def top_merchants(dsn: str, window: Window, limit: int = 100) -> pd.DataFrame:
     """The riskiest merchants of the window: most alerts first, then the highest score."""
-    df = _frame(dsn, _TOP_MERCHANTS, {**_window(window), **_fx(), "limit": limit})
-    if not df.empty:
-        df["alert_rate"] = df["alerts"] / df["transactions"]
-    return df
+    return _ranking(dsn, _TOP_MERCHANTS, window, limit)
+
+
+def _ranking(dsn: str, sql: str, window: Window, limit: int) -> pd.DataFrame:
+    """The ``limit`` top rows of a ranking query, each with its alert rate."""
+    return _with_rate(_frame(dsn, sql, {**_window(window), **_fx(), "limit": limit}), "alert_rate", "alerts")
 
 
 _USER_TIMELINE = """
@@ -321,10 +321,7 @@ def _unit(unit: str) -> str:
 
 def trends(dsn: str, window: Window, unit: str) -> pd.DataFrame:
     """Decided transactions and alerts per event-time bucket and channel."""
-    df = _frame(dsn, _TRENDS, {**_window(window), "unit": _unit(unit)})
-    if not df.empty:
-        df["fraud_rate"] = df["alerts"] / df["transactions"]
-    return df
+    return _with_rate(_frame(dsn, _TRENDS, {**_window(window), "unit": _unit(unit)}), "fraud_rate", "alerts")
 
 
 def scenario_trends(dsn: str, window: Window, unit: str) -> pd.DataFrame:

@@ -12,13 +12,9 @@ STATUSES = ("awaiting label", "confirmed fraud", "false positive")
 
 
 def body() -> None:
-    window = common.window()
-    st.caption(f"Decision time {window.label()}")
+    window = common.captioned_window("Decision time")
     counts = common.fetch(queries.alert_status_counts, common.dsn(), window)
-    if counts is None:
-        return
-    if counts.empty:
-        common.empty_state(common.no_data("alerts", window))
+    if not common.has_rows(counts, common.no_data("alerts", window)):
         return
     by_status = dict(zip(counts["status"], counts["alerts"], strict=True))
     total = sum(int(v) for v in by_status.values())
@@ -37,13 +33,11 @@ def body() -> None:
     if alerts.empty:
         common.empty_state("No alerts with the chosen status in this range.")
         return
-    st.dataframe(
+    common.table(
         alerts,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "scored_at": st.column_config.DatetimeColumn("decided (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-            "event_time": st.column_config.DatetimeColumn("event (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        {
+            "scored_at": common.utc_column("decided (UTC)"),
+            "event_time": common.utc_column("event (UTC)"),
             "ensemble_score": st.column_config.NumberColumn("score", format="%.3f"),
             "latency_ms": st.column_config.NumberColumn("pipeline latency (ms)", format="%.0f"),
         },

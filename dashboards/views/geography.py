@@ -16,13 +16,9 @@ TABLE_COLUMNS = (
 
 
 def body() -> None:
-    window = common.window()
-    st.caption(f"Event time {window.label()}")
+    window = common.captioned_window("Event time")
     by_country = common.fetch(queries.fraud_by_country, common.dsn(), window)
-    if by_country is None:
-        return
-    if by_country.empty:
-        common.empty_state(common.no_data("decided transactions", window))
+    if not common.has_rows(by_country, common.no_data("decided transactions", window)):
         return
     table = charts.country_table(by_country)
     total, fraud = int(table["transactions"].sum()), int(table["fraud_transactions"].sum())
@@ -55,11 +51,9 @@ def body() -> None:
             f"{unconverted:,} transactions in currencies without a display rate are left out of USD sums."
         )
 
-    st.dataframe(
+    common.table(
         table.sort_values(measure, ascending=False)[list(TABLE_COLUMNS)],
-        hide_index=True,
-        width="stretch",
-        column_config={
+        {
             "name": "country",
             "country": "code",
             "fraud_transactions": st.column_config.NumberColumn("fraudulent", format="%d"),

@@ -33,12 +33,10 @@ def _registry() -> pd.DataFrame | None:
         common.empty_state(
             "No version has stage `production` yet — promote one with `fraudray models promote`."
         )
-    st.dataframe(
+    common.table(
         analysis.headline_metrics(models),
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "created_at": st.column_config.DatetimeColumn("created (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        {
+            "created_at": common.utc_column("created (UTC)"),
             **{k: st.column_config.NumberColumn(k, format="%.4f") for k in ("roc_auc", "aucpr", "precision")},
             **{k: st.column_config.NumberColumn(k, format="%.4f") for k in ("recall", "fpr", "threshold")},
         },
@@ -77,18 +75,13 @@ def _version_details(models: pd.DataFrame) -> None:
 def _serving(window: Window) -> None:
     st.subheader("Versions deciding traffic")
     serving = common.fetch(queries.serving_versions, common.dsn(), window)
-    if serving is None:
+    if not common.has_rows(serving, common.no_data("decisions", window)):
         return
-    if serving.empty:
-        common.empty_state(common.no_data("decisions", window))
-        return
-    st.dataframe(
+    common.table(
         serving,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "first_decision": st.column_config.DatetimeColumn("first (UTC)", format="YYYY-MM-DD HH:mm:ss"),
-            "last_decision": st.column_config.DatetimeColumn("last (UTC)", format="YYYY-MM-DD HH:mm:ss"),
+        {
+            "first_decision": common.utc_column("first (UTC)"),
+            "last_decision": common.utc_column("last (UTC)"),
         },
     )
 
@@ -96,10 +89,7 @@ def _serving(window: Window) -> None:
 def _scores(window: Window) -> None:
     st.subheader("Ensemble score distribution")
     hist = common.fetch(queries.score_histogram, common.dsn(), window)
-    if hist is None:
-        return
-    if hist.empty:
-        common.empty_state(common.no_data("decisions", window))
+    if not common.has_rows(hist, common.no_data("decisions", window)):
         return
     plot = hist.assign(decision=hist["is_fraud"].map({True: "fraud", False: "genuine"}))
     fig = go.Figure()
@@ -163,8 +153,7 @@ def _drift() -> None:
 
 
 def body() -> None:
-    window = common.window()
-    st.caption(f"Decision time {window.label()}")
+    window = common.captioned_window("Decision time")
     models = _registry()
     if models is not None and not models.empty:
         _version_details(models)

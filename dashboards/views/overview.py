@@ -72,10 +72,7 @@ def body() -> None:
     end = timerange.now_rounded(now, int(THROUGHPUT_STEP.total_seconds()))
     span = timerange.Window(end - THROUGHPUT_SPAN, end)
     series = common.fetch(queries.throughput, common.dsn(), span, THROUGHPUT_STEP)
-    if series is None:
-        return
-    if series.empty:
-        common.empty_state(f"No decisions in the last 15 minutes — {common.START_HINT}.")
+    if not common.has_rows(series, f"No decisions in the last 15 minutes — {common.START_HINT}."):
         return
     per_s = series.assign(
         **{

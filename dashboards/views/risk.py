@@ -17,17 +17,15 @@ TOP_N = 100
 _SCORE = st.column_config.NumberColumn("max score", format="%.3f")
 _MEAN = st.column_config.NumberColumn("mean score", format="%.3f")
 _RATE = st.column_config.NumberColumn("alert rate", format="percent")
-_SEEN = st.column_config.DatetimeColumn("last seen (UTC)", format="YYYY-MM-DD HH:mm:ss")
+_SEEN = common.utc_column("last seen (UTC)")
 _CONFIRMED = st.column_config.NumberColumn("confirmed fraud", format="%d")
 
 
 def _ranking(frame: pd.DataFrame, amount_column: str, amount_label: str) -> None:
     """A top-risk table: the columns both rankings share, plus their amount column."""
-    st.dataframe(
+    common.table(
         frame,
-        hide_index=True,
-        width="stretch",
-        column_config={
+        {
             "max_score": _SCORE,
             "mean_score": _MEAN,
             "alert_rate": _RATE,
@@ -52,10 +50,7 @@ def _users(window: Window) -> pd.DataFrame | None:
 
 def _merchants(window: Window) -> None:
     merchants = common.fetch(queries.top_merchants, common.dsn(), window, TOP_N)
-    if merchants is None:
-        return
-    if merchants.empty:
-        common.empty_state(common.no_data("decided transactions", window))
+    if not common.has_rows(merchants, common.no_data("decided transactions", window)):
         return
     _ranking(merchants, "fraud_amount_usd", "fraud amount (USD)")
     st.caption(f"The {TOP_N} merchants with the most alerts, then the highest score.")
@@ -63,10 +58,7 @@ def _merchants(window: Window) -> None:
 
 def _timeline(user_id: str, window: Window) -> None:
     timeline = common.fetch(queries.user_timeline, common.dsn(), user_id, window)
-    if timeline is None:
-        return
-    if timeline.empty:
-        common.empty_state(f"User {user_id} has no transactions between {window.label()}.")
+    if not common.has_rows(timeline, f"User {user_id} has no transactions between {window.label()}."):
         return
     decided = timeline.dropna(subset=["ensemble_score"])
     flagged = int(decided["is_fraud"].astype(bool).sum()) if not decided.empty else 0
@@ -98,11 +90,9 @@ def _timeline(user_id: str, window: Window) -> None:
         )
         fig.update_layout(height=360)
         st.plotly_chart(fig, width="stretch")
-    st.dataframe(
+    common.table(
         timeline.drop(columns=["scores"]),
-        hide_index=True,
-        width="stretch",
-        column_config={"ensemble_score": st.column_config.NumberColumn("score", format="%.3f")},
+        {"ensemble_score": st.column_config.NumberColumn("score", format="%.3f")},
     )
     options = list(timeline["transaction_id"])
     transaction_id = st.selectbox("Transaction to explain", options, key="risk_tx")
@@ -156,8 +146,7 @@ def _show_explanation(body: dict[str, Any]) -> None:
 
 
 def body() -> None:
-    window = common.window()
-    st.caption(f"Event time {window.label()}")
+    window = common.captioned_window("Event time")
     users_tab, merchants_tab = st.tabs(["Users", "Merchants"])
     with users_tab:
         users = _users(window)

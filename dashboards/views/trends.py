@@ -20,10 +20,7 @@ def body() -> None:
             f"{wanted.capitalize()} buckets are drawn for up to {timerange.BUCKETS[wanted]}; using {unit}s."
         )
     series = common.fetch(queries.trends, common.dsn(), window, unit)
-    if series is None:
-        return
-    if series.empty:
-        common.empty_state(common.no_data("decided transactions", window))
+    if not common.has_rows(series, common.no_data("decided transactions", window)):
         return
 
     total = series.groupby("bucket", as_index=False)[["transactions", "alerts"]].sum()
@@ -51,13 +48,11 @@ def body() -> None:
 
     st.subheader("Per fraud scenario (labelled fraud)")
     scenarios = common.fetch(queries.scenario_trends, common.dsn(), window, unit)
-    if scenarios is None:
-        return
-    if scenarios.empty:
-        common.empty_state(
-            "No labelled fraud with a scenario in this range yet. Labels arrive late (after "
-            "chargebacks), so recent ranges have few; widen the range or wait for the labels topic."
-        )
+    no_scenarios = (
+        "No labelled fraud with a scenario in this range yet. Labels arrive late (after "
+        "chargebacks), so recent ranges have few; widen the range or wait for the labels topic."
+    )
+    if not common.has_rows(scenarios, no_scenarios):
         return
     left, right = st.columns(2)
     fig = px.bar(
