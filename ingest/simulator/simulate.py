@@ -46,7 +46,7 @@ from ingest.simulator.population import (
     hash64,
     hour_of_week,
 )
-from ingest.simulator.scenarios import DEFAULT_MIX, SCENARIO_TYPES, Context, Scenario, _ip
+from ingest.simulator.scenarios import DEFAULT_MIX, SCENARIO_TYPES, Context, Scenario, _columns, _ip
 
 TRAVEL_GAP_MS = 20 * HOUR_MS  # no payments while flying out or back (Sydney–New York is ~20 h)
 NEW_DEVICE_PROB = 0.003  # a genuine user on a new phone/browser (per user-day)
@@ -267,7 +267,6 @@ class Simulator:
         usd = np.exp(
             pop.mu[users] + world.CATEGORY_OFFSET[category] + pop.sigma[users] * rng.standard_normal(n)
         )
-        currency = world.COUNTRY_CURRENCY[pop.m_country[merchant]]
 
         # the user's own location for online payments (home, or the trip's city)
         user_lat = np.where(abroad, world.CITY_LAT[city] + 0.01, pop.home_lat[users])
@@ -290,20 +289,8 @@ class Simulator:
         ).astype(np.int64)
         ip = np.where(online, np.where(abroad, _ip(seed, dest, users, block), home_ip), -1)
 
-        return Columns(
-            t=t.astype(np.int64),
-            user=users.astype(np.int64),
-            merchant=merchant.astype(np.int64),
-            amount=world.to_local_amount(usd, currency),
-            currency=currency.astype(np.int16),
-            country=country,
-            device=device.astype(np.int64),
-            channel=online.astype(np.int8),
-            lat=lat,
-            lon=lon,
-            ip=ip.astype(np.int64),
-            scenario=np.zeros(n, dtype=np.int8),
-        )
+        return _columns(t=t, user=users, merchant=merchant, usd=usd, country=country, device=device,
+                        channel=online, lat=lat, lon=lon, ip=ip, scenario=0, pop=pop)  # fmt: skip
 
     # -- fraud -------------------------------------------------------------------------------
 
