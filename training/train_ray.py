@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xgboost as xgb
@@ -26,6 +26,9 @@ import xgboost as xgb
 from training.autoencoder import AutoencoderModel
 from training.base import as_matrix
 from training.xgboost_model import XGBoostModel
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint, RunConfig, ScalingConfig
 
 
 def _validate(
@@ -47,6 +50,35 @@ def _validate(
             errors = ((net(s) - s) ** 2).mean(dim=1).numpy()
             out["val_aucpr"] = float(evaluate(errors, scored[1]).get("aucpr", 0.0))
     return out
+
+
+def _scaling_config(workers: int, cpus_per_worker: float) -> ScalingConfig:
+    """``workers`` data-parallel workers holding ``cpus_per_worker`` CPUs each (both jobs)."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker})
+
+
+def _run_config(name: str, storage: Path, callbacks: list[Any] | None = None) -> RunConfig:
+    """Both jobs' run policy: named runs under ``storage`` (so a run started again resumes),
+    the last two checkpoints kept, one worker failure survived."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    return RunConfig(
+        name=name,
+        storage_path=str(storage.resolve()),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        failure_config=FailureConfig(max_failures=1),
+        callbacks=callbacks,
+    )
+
+
+def _final_checkpoint(trainer: Any, name: str) -> Checkpoint:
+    """Run ``trainer`` to the end; its latest checkpoint, which holds the trained model."""
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {name} finished without a checkpoint")
+    return result.checkpoint
 
 
 def ae_train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -124,7 +156,6 @@ def fit_autoencoder(
     """
     import ray
     import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     X = as_matrix(X)
@@ -143,19 +174,10 @@ def fit_autoencoder(
     trainer = TorchTrainer(
         ae_train_loop_per_worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage.resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=1),
-            callbacks=callbacks,
-        ),
+        scaling_config=_scaling_config(workers, cpus_per_worker),
+        run_config=_run_config(name, storage, callbacks),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {name} finished without a checkpoint")
-    with result.checkpoint.as_directory() as d:
+    with _final_checkpoint(trainer, name).as_directory() as d:
         state = torch.load(Path(d) / "state.pt", weights_only=True)
     model.net.load_state_dict(state["net"])
     model.history = [float(v) for v in state["history"]]
@@ -254,7 +276,7 @@ def fit_xgboost(
     """
     import pandas as pd
     import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import DataConfig
     from ray.train.xgboost import RayTrainReportCallback, XGBoostTrainer
 
     names = model.feature_names
@@ -280,22 +302,14 @@ def fit_xgboost(
     trainer = XGBoostTrainer(
         xgb_train_loop_per_worker,
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(storage.resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=1),
-        ),
+        scaling_config=_scaling_config(workers, cpus_per_worker),
+        run_config=_run_config(name, storage),
         datasets=datasets,
         # Training rows are sharded; every worker evaluates the whole validation window, since
         # XGBoost's distributed AUCPR averages the workers' own AUCPRs (exact only on equal data).
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {name} finished without a checkpoint")
-    booster = RayTrainReportCallback.get_model(result.checkpoint)
+    booster = RayTrainReportCallback.get_model(_final_checkpoint(trainer, name))
     history = [float(v) for v in json.loads(booster.attr(XGB_HISTORY) or "[]")]
     booster.set_attr(**{XGB_HISTORY: None})  # kept in model.history, not in the saved model
     if has_val and history:  # as EarlyStopping picks it: the first round of the best AUCPR
