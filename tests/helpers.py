@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 
 from cluster import stack
 from core.errors import ModelNotReady
 from core.families import ALL_KEYS
 from core.ports import free_port
-from core.settings import PostgresSettings, Settings, StackSettings
+from core.settings import REPO_ROOT, PostgresSettings, Settings, StackSettings
 from ingest.producer import TransactionProducer
 from ingest.simulator import demo_transactions
+from serve_deployments.deploy import hot_swap
 from training.registry import Registry
 
 API_KEY = "test-key-for-the-suite"
@@ -94,3 +99,27 @@ def production_version_ids(settings: Settings) -> dict[str, str]:
         with contextlib.suppress(ModelNotReady):
             before[fam] = registry.production(fam).version
     return before
+
+
+def restore_production(settings: Settings, versions: dict[str, str]) -> None:
+    """Promote ``versions`` (``production_version_ids`` of before the test) again and swap
+    them into the shared Serve app, as a test that promoted leaves things."""
+    registry = Registry(settings)
+    for fam, version in versions.items():
+        registry.promote(fam, version)
+    with contextlib.suppress(ModelNotReady):
+        hot_swap(settings)
+
+
+def fetched_schemas(target: str, timeout_s: int) -> Path:
+    """What ``cluster/fetch_schemas.sh <target>`` fetched and built (``compose``: the checker,
+    ``kuberay``: the schema folder); fails the test when the script fails."""
+    out = subprocess.run(
+        ["bash", str(REPO_ROOT / "cluster" / "fetch_schemas.sh"), target],
+        capture_output=True, text=True, timeout=timeout_s, check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    if out.returncode != 0:
+        needs = "needs Go and the Go module proxy"
+        pytest.fail(f"cluster/fetch_schemas.sh {target} failed ({needs}):\n{out.stderr[-3000:]}")
+    return Path(out.stdout.strip().splitlines()[-1])

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg2
 import pytest
 
 from core import db
@@ -159,34 +158,26 @@ def _newest_labelled(settings: Settings, world: World) -> datetime:
 def _decide_with_random_scores(settings: Settings, world: World) -> None:
     """A decision for every transaction of ``world``, as a stream would leave them (the live
     scores here random: a model that knows nothing)."""
-    conn = psycopg2.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO decisions (transaction_id, user_id, scores, ensemble_score, is_fraud,"
-                " model_version) SELECT transaction_id, user_id, '{}', random(), false, 'tests-live'"
-                " FROM transactions WHERE transaction_id LIKE %s",
-                (world.prefix + "%",),
-            )
-    finally:
-        conn.close()
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(
+            "INSERT INTO decisions (transaction_id, user_id, scores, ensemble_score, is_fraud,"
+            " model_version) SELECT transaction_id, user_id, '{}', random(), false, 'tests-live'"
+            " FROM transactions WHERE transaction_id LIKE %s",
+            (world.prefix + "%",),
+        )
 
 
 def _decisions(settings: Settings, world: World) -> dict[str, dict[str, Any]]:
-    conn = psycopg2.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT d.transaction_id, t.event_time, d.ensemble_score, d.is_fraud, d.model_version,"
-                " d.shadow_score, d.shadow_version"
-                " FROM decisions d JOIN transactions t USING (transaction_id)"
-                " WHERE d.transaction_id LIKE %s",
-                (world.prefix + "%",),
-            )
-            names = [c.name for c in cur.description]
-            return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
-    finally:
-        conn.close()
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(
+            "SELECT d.transaction_id, t.event_time, d.ensemble_score, d.is_fraud, d.model_version,"
+            " d.shadow_score, d.shadow_version"
+            " FROM decisions d JOIN transactions t USING (transaction_id)"
+            " WHERE d.transaction_id LIKE %s",
+            (world.prefix + "%",),
+        )
+        names = [c.name for c in cur.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
 
 
 def test_the_demo_learning_thread_waits_for_labels_and_stops_at_once(local_stack: Settings) -> None:

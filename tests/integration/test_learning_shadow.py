@@ -15,17 +15,17 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import psycopg2
 import pytest
 from ray import serve
 
+from core import db
 from core.errors import ModelNotReady
 from core.families import ALL_KEYS, MEMBER_KEYS, SCORER_DEPLOYMENT
 from core.settings import ConsumerSettings, Settings
 from features.catalogue import FEATURE_NAMES
 from ingest.consumer import ConsumerPool
 from serve_deployments.deploy import hot_swap, install_shadow
-from tests.helpers import produce, production_version_ids, with_topics
+from tests.helpers import produce, production_version_ids, restore_production, with_topics
 from training.data import frame_from_store, temporal_split
 from training.learning import ensemble_scores
 from training.pipeline import train_all
@@ -46,7 +46,6 @@ def challenger(
     """(settings with a private var/, the challenger's versions, the champion's versions)."""
     base = serve_app_settings
     var = tmp_path_factory.mktemp("var")
-    registry = Registry(base)
     before = production_version_ids(base)
     consumer = ConsumerSettings(batch_size=200, poll_timeout_s=0.2)
     s = base.model_copy(
@@ -61,10 +60,7 @@ def challenger(
     finally:
         with contextlib.suppress(ModelNotReady):
             install_shadow(base, None)
-        for fam, version in before.items():
-            registry.promote(fam, version)
-        with contextlib.suppress(ModelNotReady):
-            hot_swap(base)
+        restore_production(base, before)
         delete_world(base, world)
         delete_registry_rows(base, str(var), world)
 
@@ -74,17 +70,13 @@ Row = tuple[float, str, float | None, str | None]
 
 def _decisions(settings: Settings, ids: list[str]) -> dict[str, Row]:
     """transaction id -> (ensemble_score, model_version, shadow_score, shadow_version)."""
-    conn = psycopg2.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT transaction_id, ensemble_score, model_version, shadow_score, shadow_version"
-                " FROM decisions WHERE transaction_id = ANY(%s)",
-                (ids,),
-            )
-            return {r[0]: r[1:] for r in cur.fetchall()}
-    finally:
-        conn.close()
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(
+            "SELECT transaction_id, ensemble_score, model_version, shadow_score, shadow_version"
+            " FROM decisions WHERE transaction_id = ANY(%s)",
+            (ids,),
+        )
+        return {r[0]: r[1:] for r in cur.fetchall()}
 
 
 def _stream(settings: Settings, new_topic: Callable[..., str], group_id: str) -> dict[str, Row]:

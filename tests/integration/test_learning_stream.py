@@ -15,7 +15,6 @@ merchants tagged with a fresh ``test<hex>-`` prefix."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
@@ -26,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psycopg2
 import pytest
 import xgboost as xgb
 
 from core import db
-from core.errors import ModelNotReady
 from core.families import ALL_KEYS
 from core.settings import ConsumerSettings, Settings
 from features.catalogue import FEATURE_NAMES
@@ -42,7 +39,7 @@ from ingest.simulator import SimConfig, Simulator, parse_mix, retag
 from ingest.simulator.simulate import SimChunk
 from ingest.stream import StreamStats, Unpaced, run_stream
 from serve_deployments.deploy import hot_swap
-from tests.helpers import production_version_ids, stream_tag, with_topics
+from tests.helpers import production_version_ids, restore_production, stream_tag, with_topics
 from training.data import frame_from_store, split_by_windows, temporal_split
 from training.evaluate import evaluate
 from training.learning import Decision, due, learn_once
@@ -130,13 +127,9 @@ class SlowUntilSwap:
 
 def _count(settings: Settings, table: str, prefix: str) -> int:
     assert table in {"decisions", "labels", "transactions"}
-    conn = psycopg2.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {table} WHERE transaction_id LIKE %s", (prefix + "%",))
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(f"SELECT count(*) FROM {table} WHERE transaction_id LIKE %s", (prefix + "%",))
+        return int(cur.fetchone()[0])
 
 
 def _wait_rows(settings: Settings, prefix: str, n: int, timeout: float = 300.0) -> None:
@@ -151,18 +144,14 @@ def _wait_rows(settings: Settings, prefix: str, n: int, timeout: float = 300.0) 
 
 def _decided(settings: Settings, prefix: str) -> list[tuple[str, str, float, bool, float | None, str | None]]:
     """(transaction id, model_version, ensemble_score, label, shadow score, shadow version)."""
-    conn = psycopg2.connect(settings.postgres.dsn.get_secret_value())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT d.transaction_id, d.model_version, d.ensemble_score, l.is_fraud, d.shadow_score,"
-                " d.shadow_version FROM decisions d JOIN labels l USING (transaction_id)"
-                " WHERE d.transaction_id LIKE %s",
-                (prefix + "%",),
-            )
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+    with db.transaction(settings.postgres.dsn.get_secret_value()) as cur:
+        cur.execute(
+            "SELECT d.transaction_id, d.model_version, d.ensemble_score, l.is_fraud, d.shadow_score,"
+            " d.shadow_version FROM decisions d JOIN labels l USING (transaction_id)"
+            " WHERE d.transaction_id LIKE %s",
+            (prefix + "%",),
+        )
+        return list(cur.fetchall())
 
 
 def _ap(rows: list[Any]) -> float:
@@ -177,7 +166,6 @@ def champion(
     with private var/ and learning settings; afterwards the versions of before, swapped back."""
     base = serve_app_settings
     var = tmp_path_factory.mktemp("var")
-    registry = Registry(base)
     before = production_version_ids(base)
     learn = base.learn.model_copy(update={"recent_days": 1.0, "margin": 0.02, "min_recent_frauds": 15,
                                           "every_labels": 5000})  # fmt: skip
@@ -192,10 +180,7 @@ def champion(
         hot_swap(s)
         yield s, versions
     finally:
-        for fam, version in before.items():
-            registry.promote(fam, version)
-        with contextlib.suppress(ModelNotReady):
-            hot_swap(base)
+        restore_production(base, before)
         delete_world(base, old)
         delete_registry_rows(base, str(var), old)
         delete_registry_rows(base, str(var), World("", NEW_START, NEW_START, 0, 0))

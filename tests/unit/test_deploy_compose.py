@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +24,7 @@ import yaml
 
 from core.ray_client import SERVE_FAST_PATH
 from core.settings import REPO_ROOT, Settings
+from tests.helpers import fetched_schemas
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 PROMETHEUS = REPO_ROOT / "deploy" / "compose" / "prometheus.yml"
@@ -40,16 +40,7 @@ def _load(checker: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str
 
 @pytest.fixture(scope="module")
 def checker() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO_ROOT / "cluster" / "fetch_schemas.sh"), "compose"],
-        capture_output=True, text=True, timeout=900, check=False,
-        env={**os.environ, "PYTHON": sys.executable},
-    )  # fmt: skip
-    if out.returncode != 0:
-        pytest.fail(
-            f"fetch_schemas.sh compose failed (needs Go + the Go module proxy):\n{out.stderr[-3000:]}"
-        )
-    return Path(out.stdout.strip().splitlines()[-1])
+    return fetched_schemas("compose", timeout_s=900)
 
 
 @pytest.fixture(scope="module")

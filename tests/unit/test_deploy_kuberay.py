@@ -12,10 +12,7 @@ PodTemplateSpec schema embedded in the RayJob CRD.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import yaml
 from jsonschema import Draft7Validator
 
 from core.settings import REPO_ROOT, Settings
+from tests.helpers import fetched_schemas
 
 KUBERAY = REPO_ROOT / "deploy" / "kuberay"
 TOKEN_SECRET = "fraudray-ray-token"
@@ -32,16 +30,7 @@ TOKEN_SECRET = "fraudray-ray-token"
 
 @pytest.fixture(scope="module")
 def schema_dir() -> Path:
-    out = subprocess.run(
-        ["bash", str(REPO_ROOT / "cluster" / "fetch_schemas.sh"), "kuberay"],
-        capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "PYTHON": sys.executable},
-    )  # fmt: skip
-    if out.returncode != 0:
-        pytest.fail(
-            f"cluster/fetch_schemas.sh failed (needs Go and the Go module proxy):\n{out.stderr[-3000:]}"
-        )
-    return Path(out.stdout.strip().splitlines()[-1])
+    return fetched_schemas("kuberay", timeout_s=600)
 
 
 @cache
