@@ -167,6 +167,16 @@ class ClientConfig(dict[str, Any]):
 
 class RedisSettings(_Section):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # More Redis instances for the online store, comma-separated URLs (secrets: they may carry a
+    # password). Users are spread over ``url`` and these by a stable hash of the user id
+    # (features/online/shards.py); empty = one instance. Changing the list moves users to other
+    # instances: rebuild the store afterwards (docs/scaling.md, "Sharded online store").
+    shards: SecretStr = SecretStr("")
+
+    def urls(self) -> list[str]:
+        """The online store's instances: ``url`` first (shard 0), then ``shards`` in order."""
+        extra = [u.strip() for u in self.shards.get_secret_value().split(",") if u.strip()]
+        return [self.url.get_secret_value(), *extra]
 
     @property
     def port(self) -> int:

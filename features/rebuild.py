@@ -8,6 +8,8 @@ are idempotent per transaction id and exact in any arrival order, so the rebuild
 the consumers keep scoring: a transaction applied by both is applied once. The replay writes
 everything a live batch writes: users' states (30 days of events), the merchants' minute, hour
 and day counters (the 7- and 30-day windows: counts and cent sums) and the tx -> merchant maps.
+With shards (``FRAUDRAY_REDIS_SHARDS``) it writes each user's part to the user's shard, so it is
+also how a store moves to another number of shards: flush them all, then rebuild.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def rebuild(
 ) -> RebuildStats:
     """Replay transactions and labels from PostgreSQL into the online store."""
     t0 = time.monotonic()
-    store = store or OnlineStore(settings.redis.url.get_secret_value())
+    store = store or OnlineStore(settings.redis.urls())
     since = since or datetime.now(UTC) - horizon()
     conn = psycopg2.connect(settings.postgres.dsn.get_secret_value())
     n_tx = n_labels = 0

@@ -183,8 +183,8 @@ class ScoringLoop:
         self.consumer.subscribe([k.transactions_topic, k.labels_topic])
         self.pg = PostgresSink(settings.postgres.dsn.get_secret_value())
         self.kafka_out = KafkaSink(producer_config(settings, **{"linger.ms": 5}))
-        self.store = OnlineStore(settings.redis.url.get_secret_value())
-        self.decisions = DecisionWriter(settings.redis.url.get_secret_value())
+        self.store = OnlineStore(settings.redis.urls())
+        self.decisions = DecisionWriter(settings.redis.urls())
         self.stats = ConsumerStats()
         self.timed = _Timer(self.stats)
         self._lag_checked = 0.0

@@ -381,7 +381,8 @@ _TX_COLUMNS = (
 @serve.ingress(api)
 class FraudApi:
     def __init__(self, scorer: DeploymentHandle, config: dict[str, Any]) -> None:
-        """``config``: ``redis_url``, ``postgres_dsn`` and ``llm_api_key`` (a secret: kept out
+        """``config``: ``redis_url`` (one URL, or the list of the online store's shards),
+        ``postgres_dsn`` and ``llm_api_key`` (a secret: kept out
         of ``user_config``, which Serve shows). The keys, ``auth`` and the LLM options arrive
         as ``user_config`` (``reconfigure``); until then (or without one) every protected route
         refuses."""
@@ -711,7 +712,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     llm = dict(args.get("llm") or {})
     user_config = ingress_user_config(settings, digests=digests, auth=auth, llm=llm)
     config = {
-        "redis_url": args.get("redis_url", settings.redis.url.get_secret_value()),
+        "redis_url": args.get("redis_url", settings.redis.urls()),
         "postgres_dsn": args.get("postgres_dsn", settings.postgres.dsn.get_secret_value()),
         "llm_api_key": llm.get("api_key", settings.llm.api_key.get_secret_value()),
     }

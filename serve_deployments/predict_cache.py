@@ -1,30 +1,32 @@
 """GET /predict's read: the features of the user's latest transaction and the stream's decision
 of *that* transaction, when the consumer stored one (features/online/decisions.py), in one
-round trip."""
+round trip, to the user's Redis shard."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import redis
 
 from features.online.decisions import TX_SEP, decision_key
+from features.online.shards import Shards
 from features.online.store import decode_latest, store_error
 
 
 class PredictCache:
-    def __init__(self, url: str, namespace: str = "fr") -> None:
+    def __init__(self, url: str | Sequence[str], namespace: str = "fr") -> None:
         self.namespace = namespace
-        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.shards = Shards(url)
 
     def read(self, user_id: str) -> tuple[np.ndarray, dict[str, Any] | None] | None:
         """(features, decision or None); None for an unknown user. An unreadable decision
         entry is as good as none (the API scores instead)."""
         try:
-            replies: list[bytes | None] = self._redis.mget(
+            replies: list[bytes | None] = self.shards.client(user_id).mget(
                 f"{self.namespace}:u:{user_id}:l", decision_key(self.namespace, user_id)
             )  # type: ignore[assignment]
         except redis.RedisError as exc:

@@ -57,7 +57,7 @@ def local_stack(settings: Settings) -> Iterator[Settings]:
     yield settings
     from features.online import OnlineStore
 
-    OnlineStore(settings.redis.url.get_secret_value()).drop_population(TEST_TAG)
+    OnlineStore(settings.redis.urls()).drop_population(TEST_TAG)
 
 
 @pytest.fixture

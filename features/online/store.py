@@ -18,13 +18,21 @@ round is read and computed again, so a transaction is never applied twice. Keys 
 - ``ns:m:<merchant>:lab`` / ``:fr`` zsets of labelled / fraud-labelled transaction ids scored by
   the time the label arrived; ``ns:txm:<day>`` hash tx_id -> merchant (for labels).
 
-Keys are derived from ids inside the scripts, so the store needs a standalone (non-cluster)
-Redis; users may be spread over several of them (see docs/scaling.md).
+Keys are derived from ids inside the scripts, so each instance is a standalone (non-cluster)
+Redis. Users may be spread over several (``FRAUDRAY_REDIS_SHARDS``, :mod:`.shards`): a user's
+``u:`` keys live on shard ``crc32(user) % n``, and each shard holds the merchants' counters,
+label zsets and tx -> merchant maps of *its own users'* transactions only. A batch is then one
+read per shard (run side by side: the shard's users, every merchant's partial counters, which
+the caller adds up, and label times, which it puts together) and one guarded write per shard
+with users in it, each the same atomic CAS-then-write over its users and their transactions:
+every transaction is counted once, on its user's shard. One URL is the single Redis exactly
+(same scripts, same calls). See docs/scaling.md, "Sharded online store".
 """
 
 from __future__ import annotations
 
 import abc
+import functools
 import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +59,7 @@ from features.kernel import (
 )
 from features.online import engine
 from features.online.engine import MerchantCounts, UserState
+from features.online.shards import Shards
 
 # Records per read-compute-write round: a batch spanning more event time than this is split
 # (the counters a round reads grow with its span). Rounds run in the batch's order, which is
@@ -122,16 +131,20 @@ class FeatureStore(abc.ABC):
 class RedisOnlineStore(FeatureStore):
     """Feature state in Redis, computed in the caller: one read and one guarded write per batch."""
 
-    def __init__(self, url: str, namespace: str = "fr", *, round_size: int | None = None) -> None:
-        """``round_size``: most records per read-compute-write round (None: the whole batch)."""
+    def __init__(
+        self, url: str | Sequence[str], namespace: str = "fr", *, round_size: int | None = None
+    ) -> None:
+        """``url``: one Redis, or several to shard users over (``RedisSettings.urls()``: the
+        first is shard 0). ``round_size``: most records per read-compute-write round (None:
+        the whole batch)."""
         if round_size is not None and round_size < 1:
             raise ValueError("round_size must be at least 1")
         self.namespace = namespace
         self.round_size = round_size
-        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        self._read = self._redis.register_script(lua("read.lua"))
-        self._apply = self._redis.register_script(lua("apply.lua"))
-        self._label_script = self._redis.register_script(lua("labels.lua"))
+        self.shards = Shards(url)
+        self._read = self.shards.register_script(lua("read.lua"))
+        self._apply = self.shards.register_script(lua("apply.lua"))
+        self._label_script = self.shards.register_script(lua("labels.lua"))
 
     # -- keys ------------------------------------------------------------------------------------
     def state_key(self, user_id: str) -> str:
@@ -143,7 +156,7 @@ class RedisOnlineStore(FeatureStore):
     def user_state(self, user_id: str) -> UserState | None:
         """The user's stored state (for inspection), None when there is none."""
         try:
-            value = self._redis.get(self.state_key(user_id))
+            value = self.shards.client(user_id).get(self.state_key(user_id))
         except redis.RedisError as exc:
             raise store_error(exc) from exc
         return None if value is None else UserState.decode(value)  # type: ignore[arg-type]
@@ -180,19 +193,34 @@ class RedisOnlineStore(FeatureStore):
         return assemble(batch, raw_from_matrix(raw))
 
     def _round(self, records: Sequence[Mapping[str, Any]], rows: np.ndarray, *, apply: bool) -> np.ndarray:
-        """Raw aggregates of ``records[rows]``; with ``apply``, their state written (CAS per user:
-        when a version moved nothing is written and the round runs again)."""
+        """Raw aggregates of ``records[rows]``; with ``apply``, their state written: one guarded
+        write per shard (CAS per user). A shard where a version moved wrote nothing; the round
+        runs again for the records of that shard's users only, on what the other writer left.
+
+        Why the shards that committed are not asked again: their users' transactions are
+        applied and their merchant counters (read from every shard) now hold them, so a retried
+        record counts them from the counters exactly as it counted them inside the batch before
+        (a merchant window is whole minutes or days before the event, the same numbers either
+        way), and none of them is applied twice. Each transaction is written by its user's shard
+        alone, in that shard's one atomic call. With one Redis the retry is the whole round."""
         out = np.empty((len(rows), len(RAW_KEYS)))
-        part = [records[int(i)] for i in rows]
+        pending = np.arange(len(rows))
         for _ in range(_CAS_ROUNDS):
+            part = [records[int(rows[j])] for j in pending]
             raw, failed = self._once(part, apply=apply)
-            out[:] = raw
+            out[pending] = raw
             if not failed:
                 return out
-            # nothing was written: the round again, on what the other writer left
+            if len(self.shards) > 1:
+                lost = sorted({self.shards.index(u) for u in failed})
+                pending = pending[np.isin(self.shards.indices([r["user_id"] for r in part]), lost)]
+            # nothing was written on those shards: their records again, on what the other writer left
         raise StoreUnavailable(f"online store: users kept changing under the batch ({sorted(failed)[:3]})")
 
     def _once(self, records: Sequence[Mapping[str, Any]], *, apply: bool) -> tuple[np.ndarray, list[str]]:
+        """One read-compute-write of ``records``: one read per shard (the shard's users' state,
+        every merchant's partial counters and label times), then one guarded write per shard
+        with users in the batch. Returns the raw aggregates and the users whose CAS failed."""
         batch = TxBatch.from_records(records)
         ucode, users = pd.factorize(batch.user_id)
         mcode, merchants = pd.factorize(batch.merchant_id)
@@ -209,46 +237,65 @@ class RedisOnlineStore(FeatureStore):
         hkeys = [p + x for p in prefixes for x in hour_suffixes]
         dkeys = [p + x for p in prefixes for x in day_suffixes]
         lreqs = [[f"{ns}:m:{m}:lab", f"{ns}:m:{m}:fr", lo, hi] for m in merchants]
-        request = msgpack.packb(
-            [[self.state_key(u) for u in users], mkeys, hkeys, lreqs, dkeys], use_bin_type=False
-        )
+        user_shard = self.shards.indices(users)
+        # per shard: its users' state keys, and every merchant key (each shard holds the counters
+        # and labels of its own users' transactions: the caller sums them)
+        shard_users = {s: np.flatnonzero(user_shard == s) for s in range(len(self.shards))}
+        requests = {
+            s: msgpack.packb(
+                [[self.state_key(users[u]) for u in idx.tolist()], mkeys, hkeys, lreqs, dkeys],
+                use_bin_type=False,
+            )
+            for s, idx in shard_users.items()
+        }
         try:
-            reply = msgpack.unpackb(self._read(keys=[], args=[request]), raw=True)
+            replies = self.shards.run(
+                {s: functools.partial(self._read[s], keys=[], args=[req]) for s, req in requests.items()}
+            )
         except redis.RedisError as exc:
             raise store_error(exc) from exc
-        uvals, mvals, hvals, labels, dvals = reply
-        mbytes = b"".join(v.ljust(240, b"\0")[:240] if v else _ZERO_MINUTES for v in mvals)
-        hbytes = b"".join(v.ljust(96, b"\0")[:96] if v else _ZERO_HOURS for v in hvals)
-        dbytes = b"".join(v.ljust(_DAY_BYTES, b"\0")[:_DAY_BYTES] if v else _ZERO_DAYS for v in dvals)
-        states = [UserState.decode(v) for v in uvals]
-        n_m = len(merchants)
-        # (merchant, block) rows of [32 counts | 32 sums] -> (merchant, day) arrays in day order
-        dblocks = np.frombuffer(dbytes, np.uint8).reshape(n_m, len(day_blocks), _DAY_BYTES)
-        day_counts = dblocks[:, :, :_DAY_COUNTS_BYTES].copy().view(">u4").astype(np.int64)
-        day_cents = dblocks[:, :, _DAY_COUNTS_BYTES:].copy().view(">i8").astype(np.int64)
+        states: list[UserState] = [UserState()] * len(users)
+        parts = []
+        for s, reply in replies.items():
+            uvals, *merchant_part = msgpack.unpackb(reply, raw=True)
+            for u, v in zip(shard_users[s].tolist(), uvals, strict=True):
+                states[u] = UserState.decode(v)
+            parts.append(
+                _merchant_part(merchant_part, len(merchants), len(minute_hours), len(days), len(day_blocks))
+            )
+        minutes, hours, day_counts, day_cents, labels, fraud = parts[0] if len(parts) == 1 else _summed(parts)
         counts = MerchantCounts(
             minute_hours=minute_hours,
-            minutes=np.frombuffer(mbytes, ">u4").reshape(n_m, len(minute_hours) * 60),
+            minutes=minutes,
             days=days,
-            hours=np.frombuffer(hbytes, ">u4").reshape(n_m, len(days) * 24),
-            labels=[np.asarray(x[0] or [], np.float64) for x in labels],
-            fraud=[np.asarray(x[1] or [], np.float64) for x in labels],
+            hours=hours,
+            labels=labels,
+            fraud=fraud,
             day_blocks=day_blocks,
-            day_counts=day_counts.reshape(n_m, len(day_blocks) * cat.DAY_BLOCK),
-            day_cents=day_cents.reshape(n_m, len(day_blocks) * cat.DAY_BLOCK),
+            day_counts=day_counts,
+            day_cents=day_cents,
         )
         result = engine.compute(batch, ucode, states, mcode, counts, apply=apply)
         raw = engine.raw_matrix(result.raw)
         if not apply or not result.new_states:
             return raw, []
-        writes = self._writes(
-            batch, ucode=ucode, mcode=mcode, users=users, merchants=merchants, result=result, raw=raw
-        )
+        applied = np.flatnonzero(result.applied)
+        writes: dict[int, tuple[bytes, list[str]]] = {}
+        for s in range(len(self.shards)):
+            mine = {u: v for u, v in result.new_states.items() if user_shard[u] == s}
+            if mine:  # a shard without a user applied has nothing to write
+                rows = applied if len(self.shards) == 1 else applied[user_shard[ucode[applied]] == s]
+                writes[s] = self._writes(
+                    batch, ucode=ucode, mcode=mcode, users=users, merchants=merchants,
+                    new_states=mine, latest=result.latest, rows=rows, raw=raw,
+                )  # fmt: skip
         try:
-            failed = self._apply(keys=[], args=[writes[0]])
+            failed = self.shards.run(
+                {s: functools.partial(self._apply[s], keys=[], args=[w[0]]) for s, w in writes.items()}
+            )
         except redis.RedisError as exc:
             raise store_error(exc) from exc
-        return raw, [writes[1][int(i)] for i in failed]
+        return raw, [writes[s][1][int(i)] for s, f in failed.items() for i in f]
 
     def _writes(
         self,
@@ -258,21 +305,25 @@ class RedisOnlineStore(FeatureStore):
         mcode: np.ndarray,
         users: Any,
         merchants: Any,
-        result: engine.Outcome,
+        new_states: Mapping[int, UserState],
+        latest: Mapping[int, int],
+        rows: np.ndarray,
         raw: np.ndarray,
     ) -> tuple[bytes, list[str]]:
+        """One shard's guarded write: the new state of its users (``new_states``), and the
+        counters and tx -> merchant maps of its applied records (``rows``); and the users in
+        the order apply.lua names a failed one."""
         minute = batch.t_ms // engine.MINUTE_MS
         hour = minute // 60
         ns = self.namespace
         entries: list[Any] = []
         names: list[str] = []
-        for u, new in result.new_states.items():
+        for u, new in new_states.items():
             user = str(users[u])
-            i = result.latest.get(u, -1)
-            latest = _pack_latest(batch, i, raw[i]) if i >= 0 else False
-            entries.append([self.state_key(user), new.version, new.encode(), self.latest_key(user), latest])
+            i = latest.get(u, -1)
+            packed = _pack_latest(batch, i, raw[i]) if i >= 0 else False
+            entries.append([self.state_key(user), new.version, new.encode(), self.latest_key(user), packed])
             names.append(user)
-        rows = np.flatnonzero(result.applied)
         counters: list[list[Any]] = []
         # per (merchant, hour) the minutes' increments, per (merchant, day) the hours', per
         # (merchant, 32-day block) each day's count and amount sum (cents): one BITFIELD each
@@ -312,7 +363,7 @@ class RedisOnlineStore(FeatureStore):
 
     def read_latest(self, user_id: str) -> np.ndarray | None:
         try:
-            latest: bytes | None = self._redis.get(self.latest_key(user_id))  # type: ignore[assignment]
+            latest: bytes | None = self.shards.client(user_id).get(self.latest_key(user_id))  # type: ignore[assignment]
         except redis.RedisError as exc:
             raise store_error(exc) from exc
         return None if latest is None else decode_latest(latest)
@@ -326,19 +377,21 @@ class RedisOnlineStore(FeatureStore):
         if not id_prefix:
             raise ValueError("an empty prefix would drop every user and merchant")
         literal = re.sub(r"([][*?\\])", r"\\\1", id_prefix)  # glob characters match themselves
-        deleted, keys = 0, []
+        deleted = 0
         try:
-            for key in self._redis.scan_iter(match=f"{self.namespace}:[um]:{literal}*", count=10_000):
-                keys.append(key)
-                if len(keys) == 1_000:
-                    deleted += int(self._redis.unlink(*keys))
-                    keys.clear()
-            if keys:
-                deleted += int(self._redis.unlink(*keys))
-            for day in self._redis.scan_iter(match=f"{self.namespace}:txm:*", count=10_000):
-                fields = [f for f, _ in self._redis.hscan_iter(day, match=f"{literal}*", count=10_000)]
-                for i in range(0, len(fields), 1_000):
-                    deleted += int(self._redis.hdel(day, *fields[i : i + 1_000]))
+            for r in self.shards.clients:
+                keys = []
+                for key in r.scan_iter(match=f"{self.namespace}:[um]:{literal}*", count=10_000):
+                    keys.append(key)
+                    if len(keys) == 1_000:
+                        deleted += int(r.unlink(*keys))
+                        keys.clear()
+                if keys:
+                    deleted += int(r.unlink(*keys))
+                for day in r.scan_iter(match=f"{self.namespace}:txm:*", count=10_000):
+                    fields = [f for f, _ in r.hscan_iter(day, match=f"{literal}*", count=10_000)]
+                    for i in range(0, len(fields), 1_000):
+                        deleted += int(r.hdel(day, *fields[i : i + 1_000]))
         except redis.RedisError as exc:
             raise store_error(exc) from exc
         return deleted
@@ -349,7 +402,9 @@ class RedisOnlineStore(FeatureStore):
 
         The merchant is looked up in the store's tx -> merchant map, so a label counts only when
         its transaction was applied online within ``LABEL_HORIZON_DAYS`` days before the label's
-        ``labelled_at``. Returns how many labels were new.
+        ``labelled_at``. Returns how many labels were new. With shards every shard gets every
+        label: only the shard of the transaction's user holds its map entry, so that shard alone
+        counts it, into its own label zsets (a read puts the shards' label times together).
         """
         if not labels:
             return 0
@@ -358,12 +413,45 @@ class RedisOnlineStore(FeatureStore):
         for lab in labels:
             args += [lab["transaction_id"], to_ms(lab["labelled_at"]), "1" if lab["is_fraud"] else "0"]
         try:
-            return int(self._label_script(keys=[], args=args))
+            applied = self.shards.run({s: functools.partial(script, keys=[], args=args)
+                                       for s, script in enumerate(self._label_script)})  # fmt: skip
+            return sum(int(n) for n in applied.values())
         except redis.RedisError as exc:
             raise store_error(exc) from exc
 
 
 OnlineStore = RedisOnlineStore  # the implementation the pipeline uses
+
+
+def _merchant_part(reply: list[Any], n_m: int, n_hours: int, n_days: int, n_blocks: int) -> tuple[Any, ...]:
+    """One shard's merchant counters and label times (read.lua's reply after the users' values)
+    as (minutes, hours, day counts, day cents, label times, fraud label times)."""
+    mvals, hvals, labels, dvals = reply
+    mbytes = b"".join(v.ljust(240, b"\0")[:240] if v else _ZERO_MINUTES for v in mvals)
+    hbytes = b"".join(v.ljust(96, b"\0")[:96] if v else _ZERO_HOURS for v in hvals)
+    dbytes = b"".join(v.ljust(_DAY_BYTES, b"\0")[:_DAY_BYTES] if v else _ZERO_DAYS for v in dvals)
+    # (merchant, block) rows of [32 counts | 32 sums] -> (merchant, day) arrays in day order
+    dblocks = np.frombuffer(dbytes, np.uint8).reshape(n_m, n_blocks, _DAY_BYTES)
+    day_counts = dblocks[:, :, :_DAY_COUNTS_BYTES].copy().view(">u4").astype(np.int64)
+    day_cents = dblocks[:, :, _DAY_COUNTS_BYTES:].copy().view(">i8").astype(np.int64)
+    return (
+        np.frombuffer(mbytes, ">u4").reshape(n_m, n_hours * 60),
+        np.frombuffer(hbytes, ">u4").reshape(n_m, n_days * 24),
+        day_counts.reshape(n_m, n_blocks * cat.DAY_BLOCK),
+        day_cents.reshape(n_m, n_blocks * cat.DAY_BLOCK),
+        [np.asarray(x[0] or [], np.float64) for x in labels],
+        [np.asarray(x[1] or [], np.float64) for x in labels],
+    )
+
+
+def _summed(parts: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The shards' partial merchant counters added up, their label times put together: each
+    transaction (and its label) was counted on its user's shard only."""
+    minutes, hours, day_counts, day_cents = (sum(p[k].astype(np.int64) for p in parts) for k in range(4))
+    labels, fraud = (
+        [np.concatenate(per_shard) for per_shard in zip(*(p[k] for p in parts), strict=True)] for k in (4, 5)
+    )
+    return minutes, hours, day_counts, day_cents, labels, fraud
 
 
 def _text(value: Any) -> str:

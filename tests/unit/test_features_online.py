@@ -21,6 +21,7 @@ from features.kernel import RAW_KEYS, TxBatch, assemble, empty_raw, raw_from_mat
 from features.offline import frame_from_records
 from features.online import OnlineStore
 from features.online import store as store_module
+from features.online.shards import shard_index
 
 # exact: counts, flags, and the merchant day features (integer cents on both sides)
 EXACT = {f.name for f in FEATURES if f.aggregation in {"count", "lifetime_count", "day_count", "day_mean"}}
@@ -165,3 +166,76 @@ def test_a_latest_vector_of_the_layout_before_the_30_day_windows_still_decodes()
         store_module.decode_latest(store_module._pack_latest(batch, 0, full)),
         assemble(batch, raw_from_matrix(full.reshape(1, -1)))[0],
     )
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, ScriptRedis]]:
+    """A dict-played Redis per URL: the instances of a sharded store."""
+    by_url: dict[str, ScriptRedis] = {}
+    monkeypatch.setattr(
+        redis.Redis, "from_url", staticmethod(lambda url, **_: by_url.setdefault(url, ScriptRedis()))
+    )
+    yield by_url
+
+
+def test_users_sharded_over_two_instances_give_the_features_of_one(fakes: dict[str, ScriptRedis]) -> None:
+    """Each user's state on the shard of crc32(user) % 2, each shard counting its own users'
+    transactions for the merchants: the caller's sums give the features of one instance."""
+    records = world(1500, days=40, seed=9)
+    one = OnlineStore("redis://one", namespace="w")
+    two = OnlineStore(["redis://a", "redis://b"], namespace="w")
+    for i in range(0, len(records), 60):
+        part = records[i : i + 60]
+        np.testing.assert_array_equal(two.update_and_compute(part), one.update_and_compute(part))
+    users = {r["user_id"] for r in records}
+    homes = {u: shard_index(u, 2) for u in users}
+    assert set(homes.values()) == {0, 1}  # both shards hold users
+    for shard, url in enumerate(("redis://a", "redis://b")):
+        held = {k.split(b":")[2].decode() for k in fakes[url].kv if k.startswith(b"w:u:")}
+        assert held == {u for u, s in homes.items() if s == shard}
+    # the counters: each shard a part, their sum that of one instance
+    single = {k: v for k, v in fakes["redis://one"].kv.items() if b":dc:" in k}
+    for key, value in single.items():
+        parts = [fakes[u].kv.get(key, b"").ljust(384, b"\0") for u in ("redis://a", "redis://b")]
+        assert sum(int.from_bytes(p[j : j + 4], "big") for p in parts for j in range(0, 128, 4)) == sum(
+            int.from_bytes(value.ljust(384, b"\0")[j : j + 4], "big") for j in range(0, 128, 4)
+        )
+    assert all(any(b":dc:" in k for k in fakes[u].kv) for u in ("redis://a", "redis://b"))
+    # one instance: no hashing, the users' keys as before
+    assert shard_index("anyone", 1) == 0
+
+
+def test_a_shard_whose_users_moved_is_computed_again_alone(
+    fakes: dict[str, ScriptRedis], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed compare-and-set on one shard: that shard wrote nothing and only its records go
+    round again; the other shard is not written twice and the features are one instance's."""
+    start = datetime(2026, 1, 5, 23, 40, tzinfo=UTC)  # one round (< CHUNK_SPAN_MS), across midnight
+    records = [
+        r | {"event_time": start + timedelta(seconds=5 * i)} for i, r in enumerate(world(400, 1, seed=4))
+    ]
+    one = OnlineStore("redis://one", namespace="w")
+    two = OnlineStore(["redis://a", "redis://b"], namespace="w")
+    expected = one.update_and_compute(records)
+    b = fakes["redis://b"]
+    real_apply = b._apply
+    calls: list[int] = []
+
+    def apply_once_failing(keys: list[str], args: list[bytes]) -> list[int]:
+        calls.append(len(msgpack.unpackb(args[0], raw=True)[5]))
+        return [0] if len(calls) == 1 else real_apply(keys, args)
+
+    two._apply[1] = apply_once_failing
+    writes_a: list[int] = []
+    real_a = two._apply[0]
+
+    def apply_a(keys: list[str], args: list[bytes]) -> list[int]:
+        writes_a.append(1)
+        return real_a(keys=keys, args=args)
+
+    two._apply[0] = apply_a
+    got = two.update_and_compute(records)
+    assert len(calls) == 2 and len(writes_a) == 1  # shard b twice, shard a once
+    np.testing.assert_array_equal(got, expected)
+    merged = {**fakes["redis://a"].kv, **b.kv}
+    assert {k for k in merged if b":u:" in k} == {k for k in fakes["redis://one"].kv if b":u:" in k}

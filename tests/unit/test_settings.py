@@ -30,6 +30,18 @@ def test_defaults_point_at_the_local_stack(clean_env: pytest.MonkeyPatch) -> Non
     assert s.api.key_list() == []
 
 
+def test_redis_shards_follow_the_url_in_order(clean_env: pytest.MonkeyPatch) -> None:
+    assert Settings().redis.urls() == ["redis://127.0.0.1:6379/0"]  # one instance by default
+    clean_env.setenv("FRAUDRAY_REDIS_SHARDS", " redis://:pw@10.0.0.2:6379/0, redis://10.0.0.3:6379/0,")
+    s = Settings()
+    assert s.redis.urls() == [
+        "redis://127.0.0.1:6379/0",
+        "redis://:pw@10.0.0.2:6379/0",
+        "redis://10.0.0.3:6379/0",
+    ]
+    assert "pw" not in repr(s)  # URLs may carry passwords
+
+
 def test_contract_env_names_override(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("FRAUDRAY_KAFKA_BOOTSTRAP", "127.0.0.1:29092")
     clean_env.setenv("FRAUDRAY_REDIS_URL", "redis://127.0.0.1:16379/2")
