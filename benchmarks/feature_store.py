@@ -7,6 +7,10 @@ windows are full, then sums ``MEMORY USAGE`` over the namespace's keys. The keys
 at the end (``--keep`` leaves them).
 
     .venv/bin/python benchmarks/feature_store.py --users 20000 --days 8
+
+``--shards URL[,URL…]`` spreads the users over those Redis instances besides FRAUDRAY_REDIS_URL
+(default: FRAUDRAY_REDIS_SHARDS); Redis's CPU and memory are then summed over the instances,
+with the busiest instance's CPU beside the sum (the instances work in parallel).
 """
 
 from __future__ import annotations
@@ -69,10 +73,12 @@ def _batches(
                 buf, lab, fraud = [], [], []
 
 
-def _redis_cpu(r: redis.Redis) -> float:
-    """CPU seconds of Redis's main thread (not inflated by other processes holding the CPU)."""
-    info = r.info("cpu")
-    return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+def _redis_cpu(clients: list[redis.Redis]) -> np.ndarray:
+    """CPU seconds of each Redis's main thread (not inflated by other processes holding the CPU)."""
+    infos = [r.info("cpu") for r in clients]
+    return np.array(
+        [float(i["used_cpu_user_main_thread"]) + float(i["used_cpu_sys_main_thread"]) for i in infos]
+    )
 
 
 def _key_class(key: str, ns: str) -> str:
@@ -84,10 +90,17 @@ def _key_class(key: str, ns: str) -> str:
     return parts[0]
 
 
-def memory_by_class(r: redis.Redis, ns: str) -> tuple[dict[str, int], dict[str, int]]:
-    """Bytes and key count per key class of the namespace (MEMORY USAGE ... SAMPLES 0)."""
+def memory_by_class(clients: list[redis.Redis], ns: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Bytes and key count per key class of the namespace (MEMORY USAGE ... SAMPLES 0), summed
+    over the instances."""
     size: dict[str, int] = defaultdict(int)
     count: dict[str, int] = defaultdict(int)
+    for r in clients:
+        _memory_of(r, ns, size, count)
+    return dict(size), dict(count)
+
+
+def _memory_of(r: redis.Redis, ns: str, size: dict[str, int], count: dict[str, int]) -> None:
     batch: list[str] = []
 
     def flush() -> None:
@@ -106,7 +119,6 @@ def memory_by_class(r: redis.Redis, ns: str) -> tuple[dict[str, int], dict[str, 
             flush()
     if batch:
         flush()
-    return dict(size), dict(count)
 
 
 @dataclass
@@ -117,18 +129,20 @@ class Run:
     timed_tx: int = 0
     wall: list[float] = field(default_factory=list)  # seconds per timed batch
     client_cpu: float = 0.0
-    redis_cpu: float = 0.0
+    redis_cpu: float = 0.0  # summed over the instances
+    busiest_cpu: float = 0.0  # of the instance that spent the most
     label_s: float = 0.0
     run_s: float = 0.0
     last: list[dict[str, Any]] = field(default_factory=list)
 
 
 def stream(
-    store: OnlineStore, r: redis.Redis, sim: Any, batch: int, *, end_ms: int, measure_from: int
+    store: OnlineStore, clients: list[redis.Redis], sim: Any, batch: int, *, end_ms: int, measure_from: int
 ) -> Run:
     """Labels due by each batch's last event, then the batch, as the consumer would."""
     run = Run()
     pending: list[tuple[int, str, bool]] = []  # (labelled_at ms, tx id, is_fraud)
+    per_instance = np.zeros(len(clients))
     t_run = time.perf_counter()
     for part, lab_ms, lab_fraud in _batches(sim, batch, end_ms):
         t_last = to_ms(part[-1]["event_time"])
@@ -139,12 +153,13 @@ def stream(
         t0 = time.perf_counter()
         store.apply_labels(due)
         run.label_s += time.perf_counter() - t0
-        r0, c0, t0 = _redis_cpu(r), time.process_time(), time.perf_counter()
+        r0, c0, t0 = _redis_cpu(clients), time.process_time(), time.perf_counter()
         store.update_and_compute(part)
-        elapsed, c1, r1 = time.perf_counter() - t0, time.process_time(), _redis_cpu(r)
+        elapsed, c1, r1 = time.perf_counter() - t0, time.process_time(), _redis_cpu(clients)
         if t_last >= measure_from and len(part) == batch:
             run.client_cpu += c1 - c0
-            run.redis_cpu += r1 - r0
+            run.redis_cpu += float((r1 - r0).sum())
+            per_instance += r1 - r0
             run.wall.append(elapsed)
             run.timed_tx += len(part)
         run.total += len(part)
@@ -152,6 +167,7 @@ def stream(
         for rec, at, fraud in zip(part, lab_ms, lab_fraud, strict=True):
             heapq.heappush(pending, (at, rec["transaction_id"], fraud))
     run.run_s = time.perf_counter() - t_run
+    run.busiest_cpu = float(per_instance.max())
     return run
 
 
@@ -171,6 +187,9 @@ def report(run: Run, args: argparse.Namespace, ns: str, size: dict[str, int], co
         f"p95 {np.percentile(per_batch_us, 95):.1f}; CPU: client {run.client_cpu / run.timed_tx * 1e6:.1f} "
         f"+ Redis {run.redis_cpu / run.timed_tx * 1e6:.1f} µs/tx"
     )
+    if args.instances > 1:
+        busiest = run.busiest_cpu / run.timed_tx * 1e6
+        print(f"  {args.instances} Redis instances: the busiest spent {busiest:.1f} µs/tx of its CPU")
     print(f"apply_labels: {run.label_s:.2f} s in total")
     for c in sorted(size):
         print(
@@ -194,18 +213,26 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--keep", action="store_true", help="leave the keys in Redis")
+    ap.add_argument(
+        "--shards",
+        default=None,
+        help="more Redis URLs to shard users over, comma-separated (default: settings)",
+    )
     args = ap.parse_args()
 
-    url = Settings().redis.url.get_secret_value()
+    urls = Settings().redis.urls()
+    if args.shards is not None:
+        urls = [urls[0], *(u.strip() for u in args.shards.split(",") if u.strip())]
+    args.instances = len(urls)
     ns = f"frbench{uuid.uuid4().hex[:8]}"
-    store = OnlineStore(url, namespace=ns)
-    r = redis.Redis.from_url(url)
+    store = OnlineStore(urls, namespace=ns)
+    clients = [redis.Redis.from_url(u) for u in urls]
     sim, start = _simulated(args.users, args.days, args.seed)
     end_ms = to_ms(start + timedelta(days=args.days))
     try:
         run = stream(
             store,
-            r,
+            clients,
             sim,
             args.batch,
             end_ms=end_ms,
@@ -214,14 +241,15 @@ def main() -> None:
         t0 = time.perf_counter()
         store.compute(run.last)  # POST /score: the same batch again, read-only
         compute_us = (time.perf_counter() - t0) / len(run.last) * 1e6
-        size, count = memory_by_class(r, ns)
+        size, count = memory_by_class(clients, ns)
         report(run, args, ns, size, count)
         print(f"compute (no update) at batch {len(run.last)}: {compute_us:.1f} µs/tx")
     finally:
         if not args.keep:
-            keys = list(r.scan_iter(f"{ns}:*", count=5000))
-            for i in range(0, len(keys), 5000):
-                r.delete(*keys[i : i + 5000])
+            for r in clients:
+                keys = list(r.scan_iter(f"{ns}:*", count=5000))
+                for i in range(0, len(keys), 5000):
+                    r.delete(*keys[i : i + 5000])
 
 
 if __name__ == "__main__":
