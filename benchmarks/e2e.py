@@ -42,7 +42,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from benchmarks import baseline, procstat, stages
-from core import db
+from core import db, ray_client
 from core.settings import Settings, get_settings
 from features.online import OnlineStore
 
@@ -536,7 +536,6 @@ def run(
     """The whole benchmark on a private local Ray, or on ``app`` where it runs; returns the
     report (a JSON-able dict)."""
     import ray
-    from ray import serve
 
     report: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -580,9 +579,9 @@ def run(
             OnlineStore(settings.redis.url.get_secret_value()).drop_population(f"b{ctx.run_id}")
             topics.close()
         finally:
-            if app is None and ray.is_initialized():  # (serve.shutdown() would start a Ray otherwise)
-                serve.shutdown()
-            if not was_connected or app is None:  # an attached run leaves the app and its Ray as found
+            if app is None:  # the app this run deployed goes; on its private Ray, with the Ray
+                ray_client.shutdown(delete_serve_apps=was_connected)
+            elif not was_connected:  # an attached run leaves the app and its Ray as found
                 ray.shutdown()
     best = max((r["tx_per_s"] for r in report.get("drain", [])), default=0)
     if report.get("baseline", {}).get("tx_per_s"):

@@ -26,6 +26,7 @@ from pathlib import Path
 from benchmarks import stages
 from benchmarks.e2e import Topics, Workload, check, deploy, produce, start_ray, with_kafka
 from benchmarks.procstat import cmdline
+from core import ray_client
 from core.settings import Settings
 
 
@@ -45,9 +46,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("var/bench/consumer-actor-flame.svg"))
     ap.add_argument("--cpu", action="store_true", help="on-CPU samples only (no idle frames)")
     args = ap.parse_args(argv)
-
-    import ray
-    from ray import serve
 
     from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
 
@@ -89,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stages.delete_rows(s, ids)
         topics.close()
-        if ray.is_initialized():
-            serve.shutdown()
-        ray.shutdown()
+        ray_client.shutdown()  # the private Ray goes down, Serve and all
 
 
 if __name__ == "__main__":

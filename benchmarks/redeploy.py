@@ -36,7 +36,6 @@ def _replicas(app_name: str) -> dict[str, Any]:
 
 def run() -> dict[str, Any]:
     import httpx
-    import ray
     from ray import serve
 
     from core import ray_client
@@ -71,8 +70,7 @@ def run() -> dict[str, Any]:
             "change_kind": said[0] if said else "",
         }
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray_client.shutdown()  # the private Ray goes down, Serve and all
 
 
 def main() -> None:

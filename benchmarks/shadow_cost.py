@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import e2e, stages
-from core import db
+from core import db, ray_client
 from core.ports import free_port
 from core.settings import Settings, get_settings
 from features.online import OnlineStore
@@ -49,8 +49,6 @@ def _shadowed(settings: Settings, ids: list[str]) -> tuple[int, float]:
 
 
 def run(base: Settings, count: int, actors: int, rounds: int) -> dict[str, Any]:
-    import ray
-    from ray import serve
 
     from serve_deployments.app import production_versions
     from serve_deployments.deploy import install_shadow
@@ -92,9 +90,7 @@ def run(base: Settings, count: int, actors: int, rounds: int) -> dict[str, Any]:
             OnlineStore(s.redis.url.get_secret_value()).drop_population(f"s{run_id}")
             topics.close()
         finally:
-            if ray.is_initialized():
-                serve.shutdown()
-                ray.shutdown()
+            ray_client.shutdown()  # the private Ray goes down, Serve and all
     for mode in ("off", "on"):
         rates = [d["tx_per_s"] for d in report["drains"] if d["shadow"] == mode]
         report[f"median_tx_per_s_shadow_{mode}"] = statistics.median(rates) if rates else 0

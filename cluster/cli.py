@@ -43,7 +43,7 @@ console = Console()
 
 
 def _event(name: str, result: str, seconds: float) -> None:
-    console.print(f"  {name:<13} {result:<16} {seconds:6.1f} s")
+    console.print(f"  {name:<15} {result:<16} {seconds:6.1f} s")
 
 
 def _fail(exc: Exception) -> typer.Exit:

@@ -222,7 +222,6 @@ def _bring_up(settings: Settings, steps: Steps) -> tuple[list[str], bool]:
 
 
 def run(settings: Settings, *, rate: float, actors: int, seed: int | None, duration: float | None) -> None:
-    import ray
 
     from ingest.consumer import ConsumerPool
 
@@ -268,10 +267,9 @@ def run(settings: Settings, *, rate: float, actors: int, seed: int | None, durat
             pool.stop()
         if dashboard is not None:
             launch.stop(dashboard)
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
+        # A head this run started goes down below with the app on it; a head found running
+        # stays, without the app this run deployed.
+        ray_client.shutdown(delete_serve_apps=not head_started)
         if head_started:
             ray_runtime.stop_head(settings)
         # Stop what this run started; services that were up before it stay up.

@@ -102,3 +102,19 @@ def init(settings: Settings, *, local: bool = False, log_to_driver: bool = True)
             namespace=settings.ray.namespace,
             log_to_driver=log_to_driver,
         )
+
+
+def shutdown(*, delete_serve_apps: bool = False) -> None:
+    """``ray.shutdown()``. A Ray this process started goes down with it, Serve and all; pass
+    ``delete_serve_apps`` only for a cluster that outlives this process. Deleting the apps of a
+    cluster about to die costs half a minute: Serve keeps a stopping ingress replica draining
+    for ``RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S`` (30 s) so that load balancers notice."""
+    import ray
+
+    if not ray.is_initialized():  # serve.shutdown() would start a Ray of its own
+        return
+    if delete_serve_apps:
+        from ray import serve
+
+        serve.shutdown()
+    ray.shutdown()

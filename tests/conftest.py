@@ -151,12 +151,10 @@ def _start_shared_app(local_stack: Settings) -> None:
 
 
 def _stop_shared_app() -> None:
-    from ray import serve
+    from core import ray_client
 
     try:
-        if ray.is_initialized():  # serve.shutdown() would start a Ray of its own otherwise
-            serve.shutdown()
-        ray.shutdown()
+        ray_client.shutdown()  # the private cluster goes down, Serve and all
         if "llm" in _shared:
             _shared["llm"].stop()
     finally:

@@ -277,12 +277,7 @@ def fault_ray(fault_stack: FaultStack) -> Iterator[FaultRay]:
         _deploy_serve(s)
         yield info
     finally:
-        if ray.is_initialized():  # (serve.shutdown would start a local Ray otherwise)
-            with contextlib.suppress(Exception):
-                from ray import serve
-
-                serve.shutdown()
-            ray.shutdown()
+        ray_client.shutdown()  # stop_all() takes the nodes down, Serve and all
         stop_all()
         if os.environ.get("FRAUDRAY_FAULTS_KEEP_LOGS") == "1":
             print(f"\nfault Ray's logs kept in {temp_dir}/session_latest/logs")
