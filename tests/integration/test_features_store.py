@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,9 +29,11 @@ from features.offline import build_frame, frame_from_records
 from features.online import FeatureStoreError, OnlineStore, engine
 from features.online import store as store_module
 from features.online.decisions import DecisionWriter
+from features.rebuild import rebuild
 from ingest.simulator import demo_transactions, retag
 from ingest.sinks import PostgresSink
 from serve_deployments.predict_cache import PredictCache
+from tests.helpers import fresh_transactions, private_postgres
 
 pytestmark = pytest.mark.integration
 
@@ -535,3 +537,54 @@ def test_a_concurrent_writer_never_makes_a_transaction_count_twice(
         keys = list(r.scan_iter(f"{once.namespace}:*"))
         if keys:
             r.delete(*keys)
+
+
+class _Contended(OnlineStore):
+    """A store whose first ``times`` reads are each followed by ``interloper()``, a second
+    writer moving a user of the batch between this round's read and its guarded write (what
+    a live consumer does to a rebuild running beside it)."""
+
+    def __init__(self, url: str, namespace: str, interloper: Callable[[], None], times: int) -> None:
+        super().__init__(url, namespace, round_size=100)
+        read = self._read[0]
+        self.moved = 0
+
+        def read_then_move(keys: list[str], args: list[bytes]) -> Any:
+            reply = read(keys=keys, args=args)
+            if self.moved < times:
+                self.moved += 1
+                interloper()
+            return reply
+
+        self._read = [read_then_move]
+
+
+def test_rebuild_outlasts_a_writer_that_keeps_moving_its_users(
+    local_stack: Settings, store: OnlineStore, tmp_path: Any
+) -> None:
+    """Seven rounds in a row find a user changed under them: more than one batch's CAS retries
+    (store_module._CAS_ROUNDS), so the batch fails with StoreUnavailable; the rebuild waits and
+    replays it, and every transaction ends up in its user's state exactly once."""
+    records = fresh_transactions(300, users=5)
+    users = sorted({r["user_id"] for r in records})
+    live = OnlineStore(local_stack.redis.url.get_secret_value(), namespace=store.namespace)
+    moves = iter(range(1000))
+
+    def interloper() -> None:  # a live transaction of every user, after the replayed ones
+        n = next(moves)
+        live.update_and_compute([dict(r, transaction_id=f"{r['transaction_id']}-live{n}",
+                                      event_time=records[-1]["event_time"] + timedelta(seconds=1 + n))
+                                 for r in records[: len(users) * 3] if r["user_id"] in users])  # fmt: skip
+
+    contended = _Contended(local_stack.redis.url.get_secret_value(), store.namespace, interloper, times=7)
+    assert store_module._CAS_ROUNDS < 7
+    with private_postgres(local_stack, tmp_path / "var") as s:
+        write_pg(s.postgres.dsn.get_secret_value(), records, [])
+        since = min(r["event_time"] for r in records)
+        stats = rebuild(s, contended, since=since, retry_s=60)
+    assert stats.transactions == len(records) and contended.moved == 7
+    for u in users:
+        state = contended.user_state(u)
+        assert state is not None
+        replayed = [t for t in state.txid if "-live" not in t]
+        assert sorted(replayed) == sorted(r["transaction_id"] for r in records if r["user_id"] == u)
