@@ -24,6 +24,7 @@ from core.ports import free_port
 from core.settings import Settings
 
 TOKEN_PATH = Path.home() / ".ray" / "auth_token"
+_API_SERVER = "RAY_API_SERVER_ADDRESS"  # set while this process runs a private local Ray
 
 
 def ray_cli() -> str:
@@ -84,6 +85,12 @@ def init(settings: Settings, *, local: bool = False, log_to_driver: bool = True)
         return
     os.environ.update(ray_env())  # a local Ray's processes inherit it
     if local:
+        dashboard_port = free_port()
+        # Ray's state API (Ray Train's placement-group cleaner asks it whether the controller is
+        # alive) finds its cluster in /tmp/ray/ray_current_cluster: the last head `ray start`
+        # ran, not this instance. Pointed at it here, the Ray processes inherit the address;
+        # otherwise each Ray Train run waits 12 s for the cleaner's lookup to time out.
+        os.environ[_API_SERVER] = f"http://127.0.0.1:{dashboard_port}"
         ray.init(
             address="local",  # never attach to a head that `make run` may have started
             num_cpus=settings.ray.num_cpus,
@@ -92,7 +99,7 @@ def init(settings: Settings, *, local: bool = False, log_to_driver: bool = True)
             # free port so that it never collides with the head `make run` may have started.
             include_dashboard=True,
             dashboard_host="127.0.0.1",
-            dashboard_port=free_port(),
+            dashboard_port=dashboard_port,
             object_store_memory=settings.ray.object_store_mb * 1024 * 1024,
             log_to_driver=log_to_driver,
         )
@@ -118,3 +125,4 @@ def shutdown(*, delete_serve_apps: bool = False) -> None:
 
         serve.shutdown()
     ray.shutdown()
+    os.environ.pop(_API_SERVER, None)  # that dashboard is gone with the private Ray

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import xgboost as xgb
 
+from core import ray_client
 from core.settings import Settings
 from training.autoencoder import AutoencoderModel
 from training.data import Split, temporal_split
@@ -31,10 +31,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+def local_ray(settings: Settings) -> Iterator[None]:
+    """The private local Ray `fraudray train` starts when no cluster is configured."""
+    ray_client.init(settings.model_copy(update={"ray": settings.ray.model_copy(update={"num_cpus": 2})}),
+                    local=True, log_to_driver=False)  # fmt: skip
     yield
-    ray.shutdown()
+    ray_client.shutdown()
 
 
 @pytest.fixture(scope="module")
