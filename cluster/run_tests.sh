@@ -55,7 +55,7 @@ print(f"total: {n['passed']} passed, {n['failed'] + n['error']} failed, {n['skip
 PY
 else
   echo "== pytest"
-  if [ $# -eq 0 ]; then $BIN/pytest --durations=25; else $BIN/pytest "$@"; fi
+  if [ $# -eq 0 ]; then $BIN/pytest --durations=40; else $BIN/pytest "$@"; fi
   rc=$?
 fi
 echo "== make test wall time: $(( $(date +%s) - t0 )) s"

@@ -151,8 +151,8 @@ def _session_dir() -> Path:
     return Path(node.get_session_dir_path())
 
 
-def _stream(settings: Settings, fraud_rate: float, stop_at: float) -> None:
-    """Paced simulated traffic with ``fraud_rate`` until ``stop_at`` (monotonic)."""
+def _stream(settings: Settings, fraud_rate: float, stop_at: float, done: threading.Event) -> None:
+    """Paced simulated traffic with ``fraud_rate`` until ``stop_at`` (monotonic) or ``done``."""
     users = 2000
     config = SimConfig(
         seed=uuid.uuid4().int % 2**31, users=users, fraud_rate=fraud_rate,
@@ -162,7 +162,7 @@ def _stream(settings: Settings, fraud_rate: float, stop_at: float) -> None:
     producer = TransactionProducer(settings)
     t0 = time.monotonic()
     for sent, record in enumerate(retag(Simulator(config).records(), stream_tag(config.seed))):
-        if time.monotonic() > stop_at:
+        if time.monotonic() > stop_at or done.is_set():
             break
         producer.send_many([record])
         ahead = sent / RATE - (time.monotonic() - t0)
@@ -194,7 +194,8 @@ def test_a_fraud_wave_fires_high_fraud_rate_at_the_webhook(
     s = with_topics(local_stack, transactions_topic=new_topic("wave", 3), labels_topic=new_topic("labels", 1))
     pool = ConsumerPool(s, 1, group_id)
     # 40 % of the traffic is fraud (the default is 0.75 %): the models flag far more than 5 %.
-    producer = threading.Thread(target=_stream, args=(s, 0.4, time.monotonic() + STREAM_S), daemon=True)
+    done = threading.Event()  # the alert came: the stream has served its purpose
+    producer = threading.Thread(target=_stream, args=(s, 0.4, time.monotonic() + STREAM_S, done), daemon=True)
     try:
         producer.start()
         alert = webhook.wait_for("HighFraudRate", STREAM_S + 90)
@@ -203,6 +204,7 @@ def test_a_fraud_wave_fires_high_fraud_rate_at_the_webhook(
         assert "decided as fraud" in alert["annotations"]["summary"]
         assert alert["generatorURL"].startswith("http")  # sent by Prometheus, not by the test
     finally:
+        done.set()
         producer.join(STREAM_S + 30)
         pool.stop()
         stop(prometheus)
