@@ -217,10 +217,10 @@ def fault_ray(fault_stack: FaultStack) -> Iterator[FaultRay]:
     info = FaultRay(f"127.0.0.1:{gcs_port}", temp_dir, gcs_port, env, free_port(), free_port())
 
     def stop_all() -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 8)):  # the cluster's data is not kept
             kill_pids(cluster_pids(temp_dir, gcs_port), sig)
             with contextlib.suppress(AssertionError):
-                wait_for(lambda: not cluster_pids(temp_dir, gcs_port), 8, "Ray processes gone")
+                wait_for(lambda: not cluster_pids(temp_dir, gcs_port), grace, "Ray processes gone")
 
     def stop_node_b() -> None:
         kill_pids(info.node_b_pids())

@@ -71,11 +71,12 @@ class PrivateRay:
         roots = {pid for pid, (_pp, cmd) in table.items() if self.temp_dir in cmd} | set(extra_roots)
         roots.discard(os.getpid())
         doomed = with_descendants(roots, table)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        # A private head: 3 s for a graceful exit (raylets outlast it at times), then SIGKILL.
+        for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             for pid in doomed:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(pid_alive(p) for p in doomed):
                 time.sleep(0.2)
 
