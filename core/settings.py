@@ -24,7 +24,7 @@ ENV_PREFIX = "FRAUDRAY_"
 # FRAUDRAY_* variables that are switches of the test suite and the fault runs, not settings.
 RUN_SWITCHES = frozenset({
     "FRAUDRAY_FAULTS", "FRAUDRAY_FAULTS_KEEP_LOGS", "FRAUDRAY_FAULTS_REPORT",
-    "FRAUDRAY_MONITORING_REQUIRE_DATA", "FRAUDRAY_TEST_HARD_EXIT",
+    "FRAUDRAY_MONITORING_REQUIRE_DATA", "FRAUDRAY_TEST_HARD_EXIT", "FRAUDRAY_TEST_PARALLEL",
 })  # fmt: skip
 MASK = "**********"
 

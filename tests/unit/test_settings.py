@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from cluster import stack
-from core.settings import Settings
+from core.settings import RUN_SWITCHES, Settings
 
 
 @pytest.fixture
@@ -144,6 +145,25 @@ def test_run_switches_are_not_settings_but_allowed(clean_env: pytest.MonkeyPatch
     clean_env.setenv("FRAUDRAY_FAULTS", "1")
     clean_env.setenv("FRAUDRAY_MONITORING_REQUIRE_DATA", "1")
     assert Settings().api.auth == "on"
+
+
+def test_every_switch_the_scripts_and_tests_read_is_allowed(clean_env: pytest.MonkeyPatch) -> None:
+    """A FRAUDRAY_* variable that make test, the CI script or a test reads must be a setting or
+    a run switch: otherwise `FRAUDRAY_TEST_PARALLEL=1 make test` dies in its first `fraudray`
+    command with "not a fraudray setting"."""
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.glob("tests/**/*.py"), *root.glob("cluster/*.sh"), *root.glob(".ci/*")]
+    sources.append(root / "Makefile")
+    read = re.compile(r"""environ(?:\.get)?[(\[]\s*["'](FRAUDRAY_[A-Z0-9_]+)|\$\{?(FRAUDRAY_[A-Z0-9_]+)""")
+    names = {a or b for path in sources if path.is_file() for a, b in read.findall(path.read_text())}
+    assert "FRAUDRAY_TEST_PARALLEL" in names and "FRAUDRAY_FAULTS" in names
+    for name in sorted(names):
+        clean_env.setenv(name, "1" if name in RUN_SWITCHES else "")
+        if name in RUN_SWITCHES:
+            Settings()  # accepted
+        else:  # a setting: its section exists (the value may be refused, the name is not)
+            assert name.removeprefix("FRAUDRAY_").split("_", 1)[0].lower() in Settings.model_fields, name
+        clean_env.delenv(name)
 
 
 def test_fraudray_config_prints_the_effective_settings_masked(clean_env: pytest.MonkeyPatch) -> None:
