@@ -586,5 +586,12 @@ def test_rebuild_outlasts_a_writer_that_keeps_moving_its_users(
     for u in users:
         state = contended.user_state(u)
         assert state is not None
+        mine = sorted(
+            (r for r in records if r["user_id"] == u), key=lambda r: (r["event_time"], r["transaction_id"])
+        )
+        live_n = contended.moved * sum(r["user_id"] == u for r in records[: len(users) * 3])
+        assert state.n == len(mine) + live_n  # every transaction counted exactly once
+        # the retained events (the newest USER_EVENTS_CAP): the user's newest replayed ones, in order
         replayed = [t for t in state.txid if "-live" not in t]
-        assert sorted(replayed) == sorted(r["transaction_id"] for r in records if r["user_id"] == u)
+        assert len(replayed) == min(len(mine), cat.USER_EVENTS_CAP - (len(state.txid) - len(replayed)))
+        assert replayed == [r["transaction_id"] for r in mine][len(mine) - len(replayed) :]
