@@ -78,18 +78,45 @@ class UserState:
 
 
 @dataclass
+class LabelTimes:
+    """One label zset's arrivals (labels, or fraud labels) for a batch's merchants, per risk
+    window (see :func:`label_ranges`): the count of the core every record's window holds, and
+    the arrival times at the edges, which only some records' windows hold."""
+
+    core: dict[int, np.ndarray]  # window -> (merchants,) counts
+    edges: dict[int, list[np.ndarray]]  # window -> per merchant arrival times (ms)
+
+
+def label_ranges(t_ms: np.ndarray) -> dict[int, tuple[tuple[int, int] | None, list[tuple[int, int]]]]:
+    """Per risk window ``w``, the label arrivals (ms, half-open ``[lo, hi)``) a batch with these
+    event times reads: every record's window ``[t - w, t]`` holds the core
+    ``[t_max - w, t_min]``, counted; the edges ``[t_min - w, t_max - w)`` and ``(t_min, t_max]``
+    are read as times. A batch spanning ``w`` or more has no core: ``[t_min - w, t_max]`` as times."""
+    lo, hi = int(t_ms.min()), int(t_ms.max())
+    out: dict[int, tuple[tuple[int, int] | None, list[tuple[int, int]]]] = {}
+    for w in cat.RISK_WINDOWS:
+        span = w * 1000
+        if hi - span <= lo:
+            edges = [(lo - span, hi - span), (lo + 1, hi + 1)]
+            out[w] = ((hi - span, lo + 1), [e for e in edges if e[0] < e[1]])
+        else:
+            out[w] = (None, [(lo - span, hi + 1)])
+    return out
+
+
+@dataclass
 class MerchantCounts:
     """What the store holds for the batch's merchants: per-minute counts of the hours in
     ``minute_hours``, per-hour counts of the days in ``days``, per-day counts and amount sums
     (cents) of the ``DAY_BLOCK``-day blocks in ``day_blocks`` (arrays by merchant code), and
-    the label / fraud-label arrival times."""
+    the label / fraud-label arrivals."""
 
     minute_hours: np.ndarray  # hours whose per-minute counters were read
     minutes: np.ndarray  # (merchants, len(minute_hours) * 60) counts
     days: np.ndarray
     hours: np.ndarray  # (merchants, len(days) * 24) counts
-    labels: list[np.ndarray]
-    fraud: list[np.ndarray]
+    labels: LabelTimes
+    fraud: LabelTimes
     day_blocks: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     day_counts: np.ndarray | None = None  # (merchants, len(day_blocks) * DAY_BLOCK) counts
     day_cents: np.ndarray | None = None  # the same shape: amount sums in cents
@@ -192,17 +219,18 @@ def _merchant_counts(
     for w in cat.MERCHANT_WINDOWS:
         raw[f"merchant.count.{w}"] = hi - csum[np.searchsorted(key, base + minute - w // 60, "left")]
 
-    for name, per_merchant in (("labels", mc.labels), ("fraud", mc.fraud)):
-        lens = np.array([len(x) for x in per_merchant], dtype=np.int64)
-        lkey = np.repeat(np.arange(n_m, dtype=np.int64), lens) * _T_BITS
-        if lens.sum():
-            lkey = lkey + np.concatenate(per_merchant).astype(np.int64)
-        lkey.sort()
-        mb = mcode.astype(np.int64) * _T_BITS
-        upper = np.searchsorted(lkey, mb + batch.t_ms, "right")  # a label stamped at t has arrived
+    mb = mcode.astype(np.int64) * _T_BITS
+    for name, arrivals in (("labels", mc.labels), ("fraud", mc.fraud)):
         for w in cat.RISK_WINDOWS:
+            per_merchant = arrivals.edges[w]
+            lens = np.array([len(x) for x in per_merchant], dtype=np.int64)
+            lkey = np.repeat(np.arange(n_m, dtype=np.int64), lens) * _T_BITS
+            if lens.sum():
+                lkey = lkey + np.concatenate(per_merchant).astype(np.int64)
+            lkey.sort()
+            upper = np.searchsorted(lkey, mb + batch.t_ms, "right")  # a label stamped at t has arrived
             lower = np.searchsorted(lkey, mb + batch.t_ms - w * 1000, "left")
-            raw[f"merchant.{name}.{w}"] = (upper - lower).astype(np.float64)
+            raw[f"merchant.{name}.{w}"] = (arrivals.core[w][mcode] + upper - lower).astype(np.float64)
     return raw
 
 

@@ -2,11 +2,12 @@
 
 Redis only stores; the feature arithmetic runs in the caller (:mod:`features.online.engine`).
 A batch is one read (``lua/read.lua``: the touched users' compact state, their merchants'
-counters and label times, in one round trip and one reply) and one guarded write
-(``lua/apply.lua``: a compare-and-set on every user's version as the read saw it, then the
-users' states, their merchants' counters and the tx -> merchant maps, atomically). If another
-actor changed one of the users meanwhile (a rebalance, a zombie), nothing is written and the
-round is read and computed again, so a transaction is never applied twice. Keys (``ns`` defaults to ``fr``):
+counters and label arrivals (counts, and times only at the batch's window edges), in one round
+trip and one reply) and one guarded write (``lua/apply.lua``: a compare-and-set on every user's
+version as the read saw it, then the users' states, their merchants' counters and the tx ->
+merchant maps, atomically). If another actor changed one of the users meanwhile (a rebalance, a
+zombie), nothing is written and the round is read and computed again, so a transaction is never
+applied twice. Keys (``ns`` defaults to ``fr``):
 
 - ``ns:u:<user>:st`` string: 8-byte version + msgpack of :class:`engine.UserState` (Welford, high
   water mark, latest transaction, the retained events, last-seen times), TTL 121 d.
@@ -23,7 +24,7 @@ Redis. Users may be spread over several (``FRAUDRAY_REDIS_SHARDS``, :mod:`.shard
 ``u:`` keys live on shard ``crc32(user) % n``, and each shard holds the merchants' counters,
 label zsets and tx -> merchant maps of *its own users'* transactions only. A batch is then one
 read per shard (run side by side: the shard's users, every merchant's partial counters, which
-the caller adds up, and label times, which it puts together) and one guarded write per shard
+the caller adds up, and label arrivals, which it puts together) and one guarded write per shard
 with users in it, each the same atomic CAS-then-write over its users and their transactions:
 every transaction is counted once, on its user's shard. One URL is the single Redis exactly
 (same scripts, same calls). See docs/scaling.md, "Sharded online store".
@@ -219,15 +220,13 @@ class RedisOnlineStore(FeatureStore):
 
     def _once(self, records: Sequence[Mapping[str, Any]], *, apply: bool) -> tuple[np.ndarray, list[str]]:
         """One read-compute-write of ``records``: one read per shard (the shard's users' state,
-        every merchant's partial counters and label times), then one guarded write per shard
+        every merchant's partial counters and label arrivals), then one guarded write per shard
         with users in the batch. Returns the raw aggregates and the users whose CAS failed."""
         batch = TxBatch.from_records(records)
         ucode, users = pd.factorize(batch.user_id)
         mcode, merchants = pd.factorize(batch.merchant_id)
         ns = self.namespace
         minute_hours, days = engine.counter_span(batch.t_ms)
-        lo = int(batch.t_ms.min()) - max(cat.RISK_WINDOWS) * 1000
-        hi = int(batch.t_ms.max())
         prefixes = [f"{ns}:m:{m}" for m in merchants]
         minute_suffixes = [f":mc:{h}" for h in minute_hours.tolist()]
         hour_suffixes = [f":hc:{d}" for d in days.tolist()]
@@ -236,14 +235,18 @@ class RedisOnlineStore(FeatureStore):
         mkeys = [p + x for p in prefixes for x in minute_suffixes]
         hkeys = [p + x for p in prefixes for x in hour_suffixes]
         dkeys = [p + x for p in prefixes for x in day_suffixes]
-        lreqs = [[f"{ns}:m:{m}:lab", f"{ns}:m:{m}:fr", lo, hi] for m in merchants]
+        lkeys = [[f"{ns}:m:{m}:lab", f"{ns}:m:{m}:fr"] for m in merchants]
+        lranges = [
+            [core and _bounds(core), [_bounds(e) for e in edges]]
+            for core, edges in engine.label_ranges(batch.t_ms).values()
+        ]
         user_shard = self.shards.indices(users)
         # per shard: its users' state keys, and every merchant key (each shard holds the counters
         # and labels of its own users' transactions: the caller sums them)
         shard_users = {s: np.flatnonzero(user_shard == s) for s in range(len(self.shards))}
         requests = {
             s: msgpack.packb(
-                [[self.state_key(users[u]) for u in idx.tolist()], mkeys, hkeys, lreqs, dkeys],
+                [[self.state_key(users[u]) for u in idx.tolist()], mkeys, hkeys, lkeys, dkeys, lranges],
                 use_bin_type=False,
             )
             for s, idx in shard_users.items()
@@ -404,7 +407,7 @@ class RedisOnlineStore(FeatureStore):
         its transaction was applied online within ``LABEL_HORIZON_DAYS`` days before the label's
         ``labelled_at``. Returns how many labels were new. With shards every shard gets every
         label: only the shard of the transaction's user holds its map entry, so that shard alone
-        counts it, into its own label zsets (a read puts the shards' label times together).
+        counts it, into its own label zsets (a read puts the shards' label arrivals together).
         """
         if not labels:
             return 0
@@ -424,8 +427,8 @@ OnlineStore = RedisOnlineStore  # the implementation the pipeline uses
 
 
 def _merchant_part(reply: list[Any], n_m: int, n_hours: int, n_days: int, n_blocks: int) -> tuple[Any, ...]:
-    """One shard's merchant counters and label times (read.lua's reply after the users' values)
-    as (minutes, hours, day counts, day cents, label times, fraud label times)."""
+    """One shard's merchant counters and label arrivals (read.lua's reply after the users'
+    values) as (minutes, hours, day counts, day cents, labels, fraud labels)."""
     mvals, hvals, labels, dvals = reply
     mbytes = b"".join(v.ljust(240, b"\0")[:240] if v else _ZERO_MINUTES for v in mvals)
     hbytes = b"".join(v.ljust(96, b"\0")[:96] if v else _ZERO_HOURS for v in hvals)
@@ -439,19 +442,40 @@ def _merchant_part(reply: list[Any], n_m: int, n_hours: int, n_days: int, n_bloc
         np.frombuffer(hbytes, ">u4").reshape(n_m, n_days * 24),
         day_counts.reshape(n_m, n_blocks * cat.DAY_BLOCK),
         day_cents.reshape(n_m, n_blocks * cat.DAY_BLOCK),
-        [np.asarray(x[0] or [], np.float64) for x in labels],
-        [np.asarray(x[1] or [], np.float64) for x in labels],
+        _arrivals([x[0] for x in labels]),
+        _arrivals([x[1] for x in labels]),
     )
+
+
+def _arrivals(per_merchant: list[Any]) -> engine.LabelTimes:
+    """read.lua's per-merchant ``{core count, edge times}`` per risk window as LabelTimes (an
+    empty Lua table arrives as an empty map: falsy)."""
+    windows = list(enumerate(cat.RISK_WINDOWS))
+    core = {w: np.array([m[k][0] for m in per_merchant], np.int64) for k, w in windows}
+    edges = {w: [np.asarray(m[k][1] or [], np.float64) for m in per_merchant] for k, w in windows}
+    return engine.LabelTimes(core, edges)
 
 
 def _summed(parts: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-    """The shards' partial merchant counters added up, their label times put together: each
+    """The shards' partial merchant counters added up, their label arrivals put together: each
     transaction (and its label) was counted on its user's shard only."""
     minutes, hours, day_counts, day_cents = (sum(p[k].astype(np.int64) for p in parts) for k in range(4))
-    labels, fraud = (
-        [np.concatenate(per_shard) for per_shard in zip(*(p[k] for p in parts), strict=True)] for k in (4, 5)
-    )
-    return minutes, hours, day_counts, day_cents, labels, fraud
+
+    def arrivals(k: int) -> engine.LabelTimes:
+        return engine.LabelTimes(
+            {w: sum(p[k].core[w] for p in parts) for w in cat.RISK_WINDOWS},
+            {
+                w: [np.concatenate(shard) for shard in zip(*(p[k].edges[w] for p in parts), strict=True)]
+                for w in cat.RISK_WINDOWS
+            },
+        )
+
+    return minutes, hours, day_counts, day_cents, arrivals(4), arrivals(5)
+
+
+def _bounds(r: tuple[int, int]) -> list[str]:
+    """``[lo, hi)`` in ms as ZCOUNT / ZRANGEBYSCORE bounds."""
+    return [str(r[0]), f"({r[1]}"]
 
 
 def _text(value: Any) -> str:

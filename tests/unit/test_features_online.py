@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import redis
 
+from features import catalogue as cat
 from features.catalogue import FEATURE_NAMES, FEATURES
 from features.kernel import RAW_KEYS, TxBatch, assemble, empty_raw, raw_from_matrix
 from features.offline import frame_from_records
-from features.online import OnlineStore
+from features.online import OnlineStore, engine
 from features.online import store as store_module
 from features.online.shards import shard_index
 
@@ -43,12 +44,15 @@ class ScriptRedis:
         return lambda **_: 0
 
     def _read(self, keys: list[str], args: list[bytes]) -> bytes:
-        ukeys, mkeys, hkeys, lreqs, dkeys = msgpack.unpackb(args[0], raw=True)
+        ukeys, mkeys, hkeys, lkeys, dkeys, ranges = msgpack.unpackb(args[0], raw=True)
 
         def mget(ks: list[bytes]) -> list[bytes | bool]:
             return [self.kv.get(k, False) for k in ks]
 
-        return msgpack.packb([mget(ukeys), mget(mkeys), mget(hkeys), [[[], []] for _ in lreqs], mget(dkeys)])
+        no_labels = [[0, []] for _ in ranges]  # per risk window: core count, edge times
+        return msgpack.packb(
+            [mget(ukeys), mget(mkeys), mget(hkeys), [[no_labels] * 2 for _ in lkeys], mget(dkeys)]
+        )
 
     def _apply(self, keys: list[str], args: list[bytes]) -> list[int]:
         req = msgpack.unpackb(args[0], raw=True)
@@ -239,3 +243,35 @@ def test_a_shard_whose_users_moved_is_computed_again_alone(
     np.testing.assert_array_equal(got, expected)
     merged = {**fakes["redis://a"].kv, **b.kv}
     assert {k for k in merged if b":u:" in k} == {k for k in fakes["redis://one"].kv if b":u:" in k}
+
+
+@pytest.mark.parametrize("span_s", [0, 1, 45, 3 * 3600])
+def test_label_ranges_count_every_window_as_the_full_list_of_arrivals_would(
+    monkeypatch: pytest.MonkeyPatch, span_s: int
+) -> None:
+    """read.lua counts a risk window's core and returns only the edge arrivals: core + the edge
+    times inside ``[t - w, t]`` is, for every record, the count over every arrival. A window
+    shorter than the batch's span (60 s here against 45 s and 3 h) has no core."""
+    monkeypatch.setattr(cat, "RISK_WINDOWS", (60, 7 * 86_400))
+    rng = np.random.default_rng(span_s)
+    t0 = 1_790_000_000_000
+    t_ms = t0 + rng.integers(0, span_s * 1000 + 1, 300)
+    t_ms[:2] = t0, t0 + span_s * 1000  # both ends of the span
+    # arrivals around every bound the ranges use, and anywhere in the longest window
+    bounds = [t0, t0 + span_s * 1000] + [
+        t0 + d * 1000 - w * 1000 for w in cat.RISK_WINDOWS for d in (0, span_s)
+    ]
+    near = np.concatenate([np.array(bounds)[:, None] + np.arange(-2, 3)]).ravel()
+    arrivals = np.concatenate(
+        [near, t0 - rng.integers(0, 8 * 86_400_000, 2000), t0 + rng.integers(0, 4_000_000, 50)]
+    )
+    for w, (core, edges) in engine.label_ranges(t_ms).items():
+        assert (core is None) == (span_s >= w)
+        n_core = 0 if core is None else int(((arrivals >= core[0]) & (arrivals < core[1])).sum())
+        edge = np.concatenate(
+            [arrivals[(arrivals >= lo) & (arrivals < hi)] for lo, hi in edges] or [np.empty(0)]
+        )
+        got = n_core + ((edge[None, :] >= t_ms[:, None] - w * 1000) & (edge[None, :] <= t_ms[:, None])).sum(1)
+        want = ((arrivals[None, :] >= t_ms[:, None] - w * 1000) & (arrivals[None, :] <= t_ms[:, None])).sum(1)
+        np.testing.assert_array_equal(got, want)
+        assert len(edge) <= ((arrivals >= t_ms.min() - w * 1000) & (arrivals <= t_ms.max())).sum()

@@ -1,11 +1,13 @@
 -- Read a batch's stored state in one round trip; no arithmetic here (the actors compute).
--- ARGV[1]: msgpack [user state keys, minute-counter keys, hour-counter keys, label requests,
--- day-counter keys] where a label request is [labels zset, fraud zset, min ms, max ms].
--- Reply: msgpack [user values, minute-counter values, hour-counter values, per label request
--- {label times, fraud times}, day-counter values] (counters false when missing; the caller
--- pads them to their width).
+-- ARGV[1]: msgpack [user state keys, minute-counter keys, hour-counter keys, label zsets,
+-- day-counter keys, label ranges] where label zsets are [labels zset, fraud zset] per merchant
+-- and label ranges, per risk window, [core, edges]: core false or [min, max] (ZCOUNT bounds, as
+-- strings: "(" excludes), edges a list of such bounds (ZRANGEBYSCORE).
+-- Reply: msgpack [user values, minute-counter values, hour-counter values, per merchant
+-- {labels, fraud} each per risk window {core count, edge times}, day-counter values]
+-- (counters false when missing; the caller pads them to their width).
 local req = cmsgpack.unpack(ARGV[1])
-local ukeys, mkeys, hkeys, lreqs, dkeys = req[1], req[2], req[3], req[4], req[5]
+local ukeys, mkeys, hkeys, lkeys, dkeys, ranges = req[1], req[2], req[3], req[4], req[5], req[6]
 local call = redis.call
 
 -- MGET in slices: one redis.call per 1,000 keys, not one per key (the call is the cost)
@@ -18,17 +20,31 @@ local function mget(keys)
   return out
 end
 
-local function times(key, lo, hi)
-  local rows = call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES')
+-- A zset's arrivals per risk window: the core counted (every record's window holds it), the
+-- edges as times (only some records' windows hold them): a batch spanning seconds reads a few
+-- times, not the merchant's 30 days of labels.
+local function windows(key)
   local out = {}
-  for i = 2, #rows, 2 do out[#out + 1] = tonumber(rows[i]) end
+  if call('EXISTS', key) == 0 then
+    for w = 1, #ranges do out[w] = {0, {}} end
+    return out
+  end
+  for w = 1, #ranges do
+    local core, edges = ranges[w][1], ranges[w][2]
+    local n = core and call('ZCOUNT', key, core[1], core[2]) or 0
+    local times = {}
+    for e = 1, #edges do
+      local rows = call('ZRANGEBYSCORE', key, edges[e][1], edges[e][2], 'WITHSCORES')
+      for i = 2, #rows, 2 do times[#times + 1] = tonumber(rows[i]) end
+    end
+    out[w] = {n, times}
+  end
   return out
 end
 
 local users = mget(ukeys)
 local labels = {}
-for i = 1, #lreqs do
-  local r = lreqs[i]
-  labels[i] = {times(r[1], r[3], r[4]), times(r[2], r[3], r[4])}
+for i = 1, #lkeys do
+  labels[i] = {windows(lkeys[i][1]), windows(lkeys[i][2])}
 end
 return cmsgpack.pack({users, mget(mkeys), mget(hkeys), labels, mget(dkeys)})
