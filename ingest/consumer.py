@@ -194,6 +194,19 @@ class ScoringLoop:
         self._drift_version: str | None = None
         self._drift_checked = 0.0
 
+    async def warm_up(self) -> None:
+        """Open what the first batch would otherwise open while its records wait: the Serve
+        handle's router (an empty matrix through the Ensemble and its members: no model runs,
+        nothing is counted), the PostgreSQL session, the online store's Redis connections. A
+        failure is only logged: the first batch meets it again under the retry policy."""
+        try:
+            empty = np.empty((0, len(FEATURE_NAMES)), dtype=np.float32)
+            await asyncio.wait_for(self.scorer.score.remote(empty, False), SCORE_TIMEOUT_S)
+            await asyncio.to_thread(self.pg.connect)
+            await asyncio.to_thread(self.store.ping)
+        except Exception as exc:  # noqa: BLE001 - warming is an optimisation, never a reason to stop
+            log.warning("consumer warm-up incomplete: %r", exc)
+
     # -- polling -------------------------------------------------------------------
     async def poll(self) -> list[Any]:
         c = self.settings.consumer
@@ -515,6 +528,7 @@ class ConsumerActor:
         self, *, max_batches: int | None = None, stop_after_idle_s: float | None = None, commit: bool = True
     ) -> dict[str, Any]:
         """Consume until ``stop()``, ``max_batches`` batches, or ``stop_after_idle_s`` with no data."""
+        await self.loop.warm_up()
         idle_since = time.monotonic()
         while not self._stop:
             msgs = await self.loop.poll()

@@ -136,6 +136,10 @@ class PostgresSink:
         self._dsn = dsn
         self._conn: Any = None
 
+    def connect(self) -> None:
+        """Open the session now (otherwise the first ``write`` does)."""
+        self._connection()
+
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             self._conn = psycopg2.connect(self._dsn, connect_timeout=5)

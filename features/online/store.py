@@ -147,6 +147,15 @@ class RedisOnlineStore(FeatureStore):
         self._apply = self.shards.register_script(lua("apply.lua"))
         self._label_script = self.shards.register_script(lua("labels.lua"))
 
+    def ping(self) -> None:
+        """Connect to every shard and load the scripts there now (not on a batch's first call)."""
+        try:
+            for scripts in (self._read, self._apply, self._label_script):
+                for client, script in zip(self.shards.clients, scripts, strict=True):
+                    client.script_load(script.script)
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+
     # -- keys ------------------------------------------------------------------------------------
     def state_key(self, user_id: str) -> str:
         return f"{self.namespace}:u:{user_id}:st"

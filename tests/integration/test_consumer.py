@@ -4,6 +4,7 @@ records in the DLQ, and members joining/leaving."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import struct
@@ -22,7 +23,7 @@ from cluster import stack
 from core.settings import REPO_ROOT, Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
-from ingest.consumer import ConsumerPool
+from ingest.consumer import ConsumerPool, ScoringLoop
 from ingest.labels import Label, LabelProducer
 from ingest.producer import TransactionProducer
 from tests import helpers
@@ -240,3 +241,50 @@ def test_labels_land_in_postgres_and_the_online_store(
     latest = store.read_latest(records[-1]["user_id"])
     assert latest is not None
     assert latest[FEATURE_NAMES.index("user_tx_count_lifetime")] > 0
+
+
+class _RecordingScorer:
+    """Stands in for the Ensemble handle: records the matrices it is asked to score (or fails)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+        self.fail = fail
+        self.score = self
+
+    async def _reply(self, matrix: Any) -> dict[str, Any]:
+        self.shapes.append(matrix.shape)
+        if self.fail:
+            raise RuntimeError("no replica yet")
+        return {}
+
+    def remote(self, matrix: Any, shadow: bool = True) -> Any:
+        assert shadow is False  # a warm-up is never a shadow score
+        return self._reply(matrix)
+
+
+def test_warm_up_opens_serve_postgres_and_redis_before_the_first_batch(
+    topic_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first batch's records do not wait for the handle's router, the PostgreSQL session or
+    the scripts' first load: warm_up opened them (an empty matrix through the scorer: no model
+    runs). A scorer that is not there yet is only logged; the loop goes on."""
+    scorer = _RecordingScorer()
+    loop = ScoringLoop(topic_settings, scorer, group_id=f"warm-{uuid.uuid4().hex[:8]}")
+    redis = loop.store.shards.clients[0]
+    redis.script_flush()  # as after a Redis restart (a script call reloads what it misses)
+    try:
+        asyncio.run(loop.warm_up())
+        assert scorer.shapes == [(0, len(FEATURE_NAMES))]
+        assert loop.pg._conn is not None and not loop.pg._conn.closed
+        assert all(redis.script_exists(s.sha)[0] for s in (*loop.store._read, *loop.store._apply))
+    finally:
+        loop.close()
+
+    failing = ScoringLoop(
+        topic_settings, _RecordingScorer(fail=True), group_id=f"warm-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        asyncio.run(failing.warm_up())
+        assert "consumer warm-up incomplete" in caplog.text
+    finally:
+        failing.close()
