@@ -7,8 +7,11 @@ import os
 import signal
 import subprocess
 import time
+from typing import Any
 
+from core.ports import free_port
 from core.procs import process_table, with_descendants
+from core.settings import Settings
 
 
 def test_with_descendants_finds_the_whole_tree_and_only_it() -> None:
@@ -66,3 +69,17 @@ def test_the_head_session_is_read_from_its_gcs_server_not_session_latest() -> No
     }
     assert head_session(6380, table) == ours
     assert head_session(6381, table) is None
+
+
+def test_no_head_on_the_port_is_known_at_once_without_asking_ray_status(monkeypatch: Any) -> None:
+    """`make run` asks whether a head already answers; with nothing on the port the answer is
+    no, at once (`ray status` would retry for ~40 s before saying so)."""
+    from cluster import ray_runtime
+
+    def no_cli(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("`ray status` run although nothing listens on the head port")
+
+    monkeypatch.setattr(ray_runtime.subprocess, "run", no_cli)
+    settings = Settings()
+    free = settings.model_copy(update={"ray": settings.ray.model_copy(update={"head_port": free_port()})})
+    assert ray_runtime.head_running(free) is False
