@@ -391,33 +391,14 @@ class ScoringLoop:
 
     async def _process(self, msgs: list[Any], *, commit: bool = True) -> None:
         """Run one batch through every stage; commit only when all sinks succeeded."""
-        k = self.settings.kafka
         stage_before = dict(self.stats.stage_s)
         with self.timed("decode"):
             batch = self._decode(msgs)
         latencies_s, event_latencies_s = await self._score(batch) if batch.records else (np.empty(0),) * 2
-        new = alerts = 0
-        if batch.tx_rows or batch.labels:
-            with self.timed("sink_pg"):
-                label_rows = [(x.transaction_id, x.is_fraud, x.scenario, iso_ms(x.labelled_at_ms))
-                              for x in batch.labels]  # fmt: skip
-                new = await asyncio.to_thread(self.pg.write, batch.tx_rows, batch.decision_rows, label_rows)
-        if batch.labels:
-            with self.timed("features"):
-                # After this batch's transactions, so a label of one of them counts online.
-                await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
+        new, alerts = await self._sink(batch)
         if batch.latest:
             with self.timed("features"):  # the online store's stage: a write to it
                 await asyncio.to_thread(self._remember_decisions, batch.latest)
-        with self.timed("sink_kafka"):
-            for payload in batch.decisions:
-                self.kafka_out.send_json(k.decisions_topic, payload["user_id"], payload)
-                if payload["is_fraud"]:
-                    self.kafka_out.send_json(k.alerts_topic, payload["user_id"], payload)
-                    alerts += 1
-            for msg, error, reason in batch.rejects:
-                self._dead_letter(msg, error, reason)
-            await asyncio.to_thread(self.kafka_out.flush)
         if commit:
             await asyncio.to_thread(self._commit, msgs)
         # Counted only once every sink succeeded, so a retried batch is not counted twice.
@@ -434,6 +415,48 @@ class ScoringLoop:
         self.stats.alerts += alerts
         self.stats.batches += 1
         self.stats.last_batch_at = time.time()
+
+    async def _sink(self, batch: _Decoded) -> tuple[int, int]:
+        """PostgreSQL, the labels into the online store (its transactions are applied already)
+        and the Kafka outputs, side by side: each waits on its own server. All three are
+        awaited before anything fails the batch (nothing is left running behind a retry), and
+        the first failure in that order is raised. Returns (new decisions, alerts)."""
+        k = self.settings.kafka
+
+        async def to_pg() -> int:
+            if not (batch.tx_rows or batch.labels):
+                return 0
+            with self.timed("sink_pg"):
+                label_rows = [(x.transaction_id, x.is_fraud, x.scenario, iso_ms(x.labelled_at_ms))
+                              for x in batch.labels]  # fmt: skip
+                return int(
+                    await asyncio.to_thread(self.pg.write, batch.tx_rows, batch.decision_rows, label_rows)
+                )
+
+        async def to_store() -> None:
+            if batch.labels:
+                with self.timed("features"):
+                    await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
+
+        async def to_kafka() -> int:
+            alerts = 0
+            with self.timed("sink_kafka"):
+                for payload in batch.decisions:
+                    self.kafka_out.send_json(k.decisions_topic, payload["user_id"], payload)
+                    if payload["is_fraud"]:
+                        self.kafka_out.send_json(k.alerts_topic, payload["user_id"], payload)
+                        alerts += 1
+                for msg, error, reason in batch.rejects:
+                    self._dead_letter(msg, error, reason)
+                await asyncio.to_thread(self.kafka_out.flush)
+            return alerts
+
+        new, stored, alerts = await asyncio.gather(to_pg(), to_store(), to_kafka(), return_exceptions=True)
+        for result in (new, stored, alerts):
+            if isinstance(result, BaseException):
+                raise result
+        assert isinstance(new, int) and isinstance(alerts, int)
+        return new, alerts
 
     def _remember_decisions(self, latest: dict[str, tuple[str, str]]) -> None:
         """The users' latest decisions for GET /predict, once PostgreSQL has them. A cache: if

@@ -288,3 +288,38 @@ def test_warm_up_opens_serve_postgres_and_redis_before_the_first_batch(
         assert "consumer warm-up incomplete" in caplog.text
     finally:
         failing.close()
+
+
+def test_sinks_run_side_by_side_and_a_failure_waits_for_the_others(
+    topic_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL, the labels and the Kafka outputs are written at the same time; when one
+    fails, the batch fails only after the others finished (a retry never overlaps them), with
+    the first failure in that order."""
+    from ingest.consumer import _Decoded
+
+    loop = ScoringLoop(topic_settings, _RecordingScorer(), group_id=f"sink-{uuid.uuid4().hex[:8]}")
+    events: list[tuple[str, float]] = []
+
+    def slow_flush() -> None:
+        events.append(("flush start", time.monotonic()))
+        time.sleep(0.5)
+        events.append(("flush end", time.monotonic()))
+
+    def failing_write(*_a: Any) -> int:
+        events.append(("pg", time.monotonic()))
+        raise psycopg2.OperationalError("server closed the connection")
+
+    monkeypatch.setattr(loop.kafka_out, "flush", slow_flush)
+    monkeypatch.setattr(loop.pg, "write", failing_write)
+    batch = _Decoded(tx_rows=[object()], decisions=[])  # type: ignore[list-item]
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError):
+            asyncio.run(loop._sink(batch))
+        raised = time.monotonic()
+    finally:
+        loop.close()
+    at = dict(events)
+    assert at["pg"] < at["flush end"] and at["flush start"] < at["flush end"] - 0.4  # side by side
+    assert raised >= at["flush end"] and raised - t0 < 0.9  # waited for the flush, not longer
