@@ -81,10 +81,10 @@ class UserState:
 class LabelTimes:
     """One label zset's arrivals (labels, or fraud labels) for a batch's merchants, per risk
     window (see :func:`label_ranges`): the count of the core every record's window holds, and
-    the arrival times at the edges, which only some records' windows hold."""
+    the arrivals at the edges, which only some records' windows hold, one row per arrival."""
 
     core: dict[int, np.ndarray]  # window -> (merchants,) counts
-    edges: dict[int, list[np.ndarray]]  # window -> per merchant arrival times (ms)
+    edges: dict[int, tuple[np.ndarray, np.ndarray]]  # window -> (merchant codes, arrival ms)
 
 
 def label_ranges(t_ms: np.ndarray) -> dict[int, tuple[tuple[int, int] | None, list[tuple[int, int]]]]:
@@ -222,12 +222,8 @@ def _merchant_counts(
     mb = mcode.astype(np.int64) * _T_BITS
     for name, arrivals in (("labels", mc.labels), ("fraud", mc.fraud)):
         for w in cat.RISK_WINDOWS:
-            per_merchant = arrivals.edges[w]
-            lens = np.array([len(x) for x in per_merchant], dtype=np.int64)
-            lkey = np.repeat(np.arange(n_m, dtype=np.int64), lens) * _T_BITS
-            if lens.sum():
-                lkey = lkey + np.concatenate(per_merchant).astype(np.int64)
-            lkey.sort()
+            who, when = arrivals.edges[w]
+            lkey = np.sort(who.astype(np.int64) * _T_BITS + when.astype(np.int64))
             upper = np.searchsorted(lkey, mb + batch.t_ms, "right")  # a label stamped at t has arrived
             lower = np.searchsorted(lkey, mb + batch.t_ms - w * 1000, "left")
             raw[f"merchant.{name}.{w}"] = (arrivals.core[w][mcode] + upper - lower).astype(np.float64)

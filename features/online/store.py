@@ -457,11 +457,17 @@ def _merchant_part(reply: list[Any], n_m: int, n_hours: int, n_days: int, n_bloc
 
 
 def _arrivals(per_merchant: list[Any]) -> engine.LabelTimes:
-    """read.lua's per-merchant ``{core count, edge times}`` per risk window as LabelTimes (an
-    empty Lua table arrives as an empty map: falsy)."""
-    windows = list(enumerate(cat.RISK_WINDOWS))
-    core = {w: np.array([m[k][0] for m in per_merchant], np.int64) for k, w in windows}
-    edges = {w: [np.asarray(m[k][1] or [], np.float64) for m in per_merchant] for k, w in windows}
+    """read.lua's per-merchant ``{core count, edge times}`` per risk window as LabelTimes: one
+    array of counts, and every merchant's edge times in one array beside their merchant codes
+    (an empty Lua table arrives as an empty map: falsy)."""
+    n_m = len(per_merchant)
+    core, edges = {}, {}
+    for k, w in enumerate(cat.RISK_WINDOWS):
+        core[w] = np.fromiter((m[k][0] for m in per_merchant), np.int64, n_m)
+        lists = [m[k][1] or () for m in per_merchant]
+        lens = np.fromiter(map(len, lists), np.int64, n_m)
+        times = np.fromiter(itertools.chain.from_iterable(lists), np.float64, int(lens.sum()))
+        edges[w] = (np.repeat(np.arange(n_m), lens), times)
     return engine.LabelTimes(core, edges)
 
 
@@ -474,7 +480,10 @@ def _summed(parts: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
         return engine.LabelTimes(
             {w: sum(p[k].core[w] for p in parts) for w in cat.RISK_WINDOWS},
             {
-                w: [np.concatenate(shard) for shard in zip(*(p[k].edges[w] for p in parts), strict=True)]
+                w: (
+                    np.concatenate([p[k].edges[w][0] for p in parts]),
+                    np.concatenate([p[k].edges[w][1] for p in parts]),
+                )
                 for w in cat.RISK_WINDOWS
             },
         )
