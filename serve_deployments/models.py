@@ -4,9 +4,10 @@ them through DeploymentHandles.
 
 Sizing for a 2-core box shared with the consumer actors: 0.2 CPU per replica, 1-2 replicas.
 Concurrent calls are merged by ``@serve.batch`` into one model call (sklearn, XGBoost and torch
-all pay a fixed cost per call that a batch amortises). ``max_ongoing_requests=64`` because the
-consumer actors pipeline one call per micro-batch: Serve's default of 5 makes the router back
-off while replicas are merely batching.
+all pay a fixed cost per call that a batch amortises); a matrix that is a batch already (a
+consumer's micro-batch, ``BATCHED_ROWS`` or more) skips the merge window.
+``max_ongoing_requests=64`` because the consumer actors pipeline one call per micro-batch:
+Serve's default of 5 makes the router back off while replicas are merely batching.
 """
 
 from pathlib import Path
@@ -23,6 +24,9 @@ from training import families
 
 MAX_BATCH_SIZE = 64  # calls per batch; a consumer call under backlog carries up to 2,000 rows
 BATCH_WAIT_S = 0.002  # at 300 HTTP rps a 2 ms window merges ~1-3 calls and costs <1 ms of p50
+# A matrix of this many rows is a batch already (a consumer's micro-batch): scored at once, not
+# held in @serve.batch's window for calls that would add little (docs/serving.md).
+BATCHED_ROWS = 16
 # Each model deployment's autoscaling; serve_deployments/deploy.py and serve_deployments/config.yaml
 # list it in the configs they deploy (see autoscaling_configs in serve_deployments/app.py).
 MEMBER_AUTOSCALING: dict[str, float] = {
@@ -77,12 +81,16 @@ class ModelScorer:
 
     @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _score(self, matrices: list[np.ndarray]) -> list[tuple[np.ndarray, str]]:
-        model, version = self.model, self.version
         sizes = [len(m) for m in matrices]
-        scores = model.score(np.concatenate(matrices))
-        self.calls_per_batch = [*self.calls_per_batch[-255:], len(matrices)]
-        shared_metrics().observe_scores(METRIC_NAMES[self.family], scores)
+        scores, version = self._score_now(np.concatenate(matrices), calls=len(matrices))
         return [(part, version) for part in np.split(scores, np.cumsum(sizes)[:-1])]
+
+    def _score_now(self, matrix: np.ndarray, calls: int = 1) -> tuple[np.ndarray, str]:
+        model, version = self.model, self.version  # one snapshot: a swap lands between batches
+        scores = model.score(matrix)
+        self.calls_per_batch = [*self.calls_per_batch[-255:], calls]
+        shared_metrics().observe_scores(METRIC_NAMES[self.family], scores)
+        return scores, version
 
     async def score(self, matrix: np.ndarray) -> dict[str, Any]:
         """``{"scores": float64 [n], "version", "threshold"}`` for a matrix or a single row."""
@@ -91,7 +99,10 @@ class ModelScorer:
             raise ValueError(f"expected {len(FEATURE_NAMES)} features per row, got {matrix.shape[1]}")
         if len(matrix) == 0:
             return {"scores": np.empty(0), "version": self.version, "threshold": self.threshold}
-        scores, version = await self._score(matrix)
+        if len(matrix) >= BATCHED_ROWS:
+            scores, version = self._score_now(matrix)
+        else:
+            scores, version = await self._score(matrix)
         return {"scores": scores, "version": version, "threshold": self.threshold}
 
     async def explain(self, row: np.ndarray) -> dict[str, Any]:
