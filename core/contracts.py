@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import numpy as np
@@ -110,3 +112,49 @@ def parse_decision(text: str | bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+# -- a batch's decisions as JSON, without a json.dumps per row ------------------------------------
+# The consumer writes every decision as JSON twice (the per-model scores in PostgreSQL, the
+# decisions topic's message); one json.dumps of a dict per row was ~14 % of an actor's CPU.
+
+
+def json_floats(values: np.ndarray) -> list[str]:
+    """Each value as ``json.dumps(float(value))`` writes it."""
+    out = [repr(x) for x in np.asarray(values, dtype=np.float64).tolist()]
+    for i in np.flatnonzero(~np.isfinite(values)).tolist():
+        out[i] = json.dumps(float(values[i]))
+    return out
+
+
+def model_scores_json(model_scores: dict[str, np.ndarray], rows: int, *, compact: bool = False) -> list[str]:
+    """Per row, ``json.dumps({family: float(score)})`` (``compact``: ``separators=(",", ":")``)."""
+    if not model_scores:
+        return ["{}"] * rows
+    item_sep, key_sep = (",", ":") if compact else (", ", ": ")
+    fields = (json.dumps(k).replace("%", "%%") + key_sep + "%s" for k in model_scores)
+    template = "{" + item_sep.join(fields) + "}"
+    return [template % row for row in zip(*(json_floats(v) for v in model_scores.values()), strict=True)]
+
+
+def decision_messages(
+    transaction_ids: Sequence[str],
+    user_ids: Sequence[str],
+    scores: np.ndarray,
+    is_fraud: np.ndarray,
+    *,
+    model_version: str,
+    model_scores: Sequence[str],
+) -> list[bytes]:
+    """Per row, the decisions (and alerts) topic's message: ``json.dumps({"transaction_id",
+    "user_id", "score", "is_fraud", "model_version", "scores"}, separators=(",", ":"))``, encoded;
+    ``model_scores`` from ``model_scores_json(..., compact=True)``."""
+    version = encode_basestring_ascii(model_version)
+    rows = zip(transaction_ids, user_ids, json_floats(scores), is_fraud.tolist(), model_scores, strict=True)
+    return [
+        (
+            f'{{"transaction_id":{encode_basestring_ascii(t)},"user_id":{encode_basestring_ascii(u)},'
+            f'"score":{s},"is_fraud":{"true" if f else "false"},"model_version":{version},"scores":{m}}}'
+        ).encode()
+        for t, u, s, f, m in rows
+    ]

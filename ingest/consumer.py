@@ -17,7 +17,6 @@ Failure policy, per batch:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +28,14 @@ import psycopg2
 import ray
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from core.contracts import DecisionRow, TxRow, decision_json, decision_tail
+from core.contracts import (
+    DecisionRow,
+    TxRow,
+    decision_json,
+    decision_messages,
+    decision_tail,
+    model_scores_json,
+)
 from core.errors import FraudrayError, StoreUnavailable
 from core.families import SCORER_DEPLOYMENT
 from core.settings import Settings
@@ -112,7 +118,8 @@ class _Decoded:
     rejects: list[tuple[Any, str, str]] = field(default_factory=list)  # (message, error, reason)
     tx_rows: list[TxRow] = field(default_factory=list)
     decision_rows: list[DecisionRow] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # decisions/alerts payloads
+    # per decision: (user id, is fraud, the decisions topic's message, also the alert's)
+    decisions: list[tuple[str, bool, bytes]] = field(default_factory=list)
     # per user, the decision of its latest transaction in the batch: (tx id, JSON) for /predict
     latest: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -341,31 +348,36 @@ class ScoringLoop:
              r["lat"], r["lon"], r["ip"], m.partition(), m.offset())
             for r, m in zip(records, batch.sources, strict=True)
         ]  # fmt: skip
+        n = len(records)
+        tx_ids = [r["transaction_id"] for r in records]
+        user_ids = [r["user_id"] for r in records]
         newest: dict[str, int] = {}  # user -> index of its latest record (event time, tx id)
-        for i, r in enumerate(records):
-            j = newest.get(r["user_id"])
-            if j is None or (event_ms[i], r["transaction_id"]) > (event_ms[j], records[j]["transaction_id"]):
-                newest[r["user_id"]] = i
-        # /predict's copy of a decision (core.contracts.decision_json): the batch's shared part is
-        # encoded once, the per-model scores' JSON is the row's.
+        for i, key in enumerate(zip(event_ms.tolist(), tx_ids, strict=True)):
+            j = newest.get(user_ids[i])
+            if j is None or key > (event_ms[j], tx_ids[j]):
+                newest[user_ids[i]] = i
+        # The JSON of every decision, built per batch (core.contracts): the per-model scores
+        # (PostgreSQL's decisions.scores, /predict's copy), the decisions topic's message, and
+        # /predict's copy from the batch's shared part encoded once and the row's scores' JSON.
+        scores_json = model_scores_json(per_model, n)
+        compact = model_scores_json(per_model, n, compact=True)
+        messages = decision_messages(
+            tx_ids, user_ids, scores, flags, model_version=version, model_scores=compact
+        )
+        fraud = flags.astype(bool).tolist()
+        score_list = np.asarray(scores, dtype=np.float64).tolist()
+        batch.decisions = list(zip(user_ids, fraud, messages, strict=True))
         tail = decision_tail(result["threshold"], version, result["model_versions"])
-        for i, r in enumerate(records):
-            model_scores = {name: float(v[i]) for name, v in per_model.items()}
-            scores_json = json.dumps(model_scores)
-            payload = {"transaction_id": r["transaction_id"], "user_id": r["user_id"],
-                       "score": float(scores[i]), "is_fraud": bool(flags[i]), "model_version": version,
-                       "scores": model_scores}  # fmt: skip
-            batch.decisions.append(payload)
-            if newest[r["user_id"]] == i:
-                batch.latest[r["user_id"]] = (
-                    r["transaction_id"],
-                    decision_json(payload["score"], payload["is_fraud"], scores_json, tail),
-                )
-            batch.decision_rows.append(
-                DecisionRow(r["transaction_id"], r["user_id"], scores_json, float(scores[i]),
-                 bool(flags[i]), version, float(pipeline_ms[i]), float(event_latency_ms[i]),
-                 None if shadow is None else float(shadow[i]), shadow_version)
-            )  # fmt: skip
+        for user, i in newest.items():
+            batch.latest[user] = (tx_ids[i], decision_json(score_list[i], fraud[i], scores_json[i], tail))
+        shadow_list = [None] * n if shadow is None else np.asarray(shadow, dtype=np.float64).tolist()
+        batch.decision_rows = [
+            DecisionRow(t, u, sj, sc, f, version, p, e, sh, shadow_version)
+            for t, u, sj, sc, f, p, e, sh in zip(
+                tx_ids, user_ids, scores_json, score_list, fraud, pipeline_ms.tolist(),
+                event_latency_ms.tolist(), shadow_list, strict=True,
+            )
+        ]  # fmt: skip
         return pipeline_ms / 1000.0, event_latency_ms / 1000.0
 
     def _observe_drift(self, matrix: np.ndarray, model_version: str) -> None:
@@ -441,10 +453,10 @@ class ScoringLoop:
         async def to_kafka() -> int:
             alerts = 0
             with self.timed("sink_kafka"):
-                for payload in batch.decisions:
-                    self.kafka_out.send_json(k.decisions_topic, payload["user_id"], payload)
-                    if payload["is_fraud"]:
-                        self.kafka_out.send_json(k.alerts_topic, payload["user_id"], payload)
+                for user, is_fraud, message in batch.decisions:
+                    self.kafka_out.send(k.decisions_topic, user, message)
+                    if is_fraud:
+                        self.kafka_out.send(k.alerts_topic, user, message)
                         alerts += 1
                 for msg, error, reason in batch.rejects:
                     self._dead_letter(msg, error, reason)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
 import struct
 import time
@@ -59,9 +60,7 @@ def test_three_actors_exactly_once(serve_app: str, topic_settings: Settings, gro
     # Let the group settle first, so that the parallelism check below is not a race. KIP-848
     # moves partitions incrementally: a member revokes one before another is given it, so
     # "every member has some" can hold while a partition is between owners (seen 1 run in 4).
-    _wait_for(
-        lambda: all(a := pool.assignments()) and sorted(p for x in a for p in x) == list(range(6))
-    )
+    _wait_for(lambda: all(a := pool.assignments()) and sorted(p for x in a for p in x) == list(range(6)))
     assert sorted(p for a in pool.assignments() for p in a) == list(range(6))
     ids = [r["transaction_id"] for r in produce(s, 50_000, users=5000)]
     stats = pool.drain(timeout=600)
@@ -118,14 +117,18 @@ def _encode_unchecked(serde_schema: Any, record: dict[str, Any], schema_id: int 
 
 
 def _dlq_messages(settings: Settings, expected: int) -> list[Any]:
+    return _topic_messages(settings, settings.kafka.dlq_topic, expected)
+
+
+def _topic_messages(settings: Settings, topic: str, expected: int) -> list[Any]:
     c = Consumer(
         {
             "bootstrap.servers": settings.kafka.bootstrap,
-            "group.id": f"dlq-reader-{uuid.uuid4().hex[:8]}",
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
         }
     )
-    c.subscribe([settings.kafka.dlq_topic])
+    c.subscribe([topic])
     got: list[Any] = []
     deadline = time.monotonic() + 60
     while len(got) < expected and time.monotonic() < deadline:
@@ -187,6 +190,43 @@ def test_malformed_and_poison_records_go_to_the_dlq(
     assert int(headers["source.offset"]) >= 0
     poison_dl = [m for m in dlq if m.key() == poison["user_id"].encode() and b"poison" in m.value()]
     assert len(poison_dl) == 1 and dict(poison_dl[0].headers())["error.class"] != b"ValidationError"
+
+
+def test_decisions_and_alerts_topics_carry_each_decision_as_in_postgres(
+    serve_app: str, topic_settings: Settings, new_topic: Callable[..., str], group_id: str
+) -> None:
+    s = with_topics(
+        topic_settings,
+        decisions_topic=new_topic("decisions", partitions=1),
+        alerts_topic=new_topic("alerts", partitions=1),
+    )
+    ids = [r["transaction_id"] for r in produce(s, 3_000, users=300)]
+    ConsumerPool(s, 1, group_id).drain(timeout=300)
+    with psycopg2.connect(s.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT transaction_id, user_id, scores, ensemble_score, is_fraud, model_version"
+            " FROM decisions WHERE transaction_id = ANY(%s)",
+            (ids,),
+        )
+        rows = {r[0]: r for r in cur.fetchall()}
+    conn.close()
+    assert len(rows) == len(ids)
+    # at least once, like every output topic: a message per decision, keyed by the user
+    messages = _topic_messages(s, s.kafka.decisions_topic, len(ids))
+    decisions = {}
+    for m in messages:
+        d = json.loads(m.value())
+        assert m.key() == d["user_id"].encode()
+        decisions[d["transaction_id"]] = d
+    assert decisions.keys() == rows.keys()
+    for tx, (_, user, scores, score, is_fraud, version) in rows.items():  # scores: jsonb, a dict
+        assert decisions[tx] == {
+            "transaction_id": tx, "user_id": user, "score": pytest.approx(score), "is_fraud": is_fraud,
+            "model_version": version, "scores": pytest.approx(scores),
+        }  # fmt: skip
+    fraud = {tx for tx, r in rows.items() if r[4]}
+    alerts = _topic_messages(s, s.kafka.alerts_topic, len(fraud)) if fraud else []
+    assert {json.loads(m.value())["transaction_id"] for m in alerts} == fraud
 
 
 def test_members_joining_and_leaving_lose_nothing(

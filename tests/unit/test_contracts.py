@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from core import contracts
@@ -43,3 +44,49 @@ def test_decision_json_with_a_non_finite_score_is_still_parseable(score: float) 
 @pytest.mark.parametrize("junk", [b"", b"[1, 2]", b"not json", b'"a string"'])
 def test_a_junk_entry_parses_to_none(junk: bytes) -> None:
     assert contracts.parse_decision(junk) is None
+
+
+def _model_scores() -> dict[str, np.ndarray]:
+    return {
+        "IsolationForest": np.array([0.1, -0.5, math.nan, 1e-300], dtype=np.float64),
+        "XGBoost": np.array([0.3, 1.0, math.inf, -math.inf], dtype=np.float32),  # float32 as sent
+        'odd "name" 100%': np.array([1e20, 0.0, -0.0, 2.5], dtype=np.float32),
+    }
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_model_scores_json_is_json_dumps_of_each_rows_dict(compact: bool) -> None:
+    scores = _model_scores()
+    separators = (",", ":") if compact else (", ", ": ")  # json.dumps's default is the latter
+    expected = [
+        json.dumps({k: float(v[i]) for k, v in scores.items()}, separators=separators) for i in range(4)
+    ]
+    assert contracts.model_scores_json(scores, 4, compact=compact) == expected
+    assert contracts.model_scores_json({}, 3) == ["{}"] * 3
+    assert contracts.model_scores_json({k: v[:0] for k, v in scores.items()}, 0) == []
+
+
+def test_decision_messages_are_the_compact_json_of_each_decision() -> None:
+    scores = _model_scores()
+    tx = ["t-1", 'q"uote', "back\\slash", "ünï\u2028code"]
+    users = ["u-1", "u-2", "\x7f\x00ctl", "u-4"]
+    final = np.array([0.25, math.nan, 0.999, 1.0], dtype=np.float32)
+    flags = np.array([False, True, True, False])
+    got = contracts.decision_messages(
+        tx,
+        users,
+        final,
+        flags,
+        model_version='ens-"7"',
+        model_scores=contracts.model_scores_json(scores, 4, compact=True),
+    )
+    expected = [
+        json.dumps(
+            {"transaction_id": tx[i], "user_id": users[i], "score": float(final[i]),
+             "is_fraud": bool(flags[i]), "model_version": 'ens-"7"',
+             "scores": {k: float(v[i]) for k, v in scores.items()}},
+            separators=(",", ":"),
+        ).encode()
+        for i in range(4)
+    ]  # fmt: skip
+    assert got == expected
