@@ -17,6 +17,7 @@ Failure policy, per batch:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -534,6 +535,13 @@ class ScoringLoop:
 
 
 ACTOR_CPUS = 0.25  # Ray's logical CPUs per consumer actor: four fit a core on paper
+# CPython's cyclic GC runs a young-generation pass every 700 net allocations and a full pass
+# every 100 of those; a batch allocates ~10^5 short-lived objects (records, users' states), so
+# the full passes, which walk every object the process holds (Ray, pandas, the clients), ran
+# many times per batch. Everything loaded at start-up is frozen out of the collector's walks
+# and the young generation holds this many allocations (the batch's garbage is freed by
+# reference counting; cycles are rare and still collected). docs/consumer.md.
+GC_THRESHOLD = (50_000, 20, 100)
 
 
 # Restarted after a crash, with the `run` call retried: the new consumer resumes from the
@@ -558,6 +566,9 @@ class ConsumerActor:
         scorer = serve.get_deployment_handle(scorer_name, app_name=app_name)
         self.loop = ScoringLoop(settings, scorer, group_id, PipelineMetrics(), drift_reference)
         self._stop = False
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLD)
 
     async def run(
         self, *, max_batches: int | None = None, stop_after_idle_s: float | None = None, commit: bool = True

@@ -5,6 +5,7 @@ records in the DLQ, and members joining/leaving."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import math
@@ -24,7 +25,7 @@ from cluster import stack
 from core.settings import REPO_ROOT, Settings
 from features.catalogue import FEATURE_NAMES
 from features.online import OnlineStore
-from ingest.consumer import ConsumerPool, ScoringLoop
+from ingest.consumer import GC_THRESHOLD, ConsumerPool, ScoringLoop
 from ingest.labels import Label, LabelProducer
 from ingest.producer import TransactionProducer
 from tests import helpers
@@ -332,6 +333,21 @@ def test_warm_up_opens_serve_postgres_and_redis_before_the_first_batch(
         assert "consumer warm-up incomplete" in caplog.text
     finally:
         failing.close()
+
+
+def test_an_actor_freezes_its_start_up_heap_and_widens_the_young_generation(
+    serve_app: str, topic_settings: Settings, group_id: str
+) -> None:
+    """The batch loop's garbage is not walked with everything Ray and the clients loaded."""
+    pool = ConsumerPool(topic_settings, 1, group_id)
+    try:
+        threshold, frozen = ray.get(
+            pool.actors[0].__ray_call__.remote(lambda _self: (gc.get_threshold(), gc.get_freeze_count()))
+        )
+    finally:
+        pool.stop()
+    assert threshold == GC_THRESHOLD
+    assert frozen > 10_000  # Ray, numpy, pandas, the Kafka/Redis/PostgreSQL clients
 
 
 def test_sinks_run_side_by_side_and_a_failure_waits_for_the_others(
