@@ -192,7 +192,6 @@ def _merchant_counts(
     """Per record, the merchant's transactions in the whole minutes ``[m - w, m)`` before its
     event's minute ``m``, from the counters plus the batch's applied records (all earlier in
     processing order when in an earlier minute), and the labels that arrived in ``[t - w, t]``."""
-    n_m = mc.minutes.shape[0]
     minute = batch.t_ms // MINUTE_MS
     # the counters as (merchant, minute, count) entries: minute detail, hour totals at the hour's
     # first minute (only hours without detail were read as totals... see counter_span)
@@ -200,17 +199,16 @@ def _merchant_counts(
     detail = set(mc.minute_hours.tolist())
     hour_ids = (mc.days[:, None] * DAY_HOURS + np.arange(DAY_HOURS)).ravel()
     keep = np.array([h not in detail for h in hour_ids.tolist()], dtype=bool)
-    codes = [np.repeat(np.arange(n_m), len(det_min)), np.repeat(np.arange(n_m), int(keep.sum()))]
-    mins = [np.tile(det_min, n_m), np.tile(hour_ids[keep] * HOUR_MIN, n_m)]
-    counts = [mc.minutes.ravel().astype(np.float64), mc.hours[:, keep].ravel().astype(np.float64)]
+    hours = mc.hours[:, keep]
+    # Only the counters that count (most minutes of a merchant are empty), in the grid's
+    # merchant-major order (np.nonzero walks the rows in order), then the batch's applied records
+    m_det, c_det = np.nonzero(mc.minutes)
+    m_hr, c_hr = np.nonzero(hours)
     done = order[applied[order]]
-    codes.append(mcode[done])
-    mins.append(minute[done])
-    counts.append(np.ones(len(done)))
-    cnt = np.concatenate(counts)
-    nz = cnt != 0  # most counters of a sparse hour are empty: sort only what counts
-    key = (np.concatenate(codes).astype(np.int64) * _MIN_BITS + np.concatenate(mins))[nz]
-    cnt = cnt[nz]
+    codes = np.concatenate([m_det, m_hr, mcode[done]]).astype(np.int64)
+    mins = np.concatenate([det_min[c_det], (hour_ids[keep] * HOUR_MIN)[c_hr], minute[done]])
+    cnt = np.concatenate([mc.minutes[m_det, c_det], hours[m_hr, c_hr], np.ones(len(done))]).astype(np.float64)
+    key = codes * _MIN_BITS + mins
     o = np.argsort(key, kind="stable")
     key, csum = key[o], np.concatenate([[0.0], np.cumsum(cnt[o])])
     base = mcode.astype(np.int64) * _MIN_BITS

@@ -184,7 +184,7 @@ class RedisOnlineStore(FeatureStore):
         batch = TxBatch.from_records(records)
         for col in (batch.transaction_id, batch.user_id, batch.merchant_id, batch.country, batch.device_id,
                     batch.channel, batch.merchant_category):  # fmt: skip
-            if any(v is not None and _RESERVED.search(str(v)) for v in col):
+            if _RESERVED.search("".join(str(v) for v in col if v is not None)):
                 raise FeatureStoreError(
                     "a transaction holds a control character the store reserves (0x01, 0x1c-0x1f)"
                 )
