@@ -263,7 +263,7 @@ def paced_run(
 ) -> dict[str, Any]:  # fmt: skip
     """Offer ``records`` at ``rate`` tx/s (event time = send time) to a running pool; the
     latency percentiles leave out the first ``warmup`` records (exactly once covers all)."""
-    from ingest.consumer import ConsumerPool
+    from ingest.consumer import STAGES, ConsumerPool
     from ingest.producer import FastTransactionProducer, send_paced
 
     s = with_kafka(settings, transactions_topic=topics.new("paced"))
@@ -281,10 +281,15 @@ def paced_run(
     ids = [r["transaction_id"] for r in records[:sent]]
     checked = check(s, ids)
     checked["exactly_once"] = checked["exactly_once"] and sum(x["new_decisions"] for x in stats) == sent
+    batches = max(1, sum(x["batches"] for x in stats))
     return {
         "rate": rate,
         "actors": actors,
         "sent": sent,
+        # what a batch is made of below capacity: its rows and each stage's milliseconds (poll
+        # includes waiting for records, and the idle polls until the drain saw the end)
+        "rows_per_batch": round(sum(x["scored"] for x in stats) / batches, 1),
+        "ms_per_batch": {st: round(1e3 * sum(x["stage_s"][st] for x in stats) / batches, 1) for st in STAGES},
         "warmup": min(warmup, sent),
         "sent_per_s": round(sent / max(seconds, 1e-9), 1),
         "latency_ms": check(s, ids[warmup:])["latency_ms"] if warmup < sent else checked["latency_ms"],
