@@ -19,7 +19,7 @@ import fastavro
 import psycopg2
 import pytest
 import ray
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from cluster import stack
 from core.settings import REPO_ROOT, Settings
@@ -348,6 +348,116 @@ def test_an_actor_freezes_its_start_up_heap_and_widens_the_young_generation(
         pool.stop()
     assert threshold == GC_THRESHOLD
     assert frozen > 10_000  # Ray, numpy, pandas, the Kafka/Redis/PostgreSQL clients
+
+
+class _Msg:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._at = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._at[0]
+
+    def partition(self) -> int:
+        return self._at[1]
+
+    def offset(self) -> int:
+        return self._at[2]
+
+
+class _Committing:
+    """The loop's consumer, with commit() and assignment() under the test's control: each
+    commit takes ``delay`` s, the next ``fail_with`` codes make commits fail, ``calls`` records
+    (offsets, start, end) of the ones that succeeded."""
+
+    def __init__(self, inner: Any, owned: list[tuple[str, int]]) -> None:
+        self._inner, self.owned, self.delay = inner, owned, 0.0
+        self.fail_with: list[int] = []
+        self.calls: list[tuple[dict[tuple[str, int], int], float, float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.owned]
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        assert asynchronous is False
+        start = time.monotonic()
+        time.sleep(self.delay)
+        if self.fail_with:
+            raise KafkaException(KafkaError(self.fail_with.pop(0)))
+        self.calls.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, start, time.monotonic()))
+
+
+@pytest.fixture
+def committing(topic_settings: Settings) -> Iterator[tuple[ScoringLoop, _Committing]]:
+    loop = ScoringLoop(topic_settings, _RecordingScorer(), group_id=f"commit-{uuid.uuid4().hex[:8]}")
+    fake = _Committing(loop.consumer, [("tx", 0), ("tx", 1)])
+    loop.consumer = fake  # type: ignore[assignment]
+    try:
+        yield loop, fake
+    finally:
+        loop.close()
+
+
+def test_a_batch_is_committed_behind_the_next_one_in_order(
+    committing: tuple[ScoringLoop, _Committing],
+) -> None:
+    """A batch does not wait for its own commit: the commit runs while the next batch is
+    processed, and the next batch's commit waits for it (a partition's commits stay in order)."""
+    loop, fake = committing
+    fake.delay = 0.3
+
+    async def batches() -> tuple[float, float]:
+        t0 = time.monotonic()
+        await loop._commit([_Msg("tx", 0, 10)])
+        first = time.monotonic() - t0
+        await loop._commit([_Msg("tx", 0, 20), _Msg("tx", 1, 5)])
+        second = time.monotonic() - t0
+        await loop.flush_commits()
+        return first, second
+
+    first, second = asyncio.run(batches())
+    assert first < 0.1 and second >= 0.3
+    assert [c[0] for c in fake.calls] == [{("tx", 0): 11}, {("tx", 0): 21, ("tx", 1): 6}]
+    assert fake.calls[1][1] >= fake.calls[0][2]  # one after the other, never side by side
+    assert loop._unsettled == {} and loop.stats.commits == 2
+
+
+def test_a_failed_commit_fails_the_next_batch_and_its_offsets_go_with_the_retry(
+    committing: tuple[ScoringLoop, _Committing],
+) -> None:
+    loop, fake = committing
+    fake.fail_with = [KafkaError._TRANSPORT]
+
+    async def batches() -> None:
+        await loop._commit([_Msg("tx", 0, 10)])  # its commit fails behind the next batch...
+        with pytest.raises(KafkaException):  # ...which sees it (a transient error: retried)
+            await loop._commit([_Msg("tx", 1, 3)])
+        await loop._commit([_Msg("tx", 1, 3)])  # the retry commits both batches' offsets
+        await loop.flush_commits()
+
+    asyncio.run(batches())
+    assert [c[0] for c in fake.calls] == [{("tx", 0): 11, ("tx", 1): 4}]
+    assert loop._unsettled == {}
+
+
+def test_a_commit_refused_by_a_rebalance_keeps_the_partitions_still_owned(
+    committing: tuple[ScoringLoop, _Committing],
+) -> None:
+    """What moved to another member is left to it (it re-reads from the committed offset);
+    what is still ours is committed with the next commit."""
+    loop, fake = committing
+    fake.owned = [("tx", 0)]  # partition 1 was revoked during the batch
+    fake.fail_with = [KafkaError.ILLEGAL_GENERATION]
+
+    async def batches() -> None:
+        await loop._commit([_Msg("tx", 0, 10), _Msg("tx", 1, 7)])
+        await loop.flush_commits()
+
+    asyncio.run(batches())
+    assert [c[0] for c in fake.calls] == [{("tx", 0): 11}]
+    assert loop.stats.commit_conflicts == 1 and loop._unsettled == {}
 
 
 def test_sinks_run_side_by_side_and_a_failure_waits_for_the_others(
