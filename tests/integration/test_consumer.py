@@ -193,7 +193,7 @@ def test_malformed_and_poison_records_go_to_the_dlq(
     assert len(poison_dl) == 1 and dict(poison_dl[0].headers())["error.class"] != b"ValidationError"
 
 
-def test_decisions_and_alerts_topics_carry_each_decision_as_in_postgres(
+def test_decisions_and_alerts_topics_carry_each_decision_as_in_postgres_and_gc_is_tuned(
     serve_app: str, topic_settings: Settings, new_topic: Callable[..., str], group_id: str
 ) -> None:
     s = with_topics(
@@ -202,7 +202,14 @@ def test_decisions_and_alerts_topics_carry_each_decision_as_in_postgres(
         alerts_topic=new_topic("alerts", partitions=1),
     )
     ids = [r["transaction_id"] for r in produce(s, 3_000, users=300)]
-    ConsumerPool(s, 1, group_id).drain(timeout=300)
+    pool = ConsumerPool(s, 1, group_id)
+    # The actor's batch garbage is not walked with everything Ray and the clients loaded.
+    threshold, frozen = ray.get(
+        pool.actors[0].__ray_call__.remote(lambda _self: (gc.get_threshold(), gc.get_freeze_count()))
+    )
+    assert threshold == GC_THRESHOLD
+    assert frozen > 10_000  # Ray, numpy, pandas, the Kafka/Redis/PostgreSQL clients
+    pool.drain(timeout=300)
     with psycopg2.connect(s.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT transaction_id, user_id, scores, ensemble_score, is_fraud, model_version"
@@ -333,21 +340,6 @@ def test_warm_up_opens_serve_postgres_and_redis_before_the_first_batch(
         assert "consumer warm-up incomplete" in caplog.text
     finally:
         failing.close()
-
-
-def test_an_actor_freezes_its_start_up_heap_and_widens_the_young_generation(
-    serve_app: str, topic_settings: Settings, group_id: str
-) -> None:
-    """The batch loop's garbage is not walked with everything Ray and the clients loaded."""
-    pool = ConsumerPool(topic_settings, 1, group_id)
-    try:
-        threshold, frozen = ray.get(
-            pool.actors[0].__ray_call__.remote(lambda _self: (gc.get_threshold(), gc.get_freeze_count()))
-        )
-    finally:
-        pool.stop()
-    assert threshold == GC_THRESHOLD
-    assert frozen > 10_000  # Ray, numpy, pandas, the Kafka/Redis/PostgreSQL clients
 
 
 class _Msg:
