@@ -205,7 +205,7 @@ class ScoringLoop:
         # Offsets are committed behind the next batch (see _commit): one thread, so a
         # partition's commits stay in order; what was processed and is not committed yet.
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
-        self._in_flight: Future[dict[tuple[str, int], int]] | None = None
+        self._in_flight: Future[tuple[dict[tuple[str, int], int], float]] | None = None
         self._unsettled: dict[tuple[str, int], int] = {}
 
     async def warm_up(self) -> None:
@@ -422,8 +422,10 @@ class ScoringLoop:
             await self._commit(msgs)
         # Counted only once every sink succeeded, so a retried batch is not counted twice.
         if self.metrics is not None:
+            # the commit is recorded when it finishes (_settle), behind the next batch
+            batch_stages = [st for st in STAGES if st != "commit"]
             self.metrics.observe_batch(
-                stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in STAGES},
+                stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in batch_stages},
                 size=len(msgs), scored=len(batch.records), fraud=alerts,
                 dead_letters=[error for _m, error, _r in batch.rejects], latencies_s=latencies_s,
                 event_latencies_s=event_latencies_s,
@@ -503,10 +505,14 @@ class ScoringLoop:
     async def _settle(self) -> None:
         """Wait for the commit in flight; forget what it settled (raises what it raised)."""
         in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            for key, offset in (await asyncio.wrap_future(in_flight)).items():
-                if self._unsettled.get(key) == offset:  # not moved on by a later batch meanwhile
-                    del self._unsettled[key]
+        if in_flight is None:
+            return
+        settled, seconds = await asyncio.wrap_future(in_flight)
+        for key, offset in settled.items():
+            if self._unsettled.get(key) == offset:  # not moved on by a later batch meanwhile
+                del self._unsettled[key]
+        if self.metrics is not None:  # recorded when it finishes, not with a batch
+            self.metrics.observe_stage("commit", seconds)
 
     async def flush_commits(self) -> None:
         """Commit everything processed now (when idle, before stopping)."""
@@ -515,29 +521,31 @@ class ScoringLoop:
             self._in_flight = self._committer.submit(self._commit_now, dict(self._unsettled))
             await self._settle()
 
-    def _commit_now(self, offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    def _commit_now(self, offsets: dict[tuple[str, int], int]) -> tuple[dict[tuple[str, int], int], float]:
         """Commit ``offsets`` of the partitions this member owns (in the committer thread).
-        Returns the offsets settled: committed, or of partitions it no longer owns (their new
-        owner re-reads them from the last committed offset; the idempotent sinks absorb it)."""
+        Returns the offsets settled (committed, or of partitions it no longer owns: their new
+        owner re-reads them from the last committed offset; the idempotent sinks absorb it) and
+        the seconds the commit took."""
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         mine = {key: offset for key, offset in offsets.items() if key in owned}
         gone = {key: offset for key, offset in offsets.items() if key not in owned}
         if not mine:
-            return gone
+            return gone, 0.0
+        t0 = time.perf_counter()
         try:
             with self.timed("commit"):
                 self.consumer.commit(
                     offsets=[TopicPartition(t, p, o) for (t, p), o in mine.items()], asynchronous=False
                 )
             self.stats.commits += 1
-            return offsets
+            return offsets, time.perf_counter() - t0
         except KafkaException as exc:
             if exc.args[0].code() not in _REBALANCE_CODES:
                 raise
             # The group moved partitions meanwhile: those still ours go with the next commit.
             log.warning("commit refused by a rebalance (%s); retried with the next commit", exc)
             self.stats.commit_conflicts += 1
-            return gone
+            return gone, time.perf_counter() - t0
 
     def refresh_lag(self, every_s: float = 5.0) -> None:
         """Records behind the high watermark per owned partition (at most every ``every_s``)."""

@@ -236,6 +236,12 @@ class PipelineMetrics:
         return values[np.isfinite(values)]
 
     # -- consumer actors: once per committed batch -------------------------------------------
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """One stage's seconds on their own: the offset commit, which finishes behind the next
+        batch (ingest/consumer.py), is recorded when it does. Zero is not recorded."""
+        if seconds > 0:
+            self.stage.observe(float(seconds), tags={"stage": self._stage(stage)})
+
     def observe_batch(
         self,
         *,
@@ -255,8 +261,7 @@ class PipelineMetrics:
             self.batch_size.observe(float(size))
             self.consumed.inc(size)
         for stage, seconds in stage_seconds.items():
-            if seconds > 0:
-                self.stage.observe(float(seconds), tags={"stage": self._stage(stage)})
+            self.observe_stage(stage, seconds)
         if scored > 0:
             self.total.inc(scored)
             self.scored.inc(scored)

@@ -13,6 +13,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import fastavro
@@ -399,6 +400,8 @@ def test_a_batch_is_committed_behind_the_next_one_in_order(
     processed, and the next batch's commit waits for it (a partition's commits stay in order)."""
     loop, fake = committing
     fake.delay = 0.3
+    observed: list[tuple[str, float]] = []
+    loop.metrics = SimpleNamespace(observe_stage=lambda stage, s: observed.append((stage, s)))  # type: ignore[assignment]
 
     async def batches() -> tuple[float, float]:
         t0 = time.monotonic()
@@ -414,6 +417,8 @@ def test_a_batch_is_committed_behind_the_next_one_in_order(
     assert [c[0] for c in fake.calls] == [{("tx", 0): 11}, {("tx", 0): 21, ("tx", 1): 6}]
     assert fake.calls[1][1] >= fake.calls[0][2]  # one after the other, never side by side
     assert loop._unsettled == {} and loop.stats.commits == 2
+    # each commit's seconds reach the stage metric when it finishes, not with a batch
+    assert [stage for stage, _ in observed] == ["commit", "commit"] and min(s for _, s in observed) >= 0.3
 
 
 def test_a_failed_commit_fails_the_next_batch_and_its_offsets_go_with_the_retry(

@@ -197,6 +197,12 @@ def test_empty_batch_records_nothing_but_stages(recorded: PipelineMetrics) -> No
     assert _calls(recorded, "stage") == [("observe", 0.5, {"stage": "poll"})]
 
 
+def test_a_stage_on_its_own_is_recorded_unless_zero(recorded: PipelineMetrics) -> None:
+    recorded.observe_stage("commit", 0.007)
+    recorded.observe_stage("commit", 0.0)  # a flush with nothing of ours to commit
+    assert _calls(recorded, "stage") == [("observe", 0.007, {"stage": "commit"})]
+
+
 def test_set_lag_zeroes_partitions_lost_in_a_rebalance(recorded: PipelineMetrics) -> None:
     recorded.set_lag({0: 10, 1: 20})
     recorded.set_lag({1: 5, 2: 7})
