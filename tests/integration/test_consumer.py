@@ -224,8 +224,11 @@ def test_each_record_lands_where_it_belongs_malformed_and_poison_in_the_dlq(
 
 
 def _assert_outputs_match_postgres(s: Settings, ids: list[str]) -> None:
-    """Every decisions-topic message (keyed by the user) is its PostgreSQL decision row; the
-    alerts topic holds exactly the frauds. At least once, like every output topic."""
+    """Every decision in PostgreSQL was published as it is there, keyed by the user, and every
+    fraud among them alerted. The topics are at least once: a batch split or retried publishes
+    again, and one whose PostgreSQL write failed has published an attempt PostgreSQL never got
+    (a poison record's batch, before the split). A re-scored record can be decided differently
+    (docs/features.md, "Redelivered records"), so only the written attempt is compared."""
     with psycopg2.connect(s.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT transaction_id, user_id, scores, ensemble_score, is_fraud, model_version"
@@ -235,23 +238,18 @@ def _assert_outputs_match_postgres(s: Settings, ids: list[str]) -> None:
         rows = {r[0]: r for r in cur.fetchall()}
     conn.close()
     assert len(rows) == len(ids)
-    decisions = {}
-    # A batch that is split or retried publishes again, and one whose PostgreSQL write failed
-    # may have published already (a poison record's, before it was dead-lettered): the whole
-    # topic is read, and the decisions in PostgreSQL compared.
+    published: dict[str, list[dict[str, Any]]] = {}
     for m in _whole_topic(s, s.kafka.decisions_topic):
         d = json.loads(m.value())
         assert m.key() == d["user_id"].encode()
-        decisions[d["transaction_id"]] = d
-    assert rows.keys() <= decisions.keys()
+        published.setdefault(d["transaction_id"], []).append(d)
     for tx, (_, user, scores, score, is_fraud, version) in rows.items():  # scores: jsonb, a dict
-        assert decisions[tx] == {
+        assert {
             "transaction_id": tx, "user_id": user, "score": pytest.approx(score), "is_fraud": is_fraud,
             "model_version": version, "scores": pytest.approx(scores),
-        }  # fmt: skip
-    fraud = {tx for tx, r in rows.items() if r[4]}
-    alerts = _whole_topic(s, s.kafka.alerts_topic)
-    assert {json.loads(m.value())["transaction_id"] for m in alerts} & rows.keys() == fraud
+        } in published.get(tx, [])  # fmt: skip
+    alerted = {json.loads(m.value())["transaction_id"] for m in _whole_topic(s, s.kafka.alerts_topic)}
+    assert {tx for tx, r in rows.items() if r[4]} <= alerted
 
 
 def test_members_joining_and_leaving_lose_nothing(
