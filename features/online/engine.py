@@ -25,6 +25,14 @@ from features import catalogue as cat
 from features.kernel import MS_PER_DAY, NONE, NOT_APPLICABLE, RAW_KEYS, TxBatch, to_cents
 
 USER_RETAIN_MS = (cat.USER_SCAN_S + cat.ALLOWED_LATENESS_S) * 1000
+# A redelivered record (its batch applied, then retried, split or re-read after a crash) must be
+# scored as the first time: its running-state features (Welford before it, last-seen times
+# before it) cannot be undone from the state, so each applied record keeps them while it is
+# within 2 h (event time, plus lateness) of the user's high-water mark, the newest RECENT_CAP of
+# them: a live batch spans seconds, a store round at most 2 h. Kept a day, they cost the store
+# +485 B per user and ~12 % of its client CPU; 3 h, a fraction of that. docs/features.md.
+RECENT_MS = (2 * cat.HOUR + cat.ALLOWED_LATENESS_S) * 1000
+RECENT_CAP = 64
 NOVELTY_MS = cat.NOVELTY_HORIZON_S * 1000
 MINUTE_MS, HOUR_MIN, DAY_HOURS = 60_000, 60, 24
 _T_BITS = 2**42  # event ms < 2**42 (year 2109): (entity, time) fits one int64 key
@@ -50,6 +58,9 @@ class UserState:
     country: list[str] = field(default_factory=list)
     txid: list[str] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
+    # tx id -> (event ms, n, mean, m2, last seen device, country, merchant) as the record was
+    # scored when applied: what a redelivery of it is scored with (RECENT_MS)
+    recent: dict[str, tuple[float, ...]] = field(default_factory=dict)
     version: bytes = b""  # of the stored value; b"" when there was none
 
     @classmethod
@@ -62,14 +73,16 @@ class UserState:
             n=b[0], mean=b[1], m2=b[2], hwm=b[3], lt=b[4], ltx=b[5],
             t=np.frombuffer(b[6], np.int64), amount=np.frombuffer(b[7], np.float64),
             lat=np.frombuffer(b[8], np.float64), lon=np.frombuffer(b[9], np.float64),
-            country=b[10], txid=b[11], seen=dict(zip(b[12], b[13], strict=True)), version=value[:8],
+            country=b[10], txid=b[11], seen=dict(zip(b[12], b[13], strict=True)),
+            recent=dict(zip(b[14], map(tuple, b[15]), strict=True)) if len(b) > 14 else {},  # older: none
+            version=value[:8],
         )  # fmt: skip
 
     def encode(self) -> bytes:
         body = msgpack.packb(
             [self.n, self.mean, self.m2, self.hwm, self.lt, self.ltx, self.t.tobytes(),
              self.amount.tobytes(), self.lat.tobytes(), self.lon.tobytes(), self.country, self.txid,
-             list(self.seen), list(self.seen.values())],
+             list(self.seen), list(self.seen.values()), list(self.recent), list(self.recent.values())],
             use_bin_type=True,
         )  # fmt: skip
         # The version is the content's digest: a CAS on it cannot be fooled by another writer
@@ -276,10 +289,8 @@ def compute(
         new = touched.get(u)
         cur = new or st
         before[i] = count[u]
-        welford[i] = (cur.n, cur.mean, cur.m2)
         keys = _novelty_keys(batch, i)
-        seen = cur.seen
-        seen_out[i] = [NOT_APPLICABLE if key is None else seen.get(key, NONE) for key in keys]
+        welford[i], seen_out[i] = _running_before(cur, tx, keys)
         if not apply or tx in known[u]:
             continue
         hwm = cur.hwm
@@ -288,12 +299,13 @@ def compute(
         if kept[u] >= k_cap and hwm is not None and t <= hwm and not _fits(st, added[u], t, tx):
             continue  # older than every retained event of a user at the cap
         if new is None:
-            new = touched[u] = replace(st, seen=dict(st.seen))
+            new = touched[u] = replace(st, seen=dict(st.seen), recent=dict(st.recent))
         applied[i] = True
         known[u].add(tx)
         kept[u] = min(kept[u] + 1, k_cap)
         count[u] += 1
         added[u].append((t, tx))
+        new.recent[tx] = (t, *welford[i], *seen_out[i])
         if _fold_one(new, amt[i], t, tx, dict(zip(keys, seen_out[i], strict=True))):
             latest[u] = i
 
@@ -323,11 +335,30 @@ def _fold_all(touched: dict[int, UserState], h: _History) -> None:
         new.t, new.amount = h.t[a:b].copy(), h.amount[a:b].copy()
         new.lat, new.lon = h.lat[a:b].copy(), h.lon[a:b].copy()
         new.country, new.txid = h.country[a:b].tolist(), h.txid[a:b].tolist()
+        if new.recent:
+            recent_from = (new.hwm or 0) - RECENT_MS
+            recent = [(tx, r) for tx, r in new.recent.items() if r[0] >= recent_from]
+            if len(recent) > RECENT_CAP:
+                recent = sorted(recent, key=lambda kv: kv[1][0])[-RECENT_CAP:]
+            new.recent = dict(recent)
         horizon = (new.hwm or 0) - NOVELTY_MS
         seen = {k: v for k, v in new.seen.items() if v >= horizon}
         if len(seen) > cat.NOVELTY_CAP:
             seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-cat.NOVELTY_CAP :])
         new.seen = seen
+
+
+def _running_before(
+    cur: UserState, tx: str, keys: tuple[str | None, str, str]
+) -> tuple[tuple[float, float, float], list[float]]:
+    """A record's running-state features: the user's Welford state and last-seen times before
+    it; for a record applied already (a redelivery, a duplicate), those it was scored with when
+    it was applied, while the state keeps them (``RECENT_MS``)."""
+    kept = cur.recent.get(tx)
+    if kept is not None:
+        return (kept[1], kept[2], kept[3]), list(kept[4:])
+    seen = cur.seen
+    return (cur.n, cur.mean, cur.m2), [NOT_APPLICABLE if key is None else seen.get(key, NONE) for key in keys]
 
 
 def _running_raw(welford: list[tuple[float, float, float]], seen: list[list[float]]) -> dict[str, np.ndarray]:

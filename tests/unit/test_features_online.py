@@ -147,6 +147,37 @@ def test_rounds_and_redelivery_change_no_long_window(fake: ScriptRedis) -> None:
     assert state == {k[1:]: v for k, v in fake.kv.items() if k.startswith(b"w:")}
 
 
+def test_a_redelivered_record_is_scored_as_on_its_first_delivery(fake: ScriptRedis) -> None:
+    """Every feature, the running state too (lifetime count, z-score, novelty: the state that
+    already holds the record would count it), for a batch again, split in two, and a record
+    twice in one batch. Beyond 3 h of event time behind its user's newest event a record's
+    running features are no longer kept (``engine.RECENT_MS``): then only the windows are."""
+    start = datetime(2026, 1, 5, 12, tzinfo=UTC)  # 400 transactions 5 s apart: a live stream
+    records = [dict(r, event_time=start + timedelta(seconds=5 * i)) for i, r in enumerate(world(400, 1, 9))]
+    store = OnlineStore("redis://fake", namespace="r")
+    for i in range(0, len(records), 100):
+        part = records[i : i + 100]
+        first = store.update_and_compute(part)
+        np.testing.assert_array_equal(store.update_and_compute(part), first)
+        halves = np.vstack([store.update_and_compute(part[:50]), store.update_and_compute(part[50:])])
+        np.testing.assert_array_equal(halves, first)
+    twice = OnlineStore("redis://fake", namespace="d").update_and_compute(records[:10] + records[:10])
+    np.testing.assert_array_equal(twice[10:], twice[:10])
+
+
+def test_a_user_state_written_before_the_kept_running_features_still_decodes() -> None:
+    """States stored before each applied record kept its running features (2026-12-06) have
+    14 fields; they decode with nothing kept (a redelivery of their records is scored on the
+    current state, as then) and are written back in the new layout."""
+    state = engine.UserState(n=2.0, mean=10.0, m2=8.0, hwm=5, lt=5, ltx="t2", seen={"c:DE": 5})
+    state.recent = {"t2": (5, 1.0, 8.0, 0.0, -1.0, 4.0, -1.0)}
+    body = msgpack.unpackb(state.encode()[8:], raw=False)
+    old = b"\0" * 8 + msgpack.packb(body[:14], use_bin_type=True)
+    decoded = engine.UserState.decode(old)
+    assert decoded.recent == {} and decoded.n == 2.0 and decoded.seen == {"c:DE": 5}
+    assert engine.UserState.decode(state.encode()).recent == state.recent
+
+
 def test_a_latest_vector_of_the_layout_before_the_30_day_windows_still_decodes() -> None:
     old = store_module._RAW_KEYS_BEFORE_23
     assert set(old) < set(RAW_KEYS) and len(old) == 25
