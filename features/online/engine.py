@@ -32,7 +32,7 @@ USER_RETAIN_MS = (cat.USER_SCAN_S + cat.ALLOWED_LATENESS_S) * 1000
 # them: a live batch spans seconds, a store round at most 2 h. Kept a day, they cost the store
 # +485 B per user and ~12 % of its client CPU; 3 h, a fraction of that. docs/features.md.
 RECENT_MS = (2 * cat.HOUR + cat.ALLOWED_LATENESS_S) * 1000
-RECENT_CAP = 64
+RECENT_CAP = cat.USER_EVENTS_CAP  # every retained event of a heavy user (a bot): a batch may hold many
 NOVELTY_MS = cat.NOVELTY_HORIZON_S * 1000
 MINUTE_MS, HOUR_MIN, DAY_HOURS = 60_000, 60, 24
 _T_BITS = 2**42  # event ms < 2**42 (year 2109): (entity, time) fits one int64 key
