@@ -123,7 +123,7 @@ def json_floats(values: np.ndarray) -> list[str]:
     """Each value as ``json.dumps(float(value))`` writes it."""
     out = [repr(x) for x in np.asarray(values, dtype=np.float64).tolist()]
     for i in np.flatnonzero(~np.isfinite(values)).tolist():
-        out[i] = json.dumps(float(values[i]))
+        out[i] = _json_float(float(values[i]))
     return out
 
 

@@ -59,6 +59,7 @@ _REBALANCE_CODES = frozenset(
     {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
 )
 STAGES = ("poll", "decode", "features", "score", "sink_pg", "sink_kafka", "commit")
+_BATCH_STAGES = STAGES[:-1]  # the commit's seconds are recorded when it finishes, behind the next batch
 SCORE_TIMEOUT_S = 30.0
 DRIFT_EVERY_S = 10.0
 # Given the settings, the production models' training-window sample per feature (or None):
@@ -359,9 +360,10 @@ class ScoringLoop:
         tx_ids = [r["transaction_id"] for r in records]
         user_ids = [r["user_id"] for r in records]
         newest: dict[str, int] = {}  # user -> index of its latest record (event time, tx id)
-        for i, key in enumerate(zip(event_ms.tolist(), tx_ids, strict=True)):
+        keys = list(zip(event_ms.tolist(), tx_ids, strict=True))
+        for i, key in enumerate(keys):
             j = newest.get(user_ids[i])
-            if j is None or key > (event_ms[j], tx_ids[j]):
+            if j is None or key > keys[j]:
                 newest[user_ids[i]] = i
         # The JSON of every decision, built per batch (core.contracts): the per-model scores
         # (PostgreSQL's decisions.scores, /predict's copy), the decisions topic's message, and
@@ -422,10 +424,8 @@ class ScoringLoop:
             await self._commit(msgs)
         # Counted only once every sink succeeded, so a retried batch is not counted twice.
         if self.metrics is not None:
-            # the commit is recorded when it finishes (_settle), behind the next batch
-            batch_stages = [st for st in STAGES if st != "commit"]
             self.metrics.observe_batch(
-                stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in batch_stages},
+                stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in _BATCH_STAGES},
                 size=len(msgs), scored=len(batch.records), fraud=alerts,
                 dead_letters=[error for _m, error, _r in batch.rejects], latencies_s=latencies_s,
                 event_latencies_s=event_latencies_s,
@@ -500,6 +500,9 @@ class ScoringLoop:
             key = (m.topic(), m.partition())
             self._unsettled[key] = max(self._unsettled.get(key, 0), m.offset() + 1)
         await self._settle()
+        self._start_commit()
+
+    def _start_commit(self) -> None:
         self._in_flight = self._committer.submit(self._commit_now, dict(self._unsettled))
 
     async def _settle(self) -> None:
@@ -518,7 +521,7 @@ class ScoringLoop:
         """Commit everything processed now (when idle, before stopping)."""
         await self._settle()
         if self._unsettled:
-            self._in_flight = self._committer.submit(self._commit_now, dict(self._unsettled))
+            self._start_commit()
             await self._settle()
 
     def _commit_now(self, offsets: dict[tuple[str, int], int]) -> tuple[dict[tuple[str, int], int], float]:
@@ -533,19 +536,22 @@ class ScoringLoop:
             return gone, 0.0
         t0 = time.perf_counter()
         try:
-            with self.timed("commit"):
-                self.consumer.commit(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in mine.items()], asynchronous=False
-                )
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in mine.items()], asynchronous=False
+            )
             self.stats.commits += 1
-            return offsets, time.perf_counter() - t0
+            settled = offsets
         except KafkaException as exc:
             if exc.args[0].code() not in _REBALANCE_CODES:
                 raise
             # The group moved partitions meanwhile: those still ours go with the next commit.
             log.warning("commit refused by a rebalance (%s); retried with the next commit", exc)
             self.stats.commit_conflicts += 1
-            return gone, time.perf_counter() - t0
+            settled = gone
+        finally:
+            seconds = time.perf_counter() - t0
+            self.stats.stage_s["commit"] += seconds
+        return settled, seconds
 
     def refresh_lag(self, every_s: float = 5.0) -> None:
         """Records behind the high watermark per owned partition (at most every ``every_s``)."""
