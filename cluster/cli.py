@@ -653,6 +653,7 @@ def bench_cmd(
 
             url = f"http://{settings.serve.http_host}:{settings.serve.http_port}"
             app_ = e2e.RunningApp(url, api_key(settings))
+        _preflight(settings)  # a stopped stack is one line, not librdkafka retrying for minutes
         try:
             result = e2e.run(settings, config, log=console.print, app=app_)
         except FraudrayError as exc:

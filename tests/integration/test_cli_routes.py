@@ -45,8 +45,9 @@ def test_postgres_down_is_one_line(command: list[str]) -> None:
     _one_line_error(out, "PostgreSQL", "FRAUDRAY_POSTGRES_DSN")
 
 
-def test_consume_with_kafka_down_is_one_line(local_stack: Settings) -> None:
-    out = _fraudray("consume", "--actors", "1", env={"FRAUDRAY_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"})
+@pytest.mark.parametrize("command", [["consume", "--actors", "1"], ["bench", "--quick"]])
+def test_kafka_down_is_one_line(local_stack: Settings, command: list[str]) -> None:
+    out = _fraudray(*command, env={"FRAUDRAY_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"})
     _one_line_error(out, "Kafka", "FRAUDRAY_KAFKA_BOOTSTRAP")
 
 
