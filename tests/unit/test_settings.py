@@ -77,6 +77,8 @@ def test_env_overrides_reach_the_stack_services(clean_env: pytest.MonkeyPatch, t
     }  # fmt: skip
     assert services["redis"].log_file == tmp_path / "v" / "log" / "redis.log"
     assert "--port" in (cmd := services["redis"].command()) and cmd[cmd.index("--port") + 1] == "16379"
+    # the AOF is rewritten rarely: each user-state write is a few KB (docs/benchmarks.md)
+    assert cmd[cmd.index("--auto-aof-rewrite-min-size") + 1] == "1gb"
 
 
 def test_dotenv_file_is_read(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
