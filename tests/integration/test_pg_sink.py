@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -15,6 +16,7 @@ import psycopg2
 import pytest
 
 from core.contracts import DECISION_COLUMNS, TX_COLUMNS, DecisionRow, TxRow
+from core.db import apply_migrations
 from core.settings import Settings
 from ingest.sinks import COLUMN_TYPES, PostgresSink
 
@@ -188,3 +190,57 @@ def test_a_nul_character_fails_the_batch_and_writes_none_of_it(dsn: str, tag: st
         assert sink.write(tx, dec) == 6  # reconnected, the next batch goes on
     finally:
         sink.close()
+
+
+def test_writes_into_emptied_and_vacuumed_tables_scan_no_table_per_row(local_stack: Settings) -> None:
+    """Tables whose rows were all deleted and then vacuumed carry statistics of 0 rows. A
+    per-row check planned on those (a foreign key's) scanned ``transactions`` once per
+    decision, so a batch took longer the more the table held. On a database of its own: 20
+    batches of 200 rows may scan the table a few times, never once per row."""
+    pg = local_stack.postgres
+    admin = psycopg2.connect(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres")
+    admin.autocommit = True
+    database = f"sinkvac_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{database}" OWNER "{pg.user}"')
+    dsn = pg.dsn.get_secret_value().rsplit("/", 1)[0] + f"/{database}"
+    try:
+        apply_migrations(dsn)
+        tag = "vac-"
+        tx, dec = _rows(tag, 4_000)
+        sink = PostgresSink(dsn)
+        sink.write(tx, dec)
+        sink.close()
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DELETE FROM decisions")
+            cur.execute("DELETE FROM transactions")
+            cur.execute("VACUUM (ANALYZE) decisions, transactions")
+            cur.execute("SELECT reltuples FROM pg_class WHERE relname = 'transactions'")
+            assert cur.fetchone()[0] == 0  # the statistics a new session plans with
+
+            def scans() -> tuple[int, int]:
+                cur.execute("SELECT pg_stat_clear_snapshot()")
+                cur.execute(
+                    "SELECT n_tup_ins, seq_scan FROM pg_stat_user_tables WHERE relname = 'transactions'"
+                )
+                ins, seq = cur.fetchone()
+                return int(ins), int(seq)
+
+            inserted, seq_before = scans()
+            sink = PostgresSink(dsn)
+            for k in range(20):
+                assert sink.write(tx[k * 200 : (k + 1) * 200], dec[k * 200 : (k + 1) * 200]) == 200
+            sink.close()  # the server process ends and publishes its statistics
+            deadline = time.monotonic() + 10
+            while scans()[0] < inserted + 4_000 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            ins, seq_after = scans()
+        conn.close()
+        assert ins == inserted + 4_000
+        assert seq_after - seq_before < 20
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.close()
