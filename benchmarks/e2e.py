@@ -274,10 +274,13 @@ def paced_run(
             pool.stop()
             raise TimeoutError("consumer group never got every partition")
         time.sleep(0.5)
+    procs = services(settings)
+    before, t0 = procstat.snapshot(procs), time.time()
     sent, seconds = send_paced(
         FastTransactionProducer(s), iter(records), rate=rate, count=len(records), restamp=True
     )
     stats = pool.drain(timeout=600)
+    usage = procstat.usage(before, procstat.snapshot(procs), time.time() - t0)
     ids = [r["transaction_id"] for r in records[:sent]]
     checked = check(s, ids)
     checked["exactly_once"] = checked["exactly_once"] and sum(x["new_decisions"] for x in stats) == sent
@@ -295,6 +298,7 @@ def paced_run(
         "latency_ms": check(s, ids[warmup:])["latency_ms"] if warmup < sent else checked["latency_ms"],
         "by_second": latency_by_second(s, ids),
         "check": checked,
+        "processes": usage,  # the driver's share is the paced producer
         "load1": load1(),
     }
 
@@ -549,6 +553,7 @@ def run(
     }
     log(f"load average {report['machine']['load1_start']} on {report['machine']['cpus']} cores")
     t_all = time.monotonic()
+    report["vacuum_s"] = round(stages.vacuum(base), 1)
     was_connected = ray.is_initialized()
     if app is not None:  # before anything is created: no app, no topics to clean up
         attach(base, app)
