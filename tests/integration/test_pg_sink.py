@@ -220,25 +220,29 @@ def test_writes_into_emptied_and_vacuumed_tables_scan_no_table_per_row(local_sta
             cur.execute("SELECT reltuples FROM pg_class WHERE relname = 'transactions'")
             assert cur.fetchone()[0] == 0  # the statistics a new session plans with
 
-            def scans() -> tuple[int, int]:
-                cur.execute("SELECT pg_stat_clear_snapshot()")
-                cur.execute(
-                    "SELECT n_tup_ins, seq_scan FROM pg_stat_user_tables WHERE relname = 'transactions'"
-                )
-                ins, seq = cur.fetchone()
-                return int(ins), int(seq)
+            def scans(inserted: int) -> tuple[int, int]:
+                """(rows inserted, sequential scans) of ``transactions`` once the statistics
+                hold ``inserted`` rows: a closed session publishes its own when it ends."""
+                deadline = time.monotonic() + 10
+                while True:
+                    cur.execute("SELECT pg_stat_clear_snapshot()")
+                    cur.execute(
+                        "SELECT n_tup_ins, seq_scan FROM pg_stat_user_tables WHERE relname = 'transactions'"
+                    )
+                    ins, seq = cur.fetchone()
+                    if ins >= inserted or time.monotonic() > deadline:
+                        return int(ins), int(seq)
+                    time.sleep(0.2)
 
-            inserted, seq_before = scans()
+            assert scans(4_000)[0] == 4_000
+            _, seq_before = scans(4_000)
             sink = PostgresSink(dsn)
             for k in range(20):
                 assert sink.write(tx[k * 200 : (k + 1) * 200], dec[k * 200 : (k + 1) * 200]) == 200
-            sink.close()  # the server process ends and publishes its statistics
-            deadline = time.monotonic() + 10
-            while scans()[0] < inserted + 4_000 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            ins, seq_after = scans()
+            sink.close()
+            ins, seq_after = scans(8_000)
         conn.close()
-        assert ins == inserted + 4_000
+        assert ins == 8_000
         assert seq_after - seq_before < 20
     finally:
         with admin.cursor() as cur:
