@@ -271,6 +271,10 @@ class ConsumerSettings(_Section):
     # How long an idle consumer waits for a first record before it polls again (and serves
     # rebalances, pauses, its stop flag). A record that arrives ends the wait at once.
     poll_timeout_s: float = 0.1
+    # At most one offset commit per this many seconds while records keep coming (0: one per
+    # batch); an idle poll and a stop commit everything processed at once. Commits are
+    # cumulative and the sinks idempotent, so a crash only redelivers a little more.
+    commit_interval_s: float = 0.25
     fraud_threshold: float = 0.5
 
 

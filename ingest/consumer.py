@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -208,6 +209,7 @@ class ScoringLoop:
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._in_flight: Future[tuple[dict[tuple[str, int], int], float]] | None = None
         self._unsettled: dict[tuple[str, int], int] = {}
+        self._commit_started = -math.inf  # time.monotonic() of the last commit started
 
     async def warm_up(self) -> None:
         """Open what the first batch would otherwise open while its records wait: the Serve
@@ -499,10 +501,17 @@ class ScoringLoop:
         for m in msgs:
             key = (m.topic(), m.partition())
             self._unsettled[key] = max(self._unsettled.get(key, 0), m.offset() + 1)
+        if time.monotonic() - self._commit_started < self.settings.consumer.commit_interval_s:
+            # Not yet: these offsets go with a later commit. One that finished meanwhile is
+            # settled now, so its failure still fails this batch.
+            if self._in_flight is not None and self._in_flight.done():
+                await self._settle()
+            return
         await self._settle()
         self._start_commit()
 
     def _start_commit(self) -> None:
+        self._commit_started = time.monotonic()
         self._in_flight = self._committer.submit(self._commit_now, dict(self._unsettled))
 
     async def _settle(self) -> None:

@@ -382,9 +382,15 @@ class _Committing:
         self.calls.append(({(tp.topic, tp.partition): tp.offset for tp in offsets}, start, time.monotonic()))
 
 
-@pytest.fixture
-def committing(topic_settings: Settings) -> Iterator[tuple[ScoringLoop, _Committing]]:
-    loop = ScoringLoop(topic_settings, _RecordingScorer(), group_id=f"commit-{uuid.uuid4().hex[:8]}")
+@pytest.fixture(params=[0.0])
+def committing(
+    request: pytest.FixtureRequest, topic_settings: Settings
+) -> Iterator[tuple[ScoringLoop, _Committing]]:
+    """A loop whose consumer is a :class:`_Committing`; it commits at most every ``param`` s
+    (0: one commit per batch, as the tests below assume unless they ask otherwise)."""
+    consumer = topic_settings.consumer.model_copy(update={"commit_interval_s": request.param})
+    settings = topic_settings.model_copy(update={"consumer": consumer})
+    loop = ScoringLoop(settings, _RecordingScorer(), group_id=f"commit-{uuid.uuid4().hex[:8]}")
     fake = _Committing(loop.consumer, [("tx", 0), ("tx", 1)])
     loop.consumer = fake  # type: ignore[assignment]
     try:
@@ -419,6 +425,49 @@ def test_a_batch_is_committed_behind_the_next_one_in_order(
     assert loop._unsettled == {} and loop.stats.commits == 2
     # each commit's seconds reach the stage metric when it finishes, not with a batch
     assert [stage for stage, _ in observed] == ["commit", "commit"] and min(s for _, s in observed) >= 0.3
+
+
+@pytest.mark.parametrize("committing", [0.5], indirect=True)
+def test_commits_come_at_most_every_interval_and_an_idle_flush_sends_the_rest(
+    committing: tuple[ScoringLoop, _Committing],
+) -> None:
+    """Under a steady stream one commit per ``commit_interval_s``, of every offset processed
+    by then; the batches in between start none (the commits take Kafka's CPU); a flush (an
+    idle poll, a stop) commits what is left at once."""
+    loop, fake = committing
+
+    async def batches() -> None:
+        await loop._commit([_Msg("tx", 0, 10)])  # the first commit starts at once
+        await loop._commit([_Msg("tx", 0, 20)])  # within the interval: none
+        await loop._commit([_Msg("tx", 1, 5)])
+        assert len(fake.calls) <= 1 and loop._unsettled == {("tx", 0): 21, ("tx", 1): 6}
+        await asyncio.sleep(0.6)
+        await loop._commit([_Msg("tx", 0, 30)])  # the interval is over: all of it
+        await loop._commit([_Msg("tx", 1, 9)])
+        await loop.flush_commits()
+
+    asyncio.run(batches())
+    assert [c[0] for c in fake.calls] == [{("tx", 0): 11}, {("tx", 0): 31, ("tx", 1): 6}, {("tx", 1): 10}]
+    assert loop._unsettled == {}
+
+
+@pytest.mark.parametrize("committing", [0.5], indirect=True)
+def test_a_failed_commit_fails_a_batch_within_the_interval_too(
+    committing: tuple[ScoringLoop, _Committing],
+) -> None:
+    loop, fake = committing
+    fake.fail_with = [KafkaError._TRANSPORT]
+
+    async def batches() -> None:
+        await loop._commit([_Msg("tx", 0, 10)])
+        await asyncio.sleep(0.1)  # the commit has failed by now; the interval is not over
+        with pytest.raises(KafkaException):
+            await loop._commit([_Msg("tx", 1, 3)])
+        await loop.flush_commits()  # nothing lost: both offsets go with the next commit
+
+    asyncio.run(batches())
+    assert [c[0] for c in fake.calls] == [{("tx", 0): 11, ("tx", 1): 4}]
+    assert loop._unsettled == {}
 
 
 def test_a_failed_commit_fails_the_next_batch_and_its_offsets_go_with_the_retry(
