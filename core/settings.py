@@ -273,8 +273,9 @@ class ConsumerSettings(_Section):
     poll_timeout_s: float = 0.1
     # At most one offset commit per this many seconds while records keep coming (0: one per
     # batch); an idle poll and a stop commit everything processed at once. Commits are
-    # cumulative and the sinks idempotent, so a crash only redelivers a little more.
-    commit_interval_s: float = 0.25
+    # cumulative and the sinks idempotent, so a crash only redelivers a little more. 0 until a
+    # fault-suite failure seen with 0.25 is understood (docs/benchmarks.md).
+    commit_interval_s: float = 0.0
     fraud_threshold: float = 0.5
 
 
