@@ -497,7 +497,9 @@ class ScoringLoop:
         commit cost a batch ~5-7 ms on this box). A failed commit raises here, at the next
         batch (or at ``flush_commits``), into that batch's retry policy; its offsets stay
         unsettled and go with the next commit, so none is lost. Offsets are only ever
-        committed after every sink of their batch succeeded, as before."""
+        committed after every sink of their batch succeeded, as before. With
+        ``consumer.commit_interval_s`` > 0, a batch that ends within that interval of the last
+        commit's start starts none: its offsets go with a later commit or flush."""
         for m in msgs:
             key = (m.topic(), m.partition())
             self._unsettled[key] = max(self._unsettled.get(key, 0), m.offset() + 1)
