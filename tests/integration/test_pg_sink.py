@@ -15,6 +15,7 @@ from typing import Any
 import psycopg2
 import pytest
 
+from cluster import backup
 from core.contracts import DECISION_COLUMNS, TX_COLUMNS, DecisionRow, TxRow
 from core.db import apply_migrations
 from core.settings import Settings
@@ -197,13 +198,8 @@ def test_writes_into_emptied_and_vacuumed_tables_scan_no_table_per_row(local_sta
     per-row check planned on those (a foreign key's) scanned ``transactions`` once per
     decision, so a batch took longer the more the table held. On a database of its own: 20
     batches of 200 rows may scan the table a few times, never once per row."""
-    pg = local_stack.postgres
-    admin = psycopg2.connect(f"postgresql://postgres@127.0.0.1:{pg.port}/postgres")
-    admin.autocommit = True
     database = f"sinkvac_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{database}" OWNER "{pg.user}"')
-    dsn = pg.dsn.get_secret_value().rsplit("/", 1)[0] + f"/{database}"
+    dsn = backup.create_database(local_stack, database)
     try:
         apply_migrations(dsn)
         tag = "vac-"
@@ -234,8 +230,8 @@ def test_writes_into_emptied_and_vacuumed_tables_scan_no_table_per_row(local_sta
                         return int(ins), int(seq)
                     time.sleep(0.2)
 
-            assert scans(4_000)[0] == 4_000
-            _, seq_before = scans(4_000)
+            ins, seq_before = scans(4_000)
+            assert ins == 4_000
             sink = PostgresSink(dsn)
             for k in range(20):
                 assert sink.write(tx[k * 200 : (k + 1) * 200], dec[k * 200 : (k + 1) * 200]) == 200
@@ -245,6 +241,8 @@ def test_writes_into_emptied_and_vacuumed_tables_scan_no_table_per_row(local_sta
         assert ins == 8_000
         assert seq_after - seq_before < 20
     finally:
+        admin = psycopg2.connect(backup.dsn_for_database(dsn, "postgres", "postgres"))
+        admin.autocommit = True
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.close()
