@@ -147,6 +147,37 @@ class _Stage:
         self._sink[self._stage] += time.perf_counter() - self._t0
 
 
+def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
+    """The scoring consumer's librdkafka configuration (a member of ``group_id``, or of the
+    configured group)."""
+    k = settings.kafka
+    return k.client_config(
+        "consumer",
+        **{
+            "group.id": group_id or k.consumer_group,
+            # KIP-848 (Kafka 4): incremental rebalances driven by the broker. The classic
+            # protocol's cooperative-sticky assignor left retained partitions unfetched
+            # after a commit refused with ILLEGAL_GENERATION (librdkafka #4059).
+            "group.protocol": "consumer",
+            # Range, per topic: each member gets its share of `transactions` AND of
+            # `labels`. The broker's default (uniform) balances the total count only, and
+            # gave one of two actors all six label partitions and the other all the work.
+            "group.remote.assignor": "range",
+            "max.poll.interval.ms": 300_000,
+            # A fetch waits for this much or this long (ConsumerSettings): fewer, fuller
+            # fetches below capacity, where the broker's CPU went on near-empty ones.
+            "fetch.min.bytes": settings.consumer.fetch_min_bytes,
+            "fetch.wait.max.ms": settings.consumer.fetch_wait_max_ms,
+            # At most ~one batch of records per partition per fetch (default 1 MiB, ~5,000):
+            # the local queue then interleaves an actor's partitions, so every partition's
+            # offset moves every few batches. With 1 MiB a backlog was worked off one
+            # partition at a time and the last one waited ~12 s per partition ahead of it
+            # (fault suite: partitions first committed 0.1 / 11 / 24 / 36 s after a kill).
+            "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
+        },
+    )
+
+
 class ScoringLoop:
     """The per-batch pipeline, independent of Ray so it can be driven from any process."""
 
@@ -165,30 +196,7 @@ class ScoringLoop:
         self.scorer = scorer
         # The reader side of the Schema Registry: checks the subject, registers nothing.
         self.serde = TransactionSerde(registry_from_settings(settings), k.transactions_topic, role="consumer")
-        self.consumer = Consumer(
-            k.client_config(
-                "consumer",
-                **{
-                    "group.id": group_id or k.consumer_group,
-                    # KIP-848 (Kafka 4): incremental rebalances driven by the broker. The classic
-                    # protocol's cooperative-sticky assignor left retained partitions unfetched
-                    # after a commit refused with ILLEGAL_GENERATION (librdkafka #4059).
-                    "group.protocol": "consumer",
-                    # Range, per topic: each member gets its share of `transactions` AND of
-                    # `labels`. The broker's default (uniform) balances the total count only, and
-                    # gave one of two actors all six label partitions and the other all the work.
-                    "group.remote.assignor": "range",
-                    "max.poll.interval.ms": 300_000,
-                    "fetch.wait.max.ms": 100,
-                    # At most ~one batch of records per partition per fetch (default 1 MiB, ~5,000):
-                    # the local queue then interleaves an actor's partitions, so every partition's
-                    # offset moves every few batches. With 1 MiB a backlog was worked off one
-                    # partition at a time and the last one waited ~12 s per partition ahead of it
-                    # (fault suite: partitions first committed 0.1 / 11 / 24 / 36 s after a kill).
-                    "max.partition.fetch.bytes": PARTITION_FETCH_BYTES,
-                },
-            )
-        )
+        self.consumer = Consumer(consumer_config(settings, group_id))
         # Labels ride in the same group: their rows land in PostgreSQL and their counts in the
         # online store's merchant risk, committed with the batch like everything else.
         self.consumer.subscribe([k.transactions_topic, k.labels_topic])

@@ -86,3 +86,27 @@ def test_a_real_client_accepts_the_config() -> None:
     Producer(k.client_config("producer")).flush(0)
     Consumer(k.client_config("consumer")).close()
     AdminClient(k.client_config("admin"))
+
+
+def test_the_scoring_consumer_waits_for_fuller_fetches_as_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fetch waits for 64 KiB or 20 ms by default (fewer near-empty fetches below
+    capacity); both are settings, bounded, and the client takes them."""
+    from confluent_kafka import Consumer
+
+    from core.settings import ConsumerSettings
+    from ingest.consumer import consumer_config
+
+    for name in ("FRAUDRAY_CONSUMER_FETCH_MIN_BYTES", "FRAUDRAY_CONSUMER_FETCH_WAIT_MAX_MS"):
+        monkeypatch.delenv(name, raising=False)
+    conf = consumer_config(Settings(), "g")
+    assert conf["fetch.min.bytes"] == 65_536 and conf["fetch.wait.max.ms"] == 20
+    assert conf["group.id"] == "g" and conf["enable.auto.commit"] is False
+    monkeypatch.setenv("FRAUDRAY_CONSUMER_FETCH_MIN_BYTES", "1")
+    monkeypatch.setenv("FRAUDRAY_CONSUMER_FETCH_WAIT_MAX_MS", "100")
+    conf = consumer_config(Settings())
+    assert conf["fetch.min.bytes"] == 1 and conf["fetch.wait.max.ms"] == 100
+    assert conf["group.id"] == Settings().kafka.consumer_group
+    Consumer(conf).close()
+    for bad in ({"fetch_min_bytes": 0}, {"fetch_wait_max_ms": 0}, {"fetch_wait_max_ms": 5_000}):
+        with pytest.raises(ValueError):
+            ConsumerSettings(**bad)
