@@ -533,7 +533,10 @@ class FaultEnv:
                 assert not crashed, f"{name}: a consumer loop ended with an exception: {crashed}"
                 return drained(s, group)
 
-            wait_for(drained_without_crashes, DRAIN_TIMEOUT_S, "group committed every offset", 0.5)
+            try:
+                wait_for(drained_without_crashes, DRAIN_TIMEOUT_S, "group committed every offset", 0.5)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; {drain_state(pool, s, group)}") from None
             stats = pool.stop()
         finally:
             with contextlib.suppress(Exception):
@@ -554,6 +557,26 @@ class FaultEnv:
             fh.write(json.dumps(asdict(result)) + "\n")
         print(f"\nFAULT {json.dumps(asdict(result))}")
         return result, s, records
+
+
+def drain_state(pool: SpreadPool, settings: Settings, group_id: str) -> str:
+    """Where a drain that did not finish stands: per partition the committed offset and the
+    high watermark, and per actor what its loop counted (a flaky broker-restart run failed
+    here with nothing else to go on)."""
+    offsets = committed_offsets(settings, group_id)
+    behind = "offsets unknown"
+    if offsets is not None:
+        committed, high = offsets
+        behind = "committed/high " + ", ".join(f"p{p}: {c}/{high[p]}" for p, c in sorted(committed.items()))
+    keys = ("polled", "scored", "batches", "retries", "commits", "commit_conflicts", "last_batch_at", "lag")
+    actors = []
+    for actor in pool.actors:
+        try:
+            st = ray.get(actor.stats.remote(), timeout=10)
+            actors.append({k: st.get(k) for k in keys})
+        except Exception as exc:  # a dead or stuck actor is an answer too
+            actors.append({"error": f"{type(exc).__name__}: {exc}"[:200]})
+    return f"{behind}; actors: {actors}; now {time.time():.0f}"
 
 
 def count_lost_and_duplicated(settings: Settings, ids: list[str]) -> tuple[int, int]:
