@@ -182,6 +182,24 @@ def test_a_user_state_written_before_the_kept_running_features_still_decodes() -
     assert engine.UserState.decode(state.encode()).recent == state.recent
 
 
+def test_kept_records_are_stored_by_their_index_among_the_events_and_older_states_still_decode() -> None:
+    """A kept record that is a retained event goes as its index in ``txid`` (its id was stored
+    twice), one that is not by its id; states written with every id (2026-12-06) decode the same."""
+    kept = (5, 1.0, 8.0, 0.0, -1.0, 4.0, -1.0)
+    state = engine.UserState(
+        n=2.0, mean=10.0, m2=8.0, hwm=5, lt=5, ltx="t2", t=np.array([4, 5]), amount=np.array([8.0, 12.0]),
+        lat=np.array([1.0, 1.0]), lon=np.array([2.0, 2.0]), country=["DE", "DE"], txid=["t1", "t2"],
+        recent={"t2": kept, "t0": kept},
+    )  # fmt: skip
+    encoded = state.encode()
+    body = msgpack.unpackb(encoded[8:], raw=False)
+    assert body[14] == [1, "t0"]
+    assert engine.UserState.decode(encoded).recent == state.recent
+    by_id = b"\0" * 8 + msgpack.packb([*body[:14], list(state.recent), body[15]], use_bin_type=True)
+    assert engine.UserState.decode(by_id).recent == state.recent
+    assert len(encoded) < len(by_id)
+
+
 def test_a_latest_vector_of_the_layout_before_the_30_day_windows_still_decodes() -> None:
     old = store_module._RAW_KEYS_BEFORE_23
     assert set(old) < set(RAW_KEYS) and len(old) == 25
