@@ -98,8 +98,8 @@ class UserState:
             use_bin_type=True,
         )  # fmt: skip
         # The version is 8 random bytes, new with every write: a CAS on it is fooled only if
-        # another writer drew the same 64 bits (2**-64). A digest of the body did the same at
-        # ~5 µs per 2.6 KB state; getrandom(2) costs ~0.3 µs (docs/benchmarks.md).
+        # another writer drew the same 64 bits (2**-64), as a digest of the body was, for a
+        # fraction of a digest's cost (docs/benchmarks.md, "2026-12-07").
         return os.urandom(8) + body
 
 
