@@ -277,10 +277,8 @@ class ConsumerSettings(_Section):
     # fault-suite failure seen with 0.25 is understood (docs/benchmarks.md).
     commit_interval_s: float = 0.0
     # A fetch answers once it holds this much or has waited this long (librdkafka's
-    # fetch.min.bytes / fetch.wait.max.ms). With 1 byte every fetch came back with the few
-    # records that had arrived since the last, and below capacity the broker spent ~0.3 cores
-    # on those fetches at 2,000 tx/s; 64 KiB / 20 ms cut that by ~20 % and adds at most 20 ms
-    # to a record's wait (docs/benchmarks.md, "Fetches that wait").
+    # fetch.min.bytes / fetch.wait.max.ms): fewer, fuller fetches below capacity, for at most
+    # fetch_wait_max_ms more wait per record (docs/benchmarks.md, "2026-12-07").
     fetch_min_bytes: int = Field(default=65_536, ge=1)
     fetch_wait_max_ms: int = Field(default=20, ge=1, le=1_000)
     fraud_threshold: float = 0.5

@@ -561,8 +561,7 @@ class FaultEnv:
 
 def drain_state(pool: SpreadPool, settings: Settings, group_id: str) -> str:
     """Where a drain that did not finish stands: per partition the committed offset and the
-    high watermark, and per actor what its loop counted (a flaky broker-restart run failed
-    here with nothing else to go on)."""
+    high watermark, and per actor what its loop counted."""
     offsets = committed_offsets(settings, group_id)
     behind = "offsets unknown"
     if offsets is not None:
