@@ -601,6 +601,45 @@ class ScoringLoop:
         if self.metrics is not None:
             self.metrics.set_lag(lag)
 
+    async def run(
+        self,
+        should_stop: Callable[[], bool],
+        *,
+        max_batches: int | None = None,
+        stop_after_idle_s: float | None = None,
+        commit: bool = True,
+    ) -> None:
+        """Consume until ``should_stop()``, ``max_batches`` batches, or ``stop_after_idle_s``
+        with no data; commit what is processed when idle and before returning."""
+        await self.warm_up()
+        idle_since = time.monotonic()
+        while not should_stop():
+            msgs = await self.poll()
+            if msgs:
+                idle_since = time.monotonic()
+                await self.handle(msgs, commit=commit)
+                if max_batches is not None and self.stats.batches >= max_batches:
+                    break
+            elif not self.consumer.assignment():
+                idle_since = time.monotonic()  # still joining the group: not idle yet
+            else:
+                await self._flush_commits_or_keep(commit)  # nothing came: commit what is processed
+                if stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
+                    break
+            try:
+                await asyncio.to_thread(self.refresh_lag)
+            except KafkaException as exc:  # a watermark query timed out: lag is only a metric
+                log.warning("consumer lag not refreshed: %s", exc)
+        await self._flush_commits_or_keep(commit)
+
+    async def _flush_commits_or_keep(self, commit: bool) -> None:
+        if not commit:
+            return
+        try:
+            await self.flush_commits()
+        except KafkaException as exc:  # kept: committed with the next batch or the next flush
+            log.warning("offsets not committed yet: %s", exc)
+
     def close(self) -> None:
         """Close the clients (a commit still in flight finishes first; call ``flush_commits``
         before to commit what is processed)."""
@@ -623,6 +662,10 @@ GC_THRESHOLD = (50_000, 20, 100)
 # committed offsets, and whatever the dead one had half-written is absorbed by idempotency.
 # Spread over the nodes: Ray's default packs small actors onto one node until it is half busy,
 # and a pool is only faster than one actor where its members get cores of their own.
+# A shell around ScoringLoop: Ray ships this class's methods by value, and a class they name
+# whose module is not importable by its own name is re-created in the actor as a copy
+# (confluent-kafka's cimpl.KafkaException: `except KafkaException` here caught nothing).
+# ScoringLoop's methods come from the imported module, so the logic lives there.
 @ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")
 class ConsumerActor:
     """One member of the scoring consumer group."""
@@ -649,35 +692,10 @@ class ConsumerActor:
         self, *, max_batches: int | None = None, stop_after_idle_s: float | None = None, commit: bool = True
     ) -> dict[str, Any]:
         """Consume until ``stop()``, ``max_batches`` batches, or ``stop_after_idle_s`` with no data."""
-        await self.loop.warm_up()
-        idle_since = time.monotonic()
-        while not self._stop:
-            msgs = await self.loop.poll()
-            if msgs:
-                idle_since = time.monotonic()
-                await self.loop.handle(msgs, commit=commit)
-                if max_batches is not None and self.loop.stats.batches >= max_batches:
-                    break
-            elif not self.loop.consumer.assignment():
-                idle_since = time.monotonic()  # still joining the group: not idle yet
-            else:
-                await self._flush_commits(commit)  # nothing came: commit what is processed
-                if stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
-                    break
-            try:
-                await asyncio.to_thread(self.loop.refresh_lag)
-            except KafkaException as exc:  # a watermark query timed out: lag is only a metric
-                log.warning("consumer lag not refreshed: %s", exc)
-        await self._flush_commits(commit)
+        await self.loop.run(
+            lambda: self._stop, max_batches=max_batches, stop_after_idle_s=stop_after_idle_s, commit=commit
+        )
         return self.stats()
-
-    async def _flush_commits(self, commit: bool) -> None:
-        if not commit:
-            return
-        try:
-            await self.loop.flush_commits()
-        except KafkaException as exc:  # kept: committed with the next batch or the next flush
-            log.warning("offsets not committed yet: %s", exc)
 
     def stop(self) -> None:
         self._stop = True
