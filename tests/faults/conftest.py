@@ -170,6 +170,31 @@ class FaultRay:
     head_node_id: str = ""
     node_b_id: str = ""
 
+    def consumer_stacks(self) -> str:
+        """Every thread's Python stack in each consumer actor's process (py-spy): where a loop
+        that neither drains nor stops is waiting."""
+        pids = [
+            pid
+            for pid in sorted(cluster_pids(self.temp_dir, self.gcs_port))
+            if Path(f"/proc/{pid}/cmdline").exists()
+            and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ConsumerActor")
+        ]
+        spy = Path(sys.executable).with_name("py-spy")
+        dumps = []
+        for pid in pids:
+            try:
+                out = subprocess.run(
+                    [str(spy), "dump", "--pid", str(pid)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                    check=False,
+                )
+                dumps.append(f"pid {pid}:\n{out.stdout or out.stderr}")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                dumps.append(f"pid {pid}: no stack ({exc})")
+        return "consumer actors' stacks:\n" + ("\n".join(dumps) or "no consumer actor process found")
+
     def node_b_pids(self) -> set[int]:
         """The second node's raylet (it names its own metrics port) and everything under it."""
         table = process_table()
@@ -536,8 +561,12 @@ class FaultEnv:
             try:
                 wait_for(drained_without_crashes, DRAIN_TIMEOUT_S, "group committed every offset", 0.5)
             except AssertionError as exc:
-                raise AssertionError(f"{exc}; {drain_state(pool, s, group)}") from None
-            stats = pool.stop()
+                state = drain_state(pool, s, group)
+                raise AssertionError(f"{exc}; {state}; {self.ray.consumer_stacks()}") from None
+            try:
+                stats = pool.stop()
+            except ray.exceptions.GetTimeoutError as exc:
+                raise AssertionError(f"{name}: {exc}; {self.ray.consumer_stacks()}") from None
         finally:
             with contextlib.suppress(Exception):
                 pool.stop(timeout=30)
@@ -567,7 +596,10 @@ def drain_state(pool: SpreadPool, settings: Settings, group_id: str) -> str:
     if offsets is not None:
         committed, high = offsets
         behind = "committed/high " + ", ".join(f"p{p}: {c}/{high[p]}" for p, c in sorted(committed.items()))
-    keys = ("polled", "scored", "batches", "retries", "commits", "commit_conflicts", "last_batch_at", "lag")
+    keys = (
+        "polled", "scored", "batches", "retries", "commits", "commit_conflicts", "client_restarts",
+        "last_batch_at", "lag",
+    )  # fmt: skip
     actors = []
     for actor in pool.actors:
         try:
