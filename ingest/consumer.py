@@ -17,6 +17,7 @@ Failure policy, per batch:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import math
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import psycopg2
 import ray
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.contracts import (
     DecisionRow,
@@ -62,6 +63,12 @@ _REBALANCE_CODES = frozenset(
 STAGES = ("poll", "decode", "features", "score", "sink_pg", "sink_kafka", "commit")
 _BATCH_STAGES = STAGES[:-1]  # the commit's seconds are recorded when it finishes, behind the next batch
 SCORE_TIMEOUT_S = 30.0
+# An owned partition with records after its committed offset that the client has not delivered
+# one record of for this long is stuck (librdkafka #5586: an offset lookup refused by a moving
+# coordinator is never retried) and the client is replaced. A working client delivers a
+# partition's first records within a fetch round; a batch under backlog takes seconds.
+UNSTARTED_S = 30.0
+UNSTARTED_CHECK_EVERY_S = 5.0
 DRIFT_EVERY_S = 10.0
 # Given the settings, the production models' training-window sample per feature (or None):
 # injected by the composition root (cluster/), which may read the registry.
@@ -106,6 +113,7 @@ class ConsumerStats:
     commit_conflicts: int = 0  # commit refused by a rebalance: the new owner redelivers
     retries: int = 0  # transient failures survived by pausing and retrying
     splits: int = 0  # deterministic failures isolated by splitting a batch
+    client_restarts: int = 0  # Kafka clients replaced because an owned partition never started
     first_record_at: float = 0.0  # wall clock (s) of the first record polled
     last_batch_at: float = 0.0  # wall clock (s) of the last committed batch
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -189,17 +197,13 @@ class ScoringLoop:
         metrics: PipelineMetrics | None = None,
         drift_reference: DriftReference | None = None,
     ) -> None:
-        from confluent_kafka import Consumer
-
         k = settings.kafka
         self.settings = settings
         self.scorer = scorer
         # The reader side of the Schema Registry: checks the subject, registers nothing.
         self.serde = TransactionSerde(registry_from_settings(settings), k.transactions_topic, role="consumer")
-        self.consumer = Consumer(consumer_config(settings, group_id))
-        # Labels ride in the same group: their rows land in PostgreSQL and their counts in the
-        # online store's merchant risk, committed with the batch like everything else.
-        self.consumer.subscribe([k.transactions_topic, k.labels_topic])
+        self.group_id = group_id
+        self.consumer = self._subscribed_client()
         self.pg = PostgresSink(settings.postgres.dsn.get_secret_value())
         self.kafka_out = KafkaSink(producer_config(settings, **{"linger.ms": 5}))
         self.store = OnlineStore(settings.redis.urls())
@@ -218,6 +222,19 @@ class ScoringLoop:
         self._in_flight: Future[tuple[dict[tuple[str, int], int], float]] | None = None
         self._unsettled: dict[tuple[str, int], int] = {}
         self._commit_started = -math.inf  # time.monotonic() of the last commit started
+        # owned partition -> time.monotonic() it was first seen without a position (see unstarted)
+        self._unstarted_since: dict[tuple[str, int], float] = {}
+        self._unstarted_checked = 0.0
+        self._unstarted_check: asyncio.Future[list[TopicPartition]] | None = None
+        self._retries_seen = 0
+
+    def _subscribed_client(self) -> Consumer:
+        k = self.settings.kafka
+        consumer = Consumer(consumer_config(self.settings, self.group_id))
+        # Labels ride in the same group: their rows land in PostgreSQL and their counts in the
+        # online store's merchant risk, committed with the batch like everything else.
+        consumer.subscribe([k.transactions_topic, k.labels_topic])
+        return consumer
 
     async def warm_up(self) -> None:
         """Open what the first batch would otherwise open while its records wait: the Serve
@@ -630,6 +647,10 @@ class ScoringLoop:
                 await asyncio.to_thread(self.refresh_lag)
             except KafkaException as exc:  # a watermark query timed out: lag is only a metric
                 log.warning("consumer lag not refreshed: %s", exc)
+            await self._check_unstarted(commit)
+        if self._unstarted_check is not None:  # let it finish before the client may close
+            with contextlib.suppress(KafkaException):
+                await self._unstarted_check
         await self._flush_commits_or_keep(commit)
 
     async def _flush_commits_or_keep(self, commit: bool) -> None:
@@ -639,6 +660,72 @@ class ScoringLoop:
             await self.flush_commits()
         except KafkaException as exc:  # kept: committed with the next batch or the next flush
             log.warning("offsets not committed yet: %s", exc)
+
+    async def _check_unstarted(self, commit: bool) -> None:
+        """Start a check for unstarted partitions in a thread (its broker queries do not hold
+        up the batches), or act on the one that finished."""
+        check = self._unstarted_check
+        if check is None:
+            self._unstarted_check = asyncio.ensure_future(asyncio.to_thread(self.unstarted))
+            return
+        if not check.done():
+            return
+        self._unstarted_check = None
+        try:
+            stuck = check.result()
+        except KafkaException as exc:  # asked again at the next check
+            log.warning("unstarted partitions not checked: %s", exc)
+            return
+        if stuck:
+            await self.replace_client(stuck, commit=commit)
+
+    def unstarted(self, after_s: float = UNSTARTED_S) -> list[TopicPartition]:
+        """Owned partitions the client has delivered no record of for ``after_s`` while records
+        wait after their committed offset (at most every ``UNSTARTED_CHECK_EVERY_S``). Time spent
+        retrying a batch (partitions paused) does not count."""
+        now = time.monotonic()
+        if now - self._unstarted_checked < min(UNSTARTED_CHECK_EVERY_S, after_s):
+            return []
+        self._unstarted_checked = now
+        if self.stats.retries != self._retries_seen:  # paused meanwhile: start the clocks again
+            self._retries_seen = self.stats.retries
+            self._unstarted_since.clear()
+        since: dict[tuple[str, int], float] = {}
+        overdue = []
+        for tp in self.consumer.position(self.consumer.assignment()):
+            if tp.offset >= 0:
+                continue  # delivering
+            key = (tp.topic, tp.partition)
+            since[key] = self._unstarted_since.get(key, now)
+            if now - since[key] >= after_s:
+                overdue.append(TopicPartition(tp.topic, tp.partition))
+        self._unstarted_since = since
+        if not overdue:
+            return []
+        stuck = []
+        for tp in self.consumer.committed(overdue, timeout=10):
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            if high > (tp.offset if tp.offset >= 0 else low):
+                stuck.append(tp)
+            else:  # nothing waiting (an idle partition): asked again after another ``after_s``
+                self._unstarted_since[(tp.topic, tp.partition)] = now
+        return stuck
+
+    async def replace_client(self, stuck: list[TopicPartition], *, commit: bool = True) -> None:
+        """Commit what is processed, close the Kafka client (it leaves the group) and join
+        again with a new one: the group hands the partitions out again and their committed
+        offsets are looked up anew (restarting the consumer is what recovers librdkafka #5586).
+        Offsets a failed commit kept go with the new client's next commit."""
+        log.warning(
+            "partitions %s have records waiting and delivered none for %.0f s: replacing the Kafka client",
+            [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in stuck], UNSTARTED_S,
+        )  # fmt: skip
+        await self._flush_commits_or_keep(commit)
+        old = self.consumer
+        await asyncio.to_thread(old.close)
+        self.consumer = self._subscribed_client()
+        self._unstarted_since.clear()
+        self.stats.client_restarts += 1
 
     def close(self) -> None:
         """Close the clients (a commit still in flight finishes first; call ``flush_commits``
@@ -797,8 +884,6 @@ def group_lag(
     COORDINATOR_NOT_AVAILABLE) is asked again for up to ``retry_s`` seconds: CI's metrics test
     once failed on a single NOT_COORDINATOR from committed() while its consumer joined the
     group. Anything else, or a coordinator still missing after that, raises."""
-    from confluent_kafka import Consumer
-
     k = settings.kafka
     probe = Consumer(k.client_config("consumer", **{"group.id": group_id or k.consumer_group}))
     try:

@@ -489,6 +489,44 @@ def test_a_commit_refused_by_a_rebalance_keeps_the_partitions_still_owned(
     assert loop.stats.commit_conflicts == 1 and loop._unsettled == {}
 
 
+def test_a_partition_the_client_never_starts_is_found_and_a_new_client_delivers_it(
+    topic_settings: Settings,
+) -> None:
+    """An owned partition with records waiting that the client never delivers (librdkafka
+    #5586 after a broker restart; here, as a stand-in, the partitions are paused the moment
+    they are assigned) is reported once it has waited ``after_s``; partitions without
+    records are not. Replacing the client brings it back: the new one delivers every record."""
+    s = topic_settings
+    topic = s.kafka.transactions_topic
+    loop = ScoringLoop(s, _RecordingScorer(), group_id=f"unstarted-{uuid.uuid4().hex[:8]}")
+    try:
+        # the topics are empty: nothing is delivered while the group assigns all 6 + 2 partitions
+        _wait_for(lambda: not loop.consumer.consume(1, 0.5) and len(loop.consumer.assignment()) == 8, 60)
+        loop.consumer.pause(loop.consumer.assignment())
+        producer = Producer({"bootstrap.servers": s.kafka.bootstrap})
+        for i in range(20):
+            producer.produce(topic, value=f"record {i}".encode(), partition=3)
+        assert producer.flush(30) == 0
+
+        assert loop.unstarted(after_s=1.0) == []  # the clocks start
+        time.sleep(1.2)
+        stuck = loop.unstarted(after_s=1.0)
+        assert [(tp.topic, tp.partition) for tp in stuck] == [(topic, 3)]
+
+        asyncio.run(loop.replace_client(stuck))
+        assert loop.stats.client_restarts == 1
+        delivered: list[Any] = []
+        deadline = time.monotonic() + 60
+        while len(delivered) < 20 and time.monotonic() < deadline:
+            delivered += loop.consumer.consume(20, 0.5)
+        assert sorted(m.value() for m in delivered) == sorted(f"record {i}".encode() for i in range(20))
+        assert loop.unstarted(after_s=1.0) == []
+        time.sleep(1.2)
+        assert loop.unstarted(after_s=1.0) == []  # delivering now; the rest have nothing waiting
+    finally:
+        loop.close()
+
+
 def test_sinks_run_side_by_side_and_a_failure_waits_for_the_others(
     topic_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
