@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
@@ -82,6 +82,15 @@ class UserState:
             lat=np.frombuffer(b[8], np.float64), lon=np.frombuffer(b[9], np.float64),
             country=b[10], txid=txid, seen=dict(zip(b[12], b[13], strict=True)), recent=recent,
             version=value[:8],
+        )  # fmt: skip
+
+    def copy(self) -> UserState:
+        """A copy to fold new events into: its own ``seen`` and ``recent`` dicts; the arrays
+        and lists are shared, as folding replaces them rather than changing them in place.
+        (``dataclasses.replace`` did the same at ~3 % of the online store's client CPU.)"""
+        return UserState(
+            self.n, self.mean, self.m2, self.hwm, self.lt, self.ltx, self.t, self.amount, self.lat,
+            self.lon, self.country, self.txid, dict(self.seen), dict(self.recent), self.version,
         )  # fmt: skip
 
     def encode(self) -> bytes:
@@ -312,7 +321,7 @@ def compute(
         if kept[u] >= k_cap and hwm is not None and t <= hwm and not _fits(st, added[u], t, tx):
             continue  # older than every retained event of a user at the cap
         if new is None:
-            new = touched[u] = replace(st, seen=dict(st.seen), recent=dict(st.recent))
+            new = touched[u] = st.copy()
         applied[i] = True
         known[u].add(tx)
         kept[u] = min(kept[u] + 1, k_cap)
@@ -345,8 +354,8 @@ def _fold_all(touched: dict[int, UserState], h: _History) -> None:
     starts = np.maximum(firsts, ends - cat.USER_EVENTS_CAP)
     for u, a, b in zip(users.tolist(), starts.tolist(), ends.tolist(), strict=True):
         new = touched[u]
-        new.t, new.amount = h.t[a:b].copy(), h.amount[a:b].copy()
-        new.lat, new.lon = h.lat[a:b].copy(), h.lon[a:b].copy()
+        # views of the history's arrays: nothing writes to them, and encode copies them out
+        new.t, new.amount, new.lat, new.lon = h.t[a:b], h.amount[a:b], h.lat[a:b], h.lon[a:b]
         new.country, new.txid = h.country[a:b].tolist(), h.txid[a:b].tolist()
         if new.recent:
             recent_from = (new.hwm or 0) - RECENT_MS
