@@ -190,6 +190,28 @@ def group_id() -> str:
     return f"test-group-{uuid.uuid4().hex[:10]}"
 
 
+@pytest.fixture
+def consumer_pool() -> Iterator[Callable[..., Any]]:
+    """``ConsumerPool(...)`` whose actors the teardown kills if the test left any (a drain that
+    failed or timed out): a leaked pool goes on polling its group, with Ray restarting it, and
+    starved the tests after it of CPU until the session ended."""
+    from ingest.consumer import ConsumerPool
+
+    made: list[ConsumerPool] = []
+
+    def make(*args: Any, **kwargs: Any) -> ConsumerPool:
+        made.append(ConsumerPool(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for pool in made:
+        for actor in pool.actors:  # empty once the pool was stopped
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as exc:  # gone already is fine; anything else is reported
+                print(f"consumer_pool teardown: {exc!r}")
+
+
 _exit_status: list[int] = []
 
 

@@ -56,9 +56,11 @@ def topic_settings(local_stack: Settings, new_topic: Callable[..., str]) -> Sett
     )
 
 
-def test_three_actors_exactly_once(serve_app: str, topic_settings: Settings, group_id: str) -> None:
+def test_three_actors_exactly_once(
+    serve_app: str, topic_settings: Settings, group_id: str, consumer_pool: Callable[..., ConsumerPool]
+) -> None:
     s = topic_settings
-    pool = ConsumerPool(s, 3, group_id)
+    pool = consumer_pool(s, 3, group_id)
     # Let the group settle first, so that the parallelism check below is not a race. KIP-848
     # moves partitions incrementally: a member revokes one before another is given it, so
     # "every member has some" can hold while a partition is between owners (seen 1 run in 4).
@@ -74,11 +76,11 @@ def test_three_actors_exactly_once(serve_app: str, topic_settings: Settings, gro
 
 
 def test_killed_actor_restarts_and_nothing_is_lost(
-    serve_app: str, topic_settings: Settings, group_id: str
+    serve_app: str, topic_settings: Settings, group_id: str, consumer_pool: Callable[..., ConsumerPool]
 ) -> None:
     s = topic_settings
     ids = [r["transaction_id"] for r in produce(s, 50_000, users=5000)]
-    pool = ConsumerPool(s, 3, group_id)
+    pool = consumer_pool(s, 3, group_id)
     _wait_for(lambda: _scored(pool) > 5_000)
     ray.kill(pool.actors[0], no_restart=False)  # kill -9 of the worker; Ray restarts it
     pool.drain(timeout=600)
@@ -93,12 +95,12 @@ def private_postgres(topic_settings: Settings) -> Iterator[Settings]:
 
 
 def test_postgres_outage_pauses_and_resumes(
-    serve_app: str, private_postgres: Settings, group_id: str
+    serve_app: str, private_postgres: Settings, group_id: str, consumer_pool: Callable[..., ConsumerPool]
 ) -> None:
     s = private_postgres
     pg = stack.services(s)["postgres"]
     ids = [r["transaction_id"] for r in produce(s, 20_000, users=2000)]
-    pool = ConsumerPool(s, 2, group_id)
+    pool = consumer_pool(s, 2, group_id)
     _wait_for(lambda: _scored(pool) > 2_000)
     pg.stop()
     stopped_at = _scored(pool)
@@ -139,7 +141,11 @@ def _dlq_messages(settings: Settings) -> list[Any]:
 
 
 def test_each_record_lands_where_it_belongs_malformed_and_poison_in_the_dlq(
-    serve_app: str, topic_settings: Settings, new_topic: Callable[..., str], group_id: str
+    serve_app: str,
+    topic_settings: Settings,
+    new_topic: Callable[..., str],
+    group_id: str,
+    consumer_pool: Callable[..., ConsumerPool],
 ) -> None:
     """Malformed and poison records in the DLQ with their reason; every good one's decision in
     PostgreSQL, the decisions topic and, when fraud, the alerts topic."""
@@ -178,7 +184,7 @@ def test_each_record_lands_where_it_belongs_malformed_and_poison_in_the_dlq(
             producer.send_raw(poison["user_id"], producer.serde.encode(poison))
     producer.flush()
 
-    pool = ConsumerPool(s, 2, group_id)
+    pool = consumer_pool(s, 2, group_id)
     # The actor's batch garbage is not walked with everything Ray and the clients loaded.
     threshold, frozen = ray.get(
         pool.actors[0].__ray_call__.remote(lambda _self: (gc.get_threshold(), gc.get_freeze_count()))
@@ -239,11 +245,11 @@ def _assert_outputs_match_postgres(s: Settings, ids: list[str]) -> None:
 
 
 def test_members_joining_and_leaving_lose_nothing(
-    serve_app: str, topic_settings: Settings, group_id: str
+    serve_app: str, topic_settings: Settings, group_id: str, consumer_pool: Callable[..., ConsumerPool]
 ) -> None:
     s = topic_settings
     ids = [r["transaction_id"] for r in produce(s, 40_000, users=4000)]
-    pool = ConsumerPool(s, 1, group_id)
+    pool = consumer_pool(s, 1, group_id)
     _wait_for(lambda: _scored(pool) > 5_000)
     pool.add()
     _wait_for(lambda: _scored(pool) > 15_000)
@@ -255,7 +261,7 @@ def test_members_joining_and_leaving_lose_nothing(
 
 
 def test_labels_land_in_postgres_and_the_online_store(
-    serve_app: str, topic_settings: Settings, group_id: str
+    serve_app: str, topic_settings: Settings, group_id: str, consumer_pool: Callable[..., ConsumerPool]
 ) -> None:
     """The group reads the labels topic too: valid labels become `labels` rows (first label
     wins) and merchant-risk counts; a malformed one goes to the DLQ with its reason; the
@@ -274,7 +280,7 @@ def test_labels_land_in_postgres_and_the_online_store(
     raw.produce(s.kafka.labels_topic, key=b"x", value=bad)
     raw.flush(10)
 
-    stats = ConsumerPool(s, 1, group_id).drain(timeout=300)
+    stats = consumer_pool(s, 1, group_id).drain(timeout=300)
     assert sum(x["scored"] for x in stats) == 2000
     assert sum(x["labels"] for x in stats) == 301
     with psycopg2.connect(s.postgres.dsn.get_secret_value()) as conn, conn.cursor() as cur:
