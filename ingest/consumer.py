@@ -751,8 +751,8 @@ GC_THRESHOLD = (50_000, 20, 100)
 # and a pool is only faster than one actor where its members get cores of their own.
 # A shell around ScoringLoop: Ray ships this class's methods by value, and a class they name
 # whose module is not importable by its own name is re-created in the actor as a copy
-# (confluent-kafka's cimpl.KafkaException: `except KafkaException` here caught nothing).
-# ScoringLoop's methods come from the imported module, so the logic lives there.
+# (confluent-kafka's cimpl.KafkaException is one: an `except KafkaException` here would catch
+# nothing). ScoringLoop's methods come from the imported module, so the logic lives there.
 @ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")
 class ConsumerActor:
     """One member of the scoring consumer group."""

@@ -87,7 +87,8 @@ class UserState:
     def copy(self) -> UserState:
         """A copy to fold new events into: its own ``seen`` and ``recent`` dicts; the arrays
         and lists are shared, as folding replaces them rather than changing them in place.
-        (``dataclasses.replace`` did the same at ~3 % of the online store's client CPU.)"""
+        Written out, not ``dataclasses.replace``, which costs more per touched user
+        (docs/benchmarks.md, "2026-12-07 (second session)")."""
         return UserState(
             self.n, self.mean, self.m2, self.hwm, self.lt, self.ltx, self.t, self.amount, self.lat,
             self.lon, self.country, self.txid, dict(self.seen), dict(self.recent), self.version,
