@@ -69,6 +69,7 @@ SCORE_TIMEOUT_S = 30.0
 # partition's first records within a fetch round; a batch under backlog takes seconds.
 UNSTARTED_S = 30.0
 UNSTARTED_CHECK_EVERY_S = 5.0
+LAG_EVERY_S = 5.0
 DRIFT_EVERY_S = 10.0
 # Given the settings, the production models' training-window sample per feature (or None):
 # injected by the composition root (cluster/), which may read the registry.
@@ -589,12 +590,8 @@ class ScoringLoop:
             self.stats.stage_s["commit"] += seconds
         return settled, seconds
 
-    def refresh_lag(self, every_s: float = 5.0) -> None:
-        """Records behind the high watermark per owned partition (at most every ``every_s``)."""
-        now = time.monotonic()
-        if now - self._lag_checked < every_s:
-            return
-        self._lag_checked = now
+    def refresh_lag(self) -> None:
+        """Records behind the high watermark per owned partition."""
         lag: dict[int, int] = {}
         owned = [
             tp for tp in self.consumer.assignment() if tp.topic == self.settings.kafka.transactions_topic
@@ -643,10 +640,14 @@ class ScoringLoop:
                 await self._flush_commits_or_keep(commit)  # nothing came: commit what is processed
                 if stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
                     break
-            try:
-                await asyncio.to_thread(self.refresh_lag)
-            except KafkaException as exc:  # a watermark query timed out: lag is only a metric
-                log.warning("consumer lag not refreshed: %s", exc)
+            # The periodic checks are timed here, on the loop: a batch pays no thread hop
+            # (~0.1 ms) for a check that is not due.
+            if time.monotonic() - self._lag_checked >= LAG_EVERY_S:
+                self._lag_checked = time.monotonic()
+                try:
+                    await asyncio.to_thread(self.refresh_lag)
+                except KafkaException as exc:  # a watermark query timed out: lag is only a metric
+                    log.warning("consumer lag not refreshed: %s", exc)
             await self._check_unstarted(commit)
         if self._unstarted_check is not None:  # let it finish before the client may close
             with contextlib.suppress(KafkaException):
@@ -666,7 +667,9 @@ class ScoringLoop:
         up the batches), or act on the one that finished."""
         check = self._unstarted_check
         if check is None:
-            self._unstarted_check = asyncio.ensure_future(asyncio.to_thread(self.unstarted))
+            if time.monotonic() - self._unstarted_checked >= UNSTARTED_CHECK_EVERY_S:
+                self._unstarted_checked = time.monotonic()
+                self._unstarted_check = asyncio.ensure_future(asyncio.to_thread(self.unstarted))
             return
         if not check.done():
             return
@@ -680,13 +683,10 @@ class ScoringLoop:
             await self.replace_client(stuck, commit=commit)
 
     def unstarted(self, after_s: float = UNSTARTED_S) -> list[TopicPartition]:
-        """Owned partitions the client has delivered no record of for ``after_s`` while records
-        wait after their committed offset (at most every ``UNSTARTED_CHECK_EVERY_S``). Time spent
-        retrying a batch (partitions paused) does not count."""
+        """Owned partitions the client has delivered no record of for ``after_s`` (counted
+        from the first check that saw each without a position) while records wait after their
+        committed offset. Time spent retrying a batch (partitions paused) does not count."""
         now = time.monotonic()
-        if now - self._unstarted_checked < min(UNSTARTED_CHECK_EVERY_S, after_s):
-            return []
-        self._unstarted_checked = now
         if self.stats.retries != self._retries_seen:  # paused meanwhile: start the clocks again
             self._retries_seen = self.stats.retries
             self._unstarted_since.clear()
