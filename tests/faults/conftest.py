@@ -170,15 +170,17 @@ class FaultRay:
     head_node_id: str = ""
     node_b_id: str = ""
 
+    def titled_pids(self, title: str) -> list[int]:
+        """Our cluster's live processes whose title starts with ``title`` (Ray names a worker
+        after what it runs: ``ray::ConsumerActor``, ``ray::ServeReplica:<app>:<deployment>``)."""
+        table = process_table()
+        ours = cluster_pids(self.temp_dir, self.gcs_port)
+        return sorted(pid for pid in ours if pid in table and table[pid][1].startswith(title))
+
     def consumer_stacks(self) -> str:
         """Every thread's Python stack in each consumer actor's process (py-spy): where a loop
         that neither drains nor stops is waiting."""
-        pids = [
-            pid
-            for pid in sorted(cluster_pids(self.temp_dir, self.gcs_port))
-            if Path(f"/proc/{pid}/cmdline").exists()
-            and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ConsumerActor")
-        ]
+        pids = self.titled_pids("ray::ConsumerActor")
         spy = Path(sys.executable).with_name("py-spy")
         dumps = []
         for pid in pids:

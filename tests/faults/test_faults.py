@@ -14,7 +14,6 @@ import struct
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -31,7 +30,6 @@ from tests.faults.conftest import (
     FaultEnv,
     SpreadPool,
     assert_exactly_once,
-    cluster_pids,
     kill_pids,
     unless_left_out,
     wait_for,
@@ -100,11 +98,7 @@ def test_kill_a_serve_replica(fault_env: FaultEnv) -> None:
     def inject(_pool: SpreadPool) -> dict[str, Any]:
         # Ray names a replica's process after it: ray::ServeReplica:<app>:<deployment>.
         title = f"ray::ServeReplica:{fault_env.stack.settings.serve.app_name}:{SCORER_DEPLOYMENT}"
-        pids = [
-            pid
-            for pid in cluster_pids(fault_env.ray.temp_dir, fault_env.ray.gcs_port)
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(title.encode())
-        ]
+        pids = fault_env.ray.titled_pids(title)
         assert pids, f"no live process titled {title}"
         os.kill(pids[0], signal.SIGKILL)  # the Serve controller starts a new replica
         return {"killed": title}
