@@ -14,6 +14,11 @@ from typing import Any
 from core.ray_client import ray_env
 
 os.environ.update(ray_env())  # token auth and Serve's fast path, before anything imports ray
+# The suite forks subprocesses (initdb, the stack, the CLI) while Ray's clients hold gRPC
+# channels; grpcio's fork handlers then start a poller in the child that can die on the fd
+# Popen closed before exec (grpc/grpc#43055), failing the subprocess. Nothing here uses gRPC
+# in a forked child, so the handlers are turned off (docs/reliability.md).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import threading
 
