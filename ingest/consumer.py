@@ -115,6 +115,7 @@ class ConsumerStats:
     retries: int = 0  # transient failures survived by pausing and retrying
     splits: int = 0  # deterministic failures isolated by splitting a batch
     client_restarts: int = 0  # Kafka clients replaced because an owned partition never started
+    store_reapplied: int = 0  # batches applied again: the online store lost state under them
     first_record_at: float = 0.0  # wall clock (s) of the first record polled
     last_batch_at: float = 0.0  # wall clock (s) of the last committed batch
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -228,6 +229,7 @@ class ScoringLoop:
         self._unstarted_checked = 0.0
         self._unstarted_check: asyncio.Future[list[TopicPartition]] | None = None
         self._retries_seen = 0
+        self._store_instance: tuple[str, ...] | None = None  # the online store's, at the last check
 
     def _subscribed_client(self) -> Consumer:
         k = self.settings.kafka
@@ -247,6 +249,7 @@ class ScoringLoop:
             await asyncio.wait_for(self.scorer.score.remote(empty, False), SCORE_TIMEOUT_S)
             await asyncio.to_thread(self.pg.connect)
             await asyncio.to_thread(self.store.ping)
+            self._store_instance = await asyncio.to_thread(self.store.instance)
         except Exception as exc:  # noqa: BLE001 - warming is an optimisation, never a reason to stop
             log.warning("consumer warm-up incomplete: %r", exc)
 
@@ -445,6 +448,8 @@ class ScoringLoop:
             batch = self._decode(msgs)
         latencies_s, event_latencies_s = await self._score(batch) if batch.records else (np.empty(0),) * 2
         new, alerts = await self._sink(batch)
+        if batch.records or batch.labels:
+            await self._keep_in_store(batch)
         if batch.latest:
             with self.timed("features"):  # the online store's stage: a write to it
                 await asyncio.to_thread(self._remember_decisions, batch.latest)
@@ -506,6 +511,29 @@ class ScoringLoop:
                 raise result
         assert isinstance(new, int) and isinstance(alerts, int)
         return new, alerts
+
+    async def _keep_in_store(self, batch: _Decoded) -> None:
+        """Make sure the online store still holds what this batch applied, now that PostgreSQL
+        has its rows. A store that lost its state (a restart without its data, a flush) is
+        refilled from PostgreSQL by features/rebuild.py, whose read may have begun before these
+        rows were there: so when the store is not the one of the last check, the batch's
+        transactions and labels are applied again (idempotent per id) to the one there is now.
+        Anything applied before a loss whose rows reached PostgreSQL before the check is then
+        in the store, or in PostgreSQL before the next loss (which its rebuild reads). A failure
+        here fails the batch into the retry policy like any sink."""
+        with self.timed("features"):
+            now = await asyncio.to_thread(self.store.instance)
+            if now == self._store_instance:
+                return
+            if self._store_instance is not None:
+                log.warning("online store changed under a batch of %d (restarted or flushed): "
+                            "applying it again", len(batch.records) + len(batch.labels))  # fmt: skip
+            if batch.records:
+                await asyncio.to_thread(self.store.update_and_compute, batch.records)
+            if batch.labels:
+                await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
+        self.stats.store_reapplied += 1
+        self._store_instance = now
 
     def _remember_decisions(self, latest: dict[str, tuple[str, str]]) -> None:
         """The users' latest decisions for GET /predict, once PostgreSQL has them. A cache: if

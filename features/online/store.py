@@ -35,6 +35,7 @@ from __future__ import annotations
 import abc
 import functools
 import itertools
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -128,6 +129,11 @@ class FeatureStore(abc.ABC):
     def apply_labels(self, labels: Sequence[Mapping[str, Any]]) -> int:
         """Count labels into merchant risk; returns how many were new."""
 
+    @abc.abstractmethod
+    def instance(self) -> tuple[str, ...]:
+        """Which stored state the store holds now: equal answers at two moments mean nothing
+        written in between was lost (no restart, flush or replacement came between them)."""
+
 
 class RedisOnlineStore(FeatureStore):
     """Feature state in Redis, computed in the caller: one read and one guarded write per batch."""
@@ -146,11 +152,12 @@ class RedisOnlineStore(FeatureStore):
         self._read = self.shards.register_script(lua("read.lua"))
         self._apply = self.shards.register_script(lua("apply.lua"))
         self._label_script = self.shards.register_script(lua("labels.lua"))
+        self._instance_script = self.shards.register_script(lua("instance.lua"))
 
     def ping(self) -> None:
         """Connect to every shard and load the scripts there now (not on a batch's first call)."""
         try:
-            for scripts in (self._read, self._apply, self._label_script):
+            for scripts in (self._read, self._apply, self._label_script, self._instance_script):
                 for client, script in zip(self.shards.clients, scripts, strict=True):
                     client.script_load(script.script)
         except redis.RedisError as exc:
@@ -430,6 +437,19 @@ class RedisOnlineStore(FeatureStore):
             return sum(int(n) for n in applied.values())
         except redis.RedisError as exc:
             raise store_error(exc) from exc
+
+    # -- lost state ------------------------------------------------------------------------------
+    def instance(self) -> tuple[str, ...]:
+        """Per shard, its token (``ns:instance``, created by the first caller to find none) and
+        its run id: a flush or a new data directory takes the token, any restart changes the
+        run id (a restart that kept its append-only file too: a needless but harmless redo)."""
+        key, token = f"{self.namespace}:instance", os.urandom(8).hex()
+        try:
+            ids = self.shards.run({s: functools.partial(script, keys=[key], args=[token])
+                                   for s, script in enumerate(self._instance_script)})  # fmt: skip
+        except redis.RedisError as exc:
+            raise store_error(exc) from exc
+        return tuple(ids[s].decode() if isinstance(ids[s], bytes) else str(ids[s]) for s in sorted(ids))
 
 
 OnlineStore = RedisOnlineStore  # the implementation the pipeline uses

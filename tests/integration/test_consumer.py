@@ -20,6 +20,7 @@ import fastavro
 import psycopg2
 import pytest
 import ray
+import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from cluster import stack
@@ -566,3 +567,57 @@ def test_sinks_run_side_by_side_and_a_failure_waits_for_the_others(
     at = dict(events)
     assert at["pg"] < at["flush end"] and at["flush start"] < at["flush end"] - 0.4  # side by side
     assert raised >= at["flush end"] and raised - t0 < 0.9  # waited for the flush, not longer
+
+
+def test_a_batch_the_store_lost_before_postgres_had_it_is_applied_again(
+    serve_app: str, topic_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The online store loses its state after a batch was applied to it and before the
+    batch's rows reached PostgreSQL (here a flush: the store's token and the batch's users'
+    keys are deleted), so a rebuild reading PostgreSQL meanwhile would miss them. The loop
+    finds the store changed once PostgreSQL has the rows and applies the batch again: every
+    user's state holds each of their transactions once."""
+    from ray import serve
+
+    from core.families import SCORER_DEPLOYMENT
+
+    s = topic_settings
+    records = produce(s, 400, users=20)
+    tag = records[0]["user_id"].rsplit("-", 1)[0]
+    url = s.redis.url.get_secret_value()
+    store = OnlineStore(url)
+    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
+    loop = ScoringLoop(s, scorer, group_id=f"lost-{uuid.uuid4().hex[:8]}")
+    real_write = loop.pg.write
+    losses: list[int] = []
+
+    def write_after_a_loss(*args: Any) -> int:
+        if not losses:  # the first batch: applied to the store, not yet in PostgreSQL
+            losses.append(store.drop_population(f"{tag}-"))
+            redis.Redis.from_url(url).delete(f"{store.namespace}:instance")
+        return int(real_write(*args))
+
+    monkeypatch.setattr(loop.pg, "write", write_after_a_loss)
+
+    async def consume_all() -> None:
+        await loop.warm_up()
+        deadline = time.monotonic() + 120
+        while loop.stats.scored < len(records):
+            assert time.monotonic() < deadline, f"scored {loop.stats.scored} of {len(records)}"
+            msgs = await loop.poll()
+            if msgs:
+                await loop.handle(msgs)
+
+    try:
+        asyncio.run(consume_all())
+    finally:
+        loop.close()
+    assert losses and losses[0] > 0  # the first batch's users had state, and lost it
+    by_user: dict[str, set[str]] = {}
+    for r in records:
+        by_user.setdefault(r["user_id"], set()).add(r["transaction_id"])
+    for user, ids in by_user.items():
+        state = store.user_state(user)
+        assert state is not None, user
+        assert sorted(state.txid) == sorted(ids), user
+    assert loop.stats.store_reapplied == 1  # that batch alone; the store stayed the same after

@@ -43,39 +43,32 @@ from tests.integration.test_features_store import (
 pytestmark = pytest.mark.integration
 
 
+def _redis_server(port: int, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private Redis on ``port``, no persistence, answering once this returns."""
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def second_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private Redis on a free port, no persistence; stopped at the end of the module."""
-    port = free_port()
-    workdir: Path = tmp_path_factory.mktemp("redis-shard")
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    proc, url = _redis_server(free_port(), tmp_path_factory.mktemp("redis-shard"))
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
         yield url
     finally:
         proc.terminate()
@@ -252,3 +245,31 @@ def test_a_shard_that_is_down_raises_store_unavailable(urls: list[str]) -> None:
         PredictCache([urls[0], dead]).read(down)
     with pytest.raises(StoreUnavailable):
         DecisionWriter([urls[0], dead]).write({down: ("t", "{}")})
+
+
+def test_the_store_instance_changes_when_any_shard_is_flushed_or_restarted(
+    urls: list[str], namespace: str, tmp_path: Path
+) -> None:
+    """``instance()`` answers the same until a shard may have lost what it held: a flushed
+    shard (its token gone) or a restarted one (a new run id) changes its part alone."""
+    store = OnlineStore(urls, namespace)
+    first = store.instance()
+    assert len(first) == 2 and store.instance() == first
+    redis.Redis.from_url(urls[1]).delete(f"{namespace}:instance")  # what FLUSHDB does to it
+    flushed = store.instance()
+    assert flushed[0] == first[0] and flushed[1] != first[1] and store.instance() == flushed
+
+    port = free_port()
+    proc, url = _redis_server(port, tmp_path)
+    try:
+        alone = OnlineStore(url, namespace)
+        before = alone.instance()
+        proc.terminate()
+        proc.wait(timeout=10)
+        with pytest.raises(StoreUnavailable):
+            alone.instance()
+        proc, _ = _redis_server(port, tmp_path)
+        assert alone.instance() != before
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
