@@ -574,6 +574,7 @@ class FaultEnv:
                 pool.stop(timeout=30)
         ids = [r["transaction_id"] for r in records]
         lost, duplicated = count_lost_and_duplicated(s, ids)
+        reapplied = sum(st["store_reapplied"] for st in stats)  # batches applied again: the store lost state
         result = FaultResult(
             fault=name,
             transactions=len(ids),
@@ -582,7 +583,7 @@ class FaultEnv:
             duplicated=duplicated,
             dead_lettered=sum(st["dead_lettered"] for st in stats),
             total_s=round(time.monotonic() - t_start, 1),
-            extra=extra | {"stream_s": round(stream.seconds, 1)},
+            extra=extra | {"stream_s": round(stream.seconds, 1), "store_reapplied": reapplied},
         )
         with REPORT.open("a") as fh:
             fh.write(json.dumps(asdict(result)) + "\n")
