@@ -8,9 +8,10 @@ As `fraudray bench` does: a private local Ray with the Serve app, a seeded backl
 topic (rows deleted afterwards), one consumer actor. py-spy samples the actor's process while it
 drains, idle frames included: the actor mostly waits on Redis (the features script), Serve and
 PostgreSQL, and those waits are what the graph must show. ``--cpu`` samples only while the actor
-runs on a CPU: what its own work costs. An ``--out`` ending in ``.txt`` gets py-spy's collapsed
-stacks (one line per stack with its sample count) instead of an SVG. Prints the actor's own µs/tx
-per stage next to it. The stack must be up (`fraudray stack up`).
+runs on a CPU: what its own work costs; ``--gil`` only the thread holding the GIL (the actor's
+threads wait for it, and those waits count as on-CPU otherwise). An ``--out`` ending in ``.txt``
+gets py-spy's collapsed stacks (one line per stack with its sample count) instead of an SVG.
+Prints the actor's own µs/tx per stage next to it. The stack must be up (`fraudray stack up`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="how long py-spy samples")
     ap.add_argument("--out", type=Path, default=Path("var/bench/consumer-actor-flame.svg"))
     ap.add_argument("--cpu", action="store_true", help="on-CPU samples only (no idle frames)")
+    ap.add_argument(
+        "--gil", action="store_true", help="samples of the thread holding the GIL only (no waits for it)"
+    )
     args = ap.parse_args(argv)
 
     from ingest.consumer import ConsumerPool, stage_us_per_tx, throughput
@@ -73,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         fmt = "raw" if args.out.suffix == ".txt" else "flamegraph"
-        cmd = [str(py_spy), "record", *([] if args.cpu else ["--idle"]), "--rate", "100",
+        cmd = [str(py_spy), "record", *([] if args.cpu or args.gil else ["--idle"]),
+               *(["--gil"] if args.gil else []), "--rate", "100",
                "--duration", str(int(args.seconds)), "--format", fmt, "--output", str(args.out),
                "--pid", str(pids[0])]  # fmt: skip
         spy = threading.Thread(target=subprocess.run, args=(cmd,), kwargs={"check": True})
