@@ -116,6 +116,7 @@ class ConsumerStats:
     splits: int = 0  # deterministic failures isolated by splitting a batch
     client_restarts: int = 0  # Kafka clients replaced because an owned partition never started
     store_reapplied: int = 0  # batches applied again: the online store lost state under them
+    state_cache_hits: int = 0  # user states the online store read from this consumer's cache
     first_record_at: float = 0.0  # wall clock (s) of the first record polled
     last_batch_at: float = 0.0  # wall clock (s) of the last committed batch
     stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
@@ -208,7 +209,7 @@ class ScoringLoop:
         self.consumer = self._subscribed_client()
         self.pg = PostgresSink(settings.postgres.dsn.get_secret_value())
         self.kafka_out = KafkaSink(producer_config(settings, **{"linger.ms": 5}))
-        self.store = OnlineStore(settings.redis.urls())
+        self.store = OnlineStore(settings.redis.urls(), cache_bytes=settings.consumer.state_cache_mb << 20)
         self.decisions = DecisionWriter(settings.redis.urls())
         self.stats = ConsumerStats()
         self.timed = _Timer(self.stats)
@@ -469,6 +470,7 @@ class ScoringLoop:
         self.stats.alerts += alerts
         self.stats.batches += 1
         self.stats.last_batch_at = time.time()
+        self.stats.state_cache_hits = self.store.cache_hits
 
     async def _sink(self, batch: _Decoded) -> tuple[int, int]:
         """PostgreSQL, the labels into the online store (its transactions are applied already)

@@ -33,6 +33,7 @@ every transaction is counted once, on its user's shard. One URL is the single Re
 from __future__ import annotations
 
 import abc
+import collections
 import functools
 import itertools
 import os
@@ -139,15 +140,30 @@ class RedisOnlineStore(FeatureStore):
     """Feature state in Redis, computed in the caller: one read and one guarded write per batch."""
 
     def __init__(
-        self, url: str | Sequence[str], namespace: str = "fr", *, round_size: int | None = None
+        self,
+        url: str | Sequence[str],
+        namespace: str = "fr",
+        *,
+        round_size: int | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         """``url``: one Redis, or several to shard users over (``RedisSettings.urls()``: the
         first is shard 0). ``round_size``: most records per read-compute-write round (None:
-        the whole batch)."""
+        the whole batch). ``cache_bytes``: how much of the user states this client wrote it
+        keeps, as stored (least recently written out first; 0: none). Then a read asks Redis
+        for a kept state's version alone (read.lua compares 8 bytes) and uses the kept copy while
+        it is the stored one: another writer, a lost write or a store that lost its state costs
+        a full read, never a stale state."""
         if round_size is not None and round_size < 1:
             raise ValueError("round_size must be at least 1")
+        if cache_bytes < 0:
+            raise ValueError("cache_bytes must be at least 0")
         self.namespace = namespace
         self.round_size = round_size
+        self.cache_bytes = cache_bytes
+        self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()  # user -> stored value
+        self.kept_bytes = 0  # bytes in _cache
+        self.cache_hits = 0  # user states read from the cache (Redis sent their version alone)
         self.shards = Shards(url)
         self._read = self.shards.register_script(lua("read.lua"))
         self._apply = self.shards.register_script(lua("apply.lua"))
@@ -260,9 +276,20 @@ class RedisOnlineStore(FeatureStore):
         # per shard: its users' state keys, and every merchant key (each shard holds the counters
         # and labels of its own users' transactions: the caller sums them)
         shard_users = {s: np.flatnonzero(user_shard == s) for s in range(len(self.shards))}
+        # the states this client wrote (read.lua answers true while they are the stored ones)
+        held = [self._cache.get(u) for u in users] if self._cache else [None] * len(users)
+        versions = [b"" if h is None else h[:8] for h in held]
         requests = {
             s: msgpack.packb(
-                [[self.state_key(users[u]) for u in idx.tolist()], mkeys, hkeys, lkeys, dkeys, lranges],
+                [
+                    [self.state_key(users[u]) for u in idx.tolist()],
+                    mkeys,
+                    hkeys,
+                    lkeys,
+                    dkeys,
+                    lranges,
+                    [versions[u] for u in idx.tolist()],
+                ],
                 use_bin_type=False,
             )
             for s, idx in shard_users.items()
@@ -278,7 +305,7 @@ class RedisOnlineStore(FeatureStore):
         for s, reply in replies.items():
             uvals, *merchant_part = msgpack.unpackb(reply, raw=True)
             for u, v in zip(shard_users[s].tolist(), uvals, strict=True):
-                states[u] = UserState.decode(v)
+                states[u] = UserState.decode(self._held(held[u]) if v is True else v)
             parts.append(
                 _merchant_part(merchant_part, len(merchants), len(minute_hours), len(days), len(day_blocks))
             )
@@ -299,7 +326,7 @@ class RedisOnlineStore(FeatureStore):
         if not apply or not result.new_states:
             return raw, []
         applied = np.flatnonzero(result.applied)
-        writes: dict[int, tuple[bytes, list[str]]] = {}
+        writes: dict[int, tuple[bytes, list[str], dict[str, bytes]]] = {}
         for s in range(len(self.shards)):
             mine = {u: v for u, v in result.new_states.items() if user_shard[u] == s}
             if mine:  # a shard without a user applied has nothing to write
@@ -314,7 +341,30 @@ class RedisOnlineStore(FeatureStore):
             )
         except redis.RedisError as exc:
             raise store_error(exc) from exc
-        return raw, [writes[s][1][int(i)] for s, f in failed.items() for i in f]
+        lost = [writes[s][1][int(i)] for s, f in failed.items() for i in f]
+        if self.cache_bytes:
+            self._keep({u: st for s, w in writes.items() if s not in failed or not failed[s]
+                        for u, st in w[2].items()}, lost)  # fmt: skip
+        return raw, lost
+
+    def _held(self, value: bytes | None) -> bytes:
+        """A kept state read.lua found to be the stored one (it names only those it was asked)."""
+        assert value is not None
+        self.cache_hits += 1
+        return value
+
+    def _keep(self, written: Mapping[str, bytes], lost: Sequence[str]) -> None:
+        """Keep the states just written as stored (version first) for the next read; forget
+        those of users whose guarded write failed; drop the least recently written beyond
+        ``cache_bytes``."""
+        cache = self._cache
+        for user in lost:
+            self.kept_bytes -= len(cache.pop(user, b""))
+        for user, value in written.items():
+            self.kept_bytes += len(value) - len(cache.pop(user, b""))
+            cache[user] = value
+        while self.kept_bytes > self.cache_bytes:
+            self.kept_bytes -= len(cache.popitem(last=False)[1])
 
     def _writes(
         self,
@@ -328,21 +378,26 @@ class RedisOnlineStore(FeatureStore):
         latest: Mapping[int, int],
         rows: np.ndarray,
         raw: np.ndarray,
-    ) -> tuple[bytes, list[str]]:
+    ) -> tuple[bytes, list[str], dict[str, bytes]]:
         """One shard's guarded write: the new state of its users (``new_states``), and the
-        counters and tx -> merchant maps of its applied records (``rows``); and the users in
-        the order apply.lua names a failed one."""
+        counters and tx -> merchant maps of its applied records (``rows``); the users in the
+        order apply.lua names a failed one; and per user the state as it will be stored (with
+        the version it is stored with)."""
         minute = batch.t_ms // engine.MINUTE_MS
         hour = minute // 60
         ns = self.namespace
         entries: list[Any] = []
         names: list[str] = []
+        stored: dict[str, bytes] = {}
         for u, new in new_states.items():
             user = str(users[u])
             i = latest.get(u, -1)
             packed = _pack_latest(batch, i, raw[i]) if i >= 0 else False
-            entries.append([self.state_key(user), new.version, new.encode(), self.latest_key(user), packed])
+            value = new.encode()
+            entries.append([self.state_key(user), new.version, value, self.latest_key(user), packed])
             names.append(user)
+            if self.cache_bytes:
+                stored[user] = value
         counters: list[list[Any]] = []
         # per (merchant, hour) the minutes' increments, per (merchant, day) the hours', per
         # (merchant, 32-day block) each day's count and amount sum (cents): one BITFIELD each
@@ -378,7 +433,7 @@ class RedisOnlineStore(FeatureStore):
         ttls = [_USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS, _DAY_TTL_MS]
         payload = [*ttls, entries, counters, list(maps.values())]
         # raw (str) types: the scripts' cmsgpack predates msgpack's bin type
-        return msgpack.packb(payload, use_bin_type=False), names
+        return msgpack.packb(payload, use_bin_type=False), names, stored
 
     def read_latest(self, user_id: str) -> np.ndarray | None:
         try:

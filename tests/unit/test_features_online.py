@@ -37,14 +37,14 @@ class ScriptRedis:
         self.ttl: dict[bytes, int] = {}
 
     def register_script(self, source: str) -> Any:
-        if "GETRANGE" in source:
-            return self._apply
         if "cmsgpack.pack({users" in source:
             return self._read
+        if "GETRANGE" in source:
+            return self._apply
         return lambda **_: 0
 
     def _read(self, keys: list[str], args: list[bytes]) -> bytes:
-        ukeys, mkeys, hkeys, lkeys, dkeys, ranges = msgpack.unpackb(args[0], raw=True)
+        ukeys, mkeys, hkeys, lkeys, dkeys, ranges, _cached = msgpack.unpackb(args[0], raw=True)
 
         def mget(ks: list[bytes]) -> list[bytes | bool]:
             return [self.kv.get(k, False) for k in ks]

@@ -1,13 +1,16 @@
 -- Read a batch's stored state in one round trip; no arithmetic here (the actors compute).
 -- ARGV[1]: msgpack [user state keys, minute-counter keys, hour-counter keys, label zsets,
--- day-counter keys, label ranges] where label zsets are [labels zset, fraud zset] per merchant
--- and label ranges, per risk window, [core, edges]: core false or [min, max] (ZCOUNT bounds, as
--- strings: "(" excludes), edges a list of such bounds (ZRANGEBYSCORE).
+-- day-counter keys, label ranges, cached versions] where label zsets are [labels zset, fraud
+-- zset] per merchant, label ranges, per risk window, [core, edges]: core false or [min, max]
+-- (ZCOUNT bounds, as strings: "(" excludes), edges a list of such bounds (ZRANGEBYSCORE), and
+-- cached versions, per user key, the version of the state the caller holds ('' for none).
 -- Reply: msgpack [user values, minute-counter values, hour-counter values, per merchant
 -- {labels, fraud} each per risk window {core count, edge times}, day-counter values]
--- (counters false when missing; the caller pads them to their width).
+-- (counters false when missing; the caller pads them to their width). A user value is true
+-- when the stored state still carries the caller's version: its copy is the state.
 local req = cmsgpack.unpack(ARGV[1])
 local ukeys, mkeys, hkeys, lkeys, dkeys, ranges = req[1], req[2], req[3], req[4], req[5], req[6]
+local cached = req[7] or {}
 local call = redis.call
 
 -- MGET in slices: one redis.call per 1,000 keys, not one per key (the call is the cost)
@@ -42,7 +45,19 @@ local function windows(key)
   return out
 end
 
-local users = mget(ukeys)
+-- the users whose state the caller holds: their version (8 bytes) instead of the value
+local users, missing, at = {}, {}, {}
+for i = 1, #ukeys do
+  local v = cached[i]
+  if v and v ~= '' and call('GETRANGE', ukeys[i], 0, 7) == v then
+    users[i] = true
+  else
+    missing[#missing + 1] = ukeys[i]
+    at[#at + 1] = i
+  end
+end
+local values = mget(missing)
+for j = 1, #at do users[at[j]] = values[j] end
 local labels = {}
 for i = 1, #lkeys do
   labels[i] = {windows(lkeys[i][1]), windows(lkeys[i][2])}
