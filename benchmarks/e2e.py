@@ -233,6 +233,7 @@ def drain_run(
         "scored": sum(x["scored"] for x in stats),
         "batches": sum(x["batches"] for x in stats),
         "retries": sum(x["retries"] for x in stats),
+        "state_cache_hits": sum(x["state_cache_hits"] for x in stats),
         "us_per_tx": {k: round(v) for k, v in stage_us_per_tx(stats).items()},
         "check": checked,
         "processes": usage,
@@ -292,6 +293,7 @@ def paced_run(
         # what a batch is made of below capacity: its rows and each stage's milliseconds (poll
         # includes waiting for records, and the idle polls until the drain saw the end)
         "rows_per_batch": round(sum(x["scored"] for x in stats) / batches, 1),
+        "state_cache_hits": sum(x["state_cache_hits"] for x in stats),
         "ms_per_batch": {st: round(1e3 * sum(x["stage_s"][st] for x in stats) / batches, 1) for st in STAGES},
         "warmup": min(warmup, sent),
         "sent_per_s": round(sent / max(seconds, 1e-9), 1),

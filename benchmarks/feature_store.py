@@ -214,6 +214,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--keep", action="store_true", help="leave the keys in Redis")
     ap.add_argument(
+        "--state-cache-mb",
+        type=int,
+        default=0,
+        help="MiB of the user states it wrote the store keeps (the consumer's consumer.state_cache_mb)",
+    )
+    ap.add_argument(
         "--shards",
         default=None,
         help="more Redis URLs to shard users over, comma-separated (default: settings)",
@@ -225,7 +231,7 @@ def main() -> None:
         urls = [urls[0], *(u.strip() for u in args.shards.split(",") if u.strip())]
     args.instances = len(urls)
     ns = f"frbench{uuid.uuid4().hex[:8]}"
-    store = OnlineStore(urls, namespace=ns)
+    store = OnlineStore(urls, namespace=ns, cache_bytes=args.state_cache_mb << 20)
     clients = [redis.Redis.from_url(u) for u in urls]
     sim, start = _simulated(args.users, args.days, args.seed)
     end_ms = to_ms(start + timedelta(days=args.days))
@@ -244,6 +250,9 @@ def main() -> None:
         size, count = memory_by_class(clients, ns)
         report(run, args, ns, size, count)
         print(f"compute (no update) at batch {len(run.last)}: {compute_us:.1f} µs/tx")
+        if args.state_cache_mb:
+            kept = store.kept_bytes / 2**20
+            print(f"state cache: {store.cache_hits:,} user states read from it ({kept:.1f} MiB kept)")
     finally:
         if not args.keep:
             for r in clients:
