@@ -25,20 +25,30 @@ end
 
 -- A zset's arrivals per risk window: the core counted (every record's window holds it), the
 -- edges as times (only some records' windows hold them): a batch spanning seconds reads a few
--- times, not the merchant's 30 days of labels.
+-- times, not the merchant's 30 days of labels. An edge two windows share (the batch's own span,
+-- (t_min, t_max]) is read once.
 local function windows(key)
   local out = {}
   if call('EXISTS', key) == 0 then
     for w = 1, #ranges do out[w] = {0, {}} end
     return out
   end
+  local read = {}  -- "lo hi" -> the arrival times in that range
   for w = 1, #ranges do
     local core, edges = ranges[w][1], ranges[w][2]
     local n = core and call('ZCOUNT', key, core[1], core[2]) or 0
     local times = {}
     for e = 1, #edges do
-      local rows = call('ZRANGEBYSCORE', key, edges[e][1], edges[e][2], 'WITHSCORES')
-      for i = 2, #rows, 2 do times[#times + 1] = tonumber(rows[i]) end
+      local lo, hi = edges[e][1], edges[e][2]
+      local tag = lo .. ' ' .. hi
+      local got = read[tag]
+      if not got then
+        got = {}
+        local rows = call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES')
+        for i = 2, #rows, 2 do got[#got + 1] = tonumber(rows[i]) end
+        read[tag] = got
+      end
+      for i = 1, #got do times[#times + 1] = got[i] end
     end
     out[w] = {n, times}
   end
