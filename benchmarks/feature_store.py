@@ -24,6 +24,7 @@ if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
+import collections
 import heapq
 import os
 import statistics
@@ -81,6 +82,15 @@ def _redis_cpu(clients: list[redis.Redis]) -> np.ndarray:
     )
 
 
+def _calls(clients: list[redis.Redis]) -> collections.Counter[str]:
+    """Commands each Redis has run so far (scripts' inner calls included), summed by name."""
+    out: collections.Counter[str] = collections.Counter()
+    for r in clients:
+        for name, stat in r.info("commandstats").items():
+            out[name.removeprefix("cmdstat_")] += int(stat["calls"])
+    return out
+
+
 def _key_class(key: str, ns: str) -> str:
     parts = key[len(ns) + 1 :].split(":")
     if parts[0] == "u":
@@ -134,6 +144,8 @@ class Run:
     label_s: float = 0.0
     run_s: float = 0.0
     last: list[dict[str, Any]] = field(default_factory=list)
+    calls: collections.Counter[str] = field(default_factory=collections.Counter)  # over the timed days
+    calls_tx: int = 0  # transactions (labels too) those calls served
 
 
 def stream(
@@ -144,8 +156,13 @@ def stream(
     pending: list[tuple[int, str, bool]] = []  # (labelled_at ms, tx id, is_fraud)
     per_instance = np.zeros(len(clients))
     t_run = time.perf_counter()
+    calls0: collections.Counter[str] | None = None
     for part, lab_ms, lab_fraud in _batches(sim, batch, end_ms):
         t_last = to_ms(part[-1]["event_time"])
+        if calls0 is None and t_last >= measure_from:
+            calls0 = _calls(clients)
+        if calls0 is not None:
+            run.calls_tx += len(part)
         due = []
         while pending and pending[0][0] <= t_last:
             at, tx, fraud = heapq.heappop(pending)
@@ -167,6 +184,8 @@ def stream(
         for rec, at, fraud in zip(part, lab_ms, lab_fraud, strict=True):
             heapq.heappush(pending, (at, rec["transaction_id"], fraud))
     run.run_s = time.perf_counter() - t_run
+    if calls0 is not None:
+        run.calls = _calls(clients) - calls0
     run.busiest_cpu = float(per_instance.max())
     return run
 
@@ -191,6 +210,9 @@ def report(run: Run, args: argparse.Namespace, ns: str, size: dict[str, int], co
         busiest = run.busiest_cpu / run.timed_tx * 1e6
         print(f"  {args.instances} Redis instances: the busiest spent {busiest:.1f} µs/tx of its CPU")
     print(f"apply_labels: {run.label_s:.2f} s in total")
+    if run.calls_tx:
+        top = ", ".join(f"{name} {n / run.calls_tx:.2f}" for name, n in run.calls.most_common(8))
+        print(f"Redis commands per transaction over the timed days (labels' included): {top}")
     for c in sorted(size):
         print(
             f"  {c:16s} {count[c]:>8,} keys {size[c] / 1e6:10.2f} MB  {size[c] / max(count[c], 1):8.0f} B/key"
