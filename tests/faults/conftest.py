@@ -554,6 +554,7 @@ class FaultEnv:
             extra["partition_recovery_s"] = dict(sorted(moved.items()))
             stream.join(timeout=600)
             assert stream.error is None, stream.error
+            t_streamed = time.monotonic()
 
             def drained_without_crashes() -> bool:
                 crashed = pool.crashed_runs()
@@ -565,6 +566,7 @@ class FaultEnv:
             except AssertionError as exc:
                 state = drain_state(pool, s, group)
                 raise AssertionError(f"{exc}; {state}; {self.ray.consumer_stacks()}") from None
+            drain_s = time.monotonic() - t_streamed
             try:
                 stats = pool.stop()
             except ray.exceptions.GetTimeoutError as exc:
@@ -583,7 +585,14 @@ class FaultEnv:
             duplicated=duplicated,
             dead_lettered=sum(st["dead_lettered"] for st in stats),
             total_s=round(time.monotonic() - t_start, 1),
-            extra=extra | {"stream_s": round(stream.seconds, 1), "store_reapplied": reapplied},
+            extra=extra
+            | {
+                "stream_s": round(stream.seconds, 1),
+                "drain_s": round(drain_s, 1),  # from the stream's end to every offset committed
+                "store_reapplied": reapplied,
+                # Kafka clients a loop replaced for partitions they never started (librdkafka #5586)
+                "client_restarts": sum(st["client_restarts"] for st in stats),
+            },
         )
         with REPORT.open("a") as fh:
             fh.write(json.dumps(asdict(result)) + "\n")
