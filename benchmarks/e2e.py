@@ -213,10 +213,13 @@ def drain_run(
     procs = services(settings)
     before, t0 = procstat.snapshot(procs), time.time()
     pool = ConsumerPool(s, actors, f"bench-{uuid.uuid4().hex[:8]}")
+    warm = warm_point(pool, procs)
     stats = pool.drain(timeout=900)
-    wall = time.time() - t0
+    end = time.time()
+    wall = end - t0
     start = min((x["first_record_at"] for x in stats if x["first_record_at"]), default=t0)
-    usage = procstat.usage(before, procstat.snapshot(procs), wall)
+    after = procstat.snapshot(procs)
+    usage = procstat.usage(before, after, wall)
     ids = [r["transaction_id"] for r in records]
     checked = check(s, ids)
     del checked["latency_ms"]  # the backlog's event times are simulated: not a latency
@@ -237,7 +240,44 @@ def drain_run(
         "us_per_tx": {k: round(v) for k, v in stage_us_per_tx(stats).items()},
         "check": checked,
         "processes": usage,
+        "steady": steady_cpu(warm, after, end, sum(x["scored"] for x in stats)),
         "load1": load1(),
+    }
+
+
+Warm = tuple[dict[int, procstat.Proc], float, int]
+
+
+def warm_point(pool: Any, procs: dict[str, int], timeout_s: float = 30.0) -> Warm | None:
+    """The moment every consumer actor has polled its first records: a CPU snapshot, the wall
+    clock and the transactions scored by then. What the processes use from there on is the
+    pipeline's own CPU per transaction; from the pool's start it also holds the actors'
+    start-up (their imports, joining the group). None when not every actor got records within
+    ``timeout_s`` (more actors than partitions, a backlog drained before the last one joined)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stats = pool.stats()
+        if all(st["first_record_at"] for st in stats):
+            return procstat.snapshot(procs), time.time(), sum(st["scored"] for st in stats)
+        time.sleep(0.1)
+    return None
+
+
+def steady_cpu(warm: Warm | None, after: dict[int, procstat.Proc], end: float, scored: int) -> dict[str, Any]:
+    """µs of CPU per transaction per process group from ``warm`` to ``end`` (the transactions
+    scored in between), and the cores the box used meanwhile; {} without a warm point."""
+    if warm is None or scored <= warm[2]:
+        return {}
+    snap, t_warm, scored_before = warm
+    n = scored - scored_before
+    used = procstat.usage(snap, after, end - t_warm)
+    per_tx = {g: round(1e6 * u["cpu_s"] / n, 1) for g, u in used.items()}
+    return {
+        "transactions": n,
+        "seconds": round(end - t_warm, 2),
+        "cores": round(sum(u["cores"] for u in used.values()), 2),
+        "cpu_us_per_tx": per_tx,
+        "cpu_us_per_tx_total": round(sum(per_tx.values()), 1),
     }
 
 

@@ -57,3 +57,40 @@ def test_http_rows_show_the_endpoint_and_the_share_of_answers_that_were_the_stre
     assert "| `GET /predict` | 10 | 10 | 10 | 100 | 0 | 5.0 | 40.0 | 97 % | 1.0 |" in text
     assert "| `GET /predict` | 30 | 30 | 30 | 300 | 0 | 5.0 | 40.0 | – | 1.0 |" in text
     assert "| `POST /score` | 10 | 10 | 10 | 100 | 0 | 5.0 | 40.0 | – | 1.0 |" in text
+
+
+def test_cpu_per_transaction_counts_from_the_warm_point_only() -> None:
+    """The actors' start-up (imports, joining the group) is CPU before the warm point: it shows
+    in the drain's CPU seconds, not in its µs per transaction."""
+    from benchmarks.e2e import steady_cpu
+    from benchmarks.procstat import Proc
+
+    warm = ({1: Proc("consumer actors", 2.0, 0), 2: Proc("redis", 0.5, 0)}, 100.0, 1_000)
+    after = {1: Proc("consumer actors", 3.0, 0), 2: Proc("redis", 0.9, 0), 3: Proc("kafka", 0.1, 0)}
+    steady = steady_cpu(warm, after, 102.0, 11_000)
+    assert steady["transactions"] == 10_000 and steady["seconds"] == 2.0
+    assert steady["cpu_us_per_tx"] == {"consumer actors": 100.0, "redis": 40.0, "kafka": 10.0}
+    assert steady["cpu_us_per_tx_total"] == 150.0 and steady["cores"] == 0.75
+    assert steady_cpu(None, after, 102.0, 11_000) == {}  # not every actor got records in time
+    assert steady_cpu(warm, after, 102.0, 1_000) == {}  # nothing scored after the warm point
+
+
+def test_the_process_table_shows_cpu_per_transaction_from_the_warm_point() -> None:
+    drain = _drain(2, 5000.0) | {
+        "processes": {
+            "consumer actors": {"processes": 2, "cores": 0.8, "cpu_s": 9.0, "rss_mib": 600.0},
+            "redis": {"processes": 1, "cores": 0.3, "cpu_s": 3.3, "rss_mib": 160.0},
+        },
+        "steady": {"transactions": 50_000, "seconds": 9.0, "cores": 1.7,
+                   "cpu_us_per_tx": {"consumer actors": 110.0}, "cpu_us_per_tx_total": 165.0},
+    }  # fmt: skip
+    report = {
+        "when": "2026-12-07T16:00:00+00:00",
+        "machine": {"cpus": 2, "cpu_model": "x", "commit": "abc", "load1_start": 1.0, "load1_end": 2.0},
+        "config": {"command": "fraudray bench", "count": 60000},
+        "drain": [drain],
+    }
+    text = markdown(report, "img/scaling.png")
+    assert "from the moment every actor had records: **165 µs** in all, 1.7 cores busy" in text
+    assert "| consumer actors | 2 | 0.8 | 9.0 | 110.0 | 600.0 |" in text
+    assert "| redis | 1 | 0.3 | 3.3 | – | 160.0 |" in text
