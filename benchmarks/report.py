@@ -31,6 +31,8 @@ def chart(report: dict[str, Any], png: Path) -> None:
         if report.get(section):
             value = report[section][key]
             ax.axhline(value, color=color, ls=style, lw=1, label=label.format(value))
+    top = max([r["tx_per_s"] for r in rows] + [report[s][k] for s, k, *_ in lines if report.get(s)])
+    ax.set_ylim(0, top * 1.15)  # room for the bars' labels and the legend
     ax.set_xlabel("consumer actors")
     ax.set_ylabel("scored + committed tx/s")
     m = report["machine"]
