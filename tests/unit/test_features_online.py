@@ -77,7 +77,7 @@ class ScriptRedis:
                 old = int.from_bytes(cell[start : start + width], "big", signed=kind[0] == "i")
                 cell[start : start + width] = (old + by).to_bytes(width, "big", signed=kind[0] == "i")
             self.kv[c[0]] = bytes(cell)
-            self.ttl[c[0]] = ttls[c[1]]
+            self.ttl[c[0]] = int(ttls[c[1]])  # PEXPIRE takes the TTL as text, as Redis parses it
         for m in maps:
             self.kv.setdefault(m[0], b"")
         return []

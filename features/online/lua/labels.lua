@@ -3,11 +3,14 @@
 -- for the merchant of its transaction, found in the day maps of the horizon before it; the
 -- first label of a transaction wins (ZADD NX), so re-applying labels changes nothing.
 local ns = ARGV[1]
-local LABEL_DAYS, RETAIN, M_TTL, MS_PER_DAY = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+-- (numbers go to redis.call as the caller's text where they can: Redis 7.0 formats a Lua number
+-- argument with snprintf per call)
+local LABEL_DAYS, RETAIN, M_TTL, MS_PER_DAY = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local function f(v) return string.format('%.17g', v) end
 local applied = 0
 for i = 6, #ARGV, 3 do
-  local txid, lab, fraud = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
+  local txid, lab_text, fraud = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
+  local lab = tonumber(lab_text)
   local day = math.floor(lab / MS_PER_DAY)
   local merchant = false
   for d = day, day - LABEL_DAYS, -1 do
@@ -16,9 +19,9 @@ for i = 6, #ARGV, 3 do
   end
   if merchant then
     local ml, mf = ns .. ':m:' .. merchant .. ':lab', ns .. ':m:' .. merchant .. ':fr'
-    if redis.call('ZADD', ml, 'NX', f(lab), txid) == 1 then
+    if redis.call('ZADD', ml, 'NX', lab_text, txid) == 1 then
       applied = applied + 1
-      if fraud then redis.call('ZADD', mf, f(lab), txid) end
+      if fraud then redis.call('ZADD', mf, lab_text, txid) end
       redis.call('ZREMRANGEBYSCORE', ml, '-inf', '(' .. f(lab - RETAIN))
       redis.call('ZREMRANGEBYSCORE', mf, '-inf', '(' .. f(lab - RETAIN))
       redis.call('PEXPIRE', ml, M_TTL)
