@@ -408,7 +408,7 @@ class RedisOnlineStore(FeatureStore):
         ):
             cells, n = np.unique((m_rows << 32 | bucket) * width + offset, return_counts=True)
             # every number as text: Redis 7.0 formats a Lua number argument with snprintf("%.17g")
-            # per call, ~3 % of its CPU in a drain when the counts and TTLs went as numbers
+            # per call (docs/benchmarks.md, "Numbers go to Redis as text")
             cell_ops = [
                 ["INCRBY", "u32", f"#{d}", str(k)]
                 for d, k in zip((cells % width).tolist(), n.tolist(), strict=True)
