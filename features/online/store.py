@@ -398,6 +398,9 @@ class RedisOnlineStore(FeatureStore):
             names.append(user)
             if self.cache_bytes:
                 stored[user] = value
+        # Every number goes as text (counts, sums, TTLs): Redis 7.0 turns a Lua number argument
+        # into text with snprintf("%.17g") per call, and in as few digits as it likes (a sum of
+        # cents as 1e+14) (docs/benchmarks.md, "Numbers go to Redis as text").
         counters: list[list[Any]] = []
         # per (merchant, hour) the minutes' increments, per (merchant, day) the hours', per
         # (merchant, 32-day block) each day's count and amount sum (cents): one BITFIELD each
@@ -407,8 +410,6 @@ class RedisOnlineStore(FeatureStore):
             ("hour", ":hc:", hour[rows] // 24, hour[rows] % 24, 32),
         ):
             cells, n = np.unique((m_rows << 32 | bucket) * width + offset, return_counts=True)
-            # every number as text: Redis 7.0 formats a Lua number argument with snprintf("%.17g")
-            # per call (docs/benchmarks.md, "Numbers go to Redis as text")
             cell_ops = [
                 ["INCRBY", "u32", f"#{d}", str(k)]
                 for d, k in zip((cells % width).tolist(), n.tolist(), strict=True)
@@ -421,8 +422,7 @@ class RedisOnlineStore(FeatureStore):
             o = np.argsort(keyed, kind="stable")
             cells, first, n = np.unique(keyed[o], return_index=True, return_counts=True)
             cents = np.add.reduceat(to_cents(batch.amount[rows])[o], first)
-            # per cell: INCRBY u32 #day count INCRBY i64 #(16 + day) cents, the sum as text
-            # (Redis formats a Lua number argument in as few digits as it likes, 1e+14)
+            # per cell: INCRBY u32 #day count INCRBY i64 #(16 + day) cents
             cell_ops = [
                 ["INCRBY", "u32", f"#{d}", str(k), "INCRBY", "i64", f"#{_DAY_COUNTS_BYTES // 8 + d}", str(c)]
                 for d, k, c in zip((cells % width).tolist(), n.tolist(), cents.tolist(), strict=True)

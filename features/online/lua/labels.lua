@@ -22,8 +22,9 @@ for i = 6, #ARGV, 3 do
     if redis.call('ZADD', ml, 'NX', lab_text, txid) == 1 then
       applied = applied + 1
       if fraud then redis.call('ZADD', mf, lab_text, txid) end
-      redis.call('ZREMRANGEBYSCORE', ml, '-inf', '(' .. f(lab - RETAIN))
-      redis.call('ZREMRANGEBYSCORE', mf, '-inf', '(' .. f(lab - RETAIN))
+      local before = '(' .. f(lab - RETAIN)
+      redis.call('ZREMRANGEBYSCORE', ml, '-inf', before)
+      redis.call('ZREMRANGEBYSCORE', mf, '-inf', before)
       redis.call('PEXPIRE', ml, M_TTL)
       redis.call('PEXPIRE', mf, M_TTL)
     end
