@@ -281,11 +281,12 @@ class ConsumerSettings(_Section):
     # fetch_wait_max_ms more wait per record (docs/benchmarks.md, "2026-12-07").
     fetch_min_bytes: int = Field(default=65_536, ge=1)
     fetch_wait_max_ms: int = Field(default=20, ge=1, le=1_000)
-    # MiB of the user states each consumer keeps as it wrote them: the online store's read then
-    # asks Redis for a kept state's 8-byte version instead of the state (OnlineStore cache_bytes;
-    # docs/features.md). A user's partition stays with one consumer, so most users it meets are
-    # its own from earlier batches. 0 turns it off.
-    state_cache_mb: int = Field(default=64, ge=0)
+    # MiB of memory the user states each consumer keeps as it wrote them may take (decoded):
+    # the online store's read then asks Redis for a kept state's 8-byte version instead of the
+    # state, and the consumer does not decode it again (OnlineStore cache_bytes; docs/features.md).
+    # A user's partition stays with one consumer, so most users it meets are its own from
+    # earlier batches. 0 turns it off.
+    state_cache_mb: int = Field(default=128, ge=0)
     fraud_threshold: float = 0.5
 
 

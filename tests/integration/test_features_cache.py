@@ -124,7 +124,7 @@ def test_the_cache_holds_at_most_cache_bytes_and_still_agrees(
     plain = OnlineStore(url, namespaces[1])
     assert np.array_equal(_run(small, records, 250), _run(plain, records, 250), equal_nan=True)
     assert small.cache_hits > 0 and 0 < len(small._cache) < 400
-    assert sum(map(len, small._cache.values())) == small.kept_bytes <= 20_000
+    assert sum(size for _, size in small._cache.values()) == small.kept_bytes <= 20_000
     assert _state(url, namespaces[0]) == _state(url, namespaces[1])
     with pytest.raises(ValueError, match="cache_bytes"):
         OnlineStore(url, namespaces[0], cache_bytes=-1)

@@ -169,6 +169,28 @@ def test_a_redelivered_record_is_scored_as_on_its_first_delivery(fake: ScriptRed
     np.testing.assert_array_equal(twice[10:], twice[:10])
 
 
+def test_a_kept_state_is_the_stored_one_decoded(fake: ScriptRedis) -> None:
+    """What a consumer keeps of the states it wrote (``cache_bytes``) and reads instead of
+    decoding them again is, field by field, the stored value decoded (its version included),
+    with arrays of its own; the footprints add up to ``kept_bytes`` within the bound."""
+    records = world(600, 3, 11)
+    store = OnlineStore("redis://fake", namespace="k", cache_bytes=1 << 20)
+    for i in range(0, len(records), 150):
+        store.update_and_compute(records[i : i + 150])
+    assert len(store._cache) == 25  # every user, each the latest written
+    for user, (kept, size) in store._cache.items():
+        value = fake.kv[store.state_key(user).encode()]
+        stored = engine.UserState.decode(value)
+        assert size == store_module._footprint(value)
+        for name in ("t", "amount", "lat", "lon"):
+            got, want = getattr(kept, name), getattr(stored, name)
+            assert np.array_equal(got, want, equal_nan=True) and got.dtype == want.dtype
+            assert got.base is None  # not a view of a batch's whole history
+        for name in ("n", "mean", "m2", "hwm", "lt", "ltx", "country", "txid", "seen", "recent", "version"):
+            assert getattr(kept, name) == getattr(stored, name), name
+    assert sum(size for _, size in store._cache.values()) == store.kept_bytes <= 1 << 20
+
+
 def test_a_user_state_written_before_the_kept_running_features_still_decodes() -> None:
     """States stored before each applied record kept its running features (2026-12-06) have
     14 fields; they decode with nothing kept (a redelivery of their records is scored on the
