@@ -97,9 +97,17 @@ class UserState:
     def encode(self) -> bytes:
         # The kept records' ids are the retained events' ids again (43 % of a state was the two
         # lists): each goes as its index in txid, a 1-2 byte int instead of a ~45-byte string.
+        # The kept records are the newest events: looked up from the end (the events are sorted
+        # by time), not through an index of all of them.
         recent: list[int | str] = []
         if self.recent:
-            at = {tx: i for i, tx in enumerate(self.txid)}
+            at: dict[str, int] = {}
+            txid = self.txid
+            for i in range(len(txid) - 1, -1, -1):
+                if txid[i] in self.recent and txid[i] not in at:
+                    at[txid[i]] = i
+                    if len(at) == len(self.recent):
+                        break
             recent = [at.get(tx, tx) for tx in self.recent]
         body = msgpack.packb(
             [self.n, self.mean, self.m2, self.hwm, self.lt, self.ltx, self.t.tobytes(),
