@@ -373,7 +373,9 @@ def _fold_all(touched: dict[int, UserState], h: _History) -> None:
                 recent = sorted(recent, key=lambda kv: kv[1][0])[-RECENT_CAP:]
             new.recent = dict(recent)
         horizon = (new.hwm or 0) - NOVELTY_MS
-        seen = {k: v for k, v in new.seen.items() if v >= horizon}
+        seen = new.seen  # rebuilt only when something fell behind the horizon (rarely)
+        if seen and min(seen.values()) < horizon:
+            seen = {k: v for k, v in seen.items() if v >= horizon}
         if len(seen) > cat.NOVELTY_CAP:
             seen = dict(sorted(seen.items(), key=lambda kv: kv[1])[-cat.NOVELTY_CAP :])
         new.seen = seen

@@ -135,6 +135,32 @@ def test_online_long_windows_equal_offline_over_40_days(fake: ScriptRedis) -> No
     assert {fake.ttl[k] for k in blocks} == {(32 * 86_400 + 3600) * 1000}
 
 
+def test_last_seen_times_beyond_the_novelty_horizon_are_pruned_and_count_as_new(fake: ScriptRedis) -> None:
+    """A device, country and merchant last seen more than the novelty horizon ago leave the
+    user's state at the next write, and meeting them again counts as new, as offline."""
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    base = world(1, 1)[0] | {"user_id": "u1", "device_id": "d-old", "country": "FR", "merchant_id": "m-old"}
+    later = start + timedelta(seconds=cat.NOVELTY_HORIZON_S + 86_400)
+    records = [
+        base | {"transaction_id": "a", "event_time": start},
+        base | {"transaction_id": "b", "event_time": later, "device_id": "d-new", "country": "DE",
+                "merchant_id": "m-new"},
+        base | {"transaction_id": "c", "event_time": later + timedelta(minutes=5)},
+    ]  # fmt: skip
+    store = OnlineStore("redis://fake", namespace="h")
+    online = np.vstack([store.update_and_compute([r]) for r in records])
+    assert_match(online, frame_from_records(records)[list(FEATURE_NAMES)].to_numpy())
+    state = engine.UserState.decode(fake.kv[store.state_key("u1").encode()])
+    assert "d:d-new" in state.seen and "m:m-new" in state.seen
+    assert {"d:d-old", "m:m-old"} <= set(state.seen)  # seen again by "c", at its time
+    assert state.seen["d:d-old"] == int(later.timestamp() * 1000) + 300_000
+    pruned = OnlineStore("redis://fake", namespace="p")
+    for r in records[:2]:
+        pruned.update_and_compute([r])
+    after_b = engine.UserState.decode(fake.kv[pruned.state_key("u1").encode()])
+    assert set(after_b.seen) == {"d:d-new", "c:DE", "m:m-new"}
+
+
 def test_rounds_and_redelivery_change_no_long_window(fake: ScriptRedis) -> None:
     records = world(600, days=35, seed=5)
     whole = OnlineStore("redis://fake", namespace="w")
