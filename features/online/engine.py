@@ -363,8 +363,14 @@ def _fold_all(touched: dict[int, UserState], h: _History) -> None:
     starts = np.maximum(firsts, ends - cat.USER_EVENTS_CAP)
     for u, a, b in zip(users.tolist(), starts.tolist(), ends.tolist(), strict=True):
         new = touched[u]
-        # views of the history's arrays: nothing writes to them, and encode copies them out
-        new.t, new.amount, new.lat, new.lon = h.t[a:b], h.amount[a:b], h.lat[a:b], h.lon[a:b]
+        # copies, not views of the history's arrays: a state the store keeps after writing it
+        # would hold the whole batch's history alive
+        new.t, new.amount, new.lat, new.lon = (
+            h.t[a:b].copy(),
+            h.amount[a:b].copy(),
+            h.lat[a:b].copy(),
+            h.lon[a:b].copy(),
+        )
         new.country, new.txid = h.country[a:b].tolist(), h.txid[a:b].tolist()
         if new.recent:
             recent_from = (new.hwm or 0) - RECENT_MS

@@ -367,7 +367,8 @@ class RedisOnlineStore(FeatureStore):
         for user, (state, value) in written.items():
             size = _footprint(value)
             self.kept_bytes += size - cache.pop(user, gone)[1]
-            cache[user] = (_detached(state, value[:8]), size)
+            state.version = value[:8]  # the engine's new state: nothing else holds it now
+            cache[user] = (state, size)
         while self.kept_bytes > self.cache_bytes:
             self.kept_bytes -= cache.popitem(last=False)[1][1]
 
@@ -583,16 +584,6 @@ def _footprint(value: bytes) -> int:
     over decoded states of 5 to 256 events, 3.6-51 KB against 0.75-20 KB stored
     (docs/features.md, "The writer's own states are not read back")."""
     return 5 * len(value) // 2 + 1_700
-
-
-def _detached(state: UserState, version: bytes) -> UserState:
-    """``state`` to keep as the stored one: with the version it is stored with, and arrays of
-    its own (the engine's are views of a whole batch's history, which they would keep alive)."""
-    kept = state.copy()
-    kept.t, kept.amount = state.t.copy(), state.amount.copy()
-    kept.lat, kept.lon = state.lat.copy(), state.lon.copy()
-    kept.version = version
-    return kept
 
 
 def _text(value: Any) -> str:
