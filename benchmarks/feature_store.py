@@ -11,6 +11,10 @@ at the end (``--keep`` leaves them).
 ``--shards URL[,URL…]`` spreads the users over those Redis instances besides FRAUDRAY_REDIS_URL
 (default: FRAUDRAY_REDIS_SHARDS); Redis's CPU and memory are then summed over the instances,
 with the busiest instance's CPU beside the sum (the instances work in parallel).
+
+The process runs with the consumer actor's garbage-collector settings (``ingest.consumer.
+tune_gc``), so that the client CPU is what an actor pays: with CPython's defaults the
+collector's passes add to it (docs/benchmarks.md, "2026-12-07 (fifth session)").
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import redis
 from core.settings import Settings
 from features.kernel import to_ms
 from features.online import OnlineStore
+from ingest.consumer import tune_gc
 
 
 def _simulated(users: int, days: float, seed: int) -> tuple[Any, datetime]:
@@ -257,6 +262,7 @@ def main() -> None:
     clients = [redis.Redis.from_url(u) for u in urls]
     sim, start = _simulated(args.users, args.days, args.seed)
     end_ms = to_ms(start + timedelta(days=args.days))
+    tune_gc()
     try:
         run = stream(
             store,

@@ -775,6 +775,14 @@ ACTOR_CPUS = 0.25  # Ray's logical CPUs per consumer actor: four fit a core on p
 GC_THRESHOLD = (50_000, 20, 100)
 
 
+def tune_gc() -> None:
+    """The consumer's collector settings for this process (see GC_THRESHOLD): what is loaded
+    now frozen, the young generation larger."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 # Restarted after a crash, with the `run` call retried: the new consumer resumes from the
 # committed offsets, and whatever the dead one had half-written is absorbed by idempotency.
 # Spread over the nodes: Ray's default packs small actors onto one node until it is half busy,
@@ -801,9 +809,7 @@ class ConsumerActor:
         scorer = serve.get_deployment_handle(scorer_name, app_name=app_name)
         self.loop = ScoringLoop(settings, scorer, group_id, PipelineMetrics(), drift_reference)
         self._stop = False
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLD)
+        tune_gc()
 
     async def run(
         self, *, max_batches: int | None = None, stop_after_idle_s: float | None = None, commit: bool = True
