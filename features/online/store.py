@@ -75,6 +75,8 @@ _HOUR_TTL_MS = (max(cat.MERCHANT_WINDOWS) + cat.DAY + cat.DAY) * 1000
 # longest window + the rest of that day + lateness (a day of margin)
 _DAY_TTL_MS = (max(cat.MERCHANT_DAY_WINDOWS, default=0) + 2 * cat.DAY + cat.ALLOWED_LATENESS_S) * 1000
 _MAP_TTL_MS = (cat.LABEL_HORIZON_DAYS + 2) * cat.DAY * 1000
+# apply.lua's TTLs as text, in its order: users, minute counters, hour counters, maps, day counters
+_TTLS_TEXT = tuple(str(t) for t in (_USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS, _DAY_TTL_MS))
 _RISK_RETAIN_MS = (max(cat.RISK_WINDOWS) + cat.DAY) * 1000
 _CAS_ROUNDS = 5
 _ZERO_MINUTES, _ZERO_HOURS = bytes(240), bytes(96)  # 60 / 24 u32 counters
@@ -435,11 +437,10 @@ class RedisOnlineStore(FeatureStore):
             ]
             counters += _grouped_ops(cells // width, cell_ops, _counter_key(ns, merchants, ":dc:"), "day")
         maps: dict[int, list[Any]] = {}
-        for i in rows.tolist():
-            day = int(batch.t_ms[i] // MS_PER_DAY)
-            maps.setdefault(day, [f"{ns}:txm:{day}"]).extend((batch.transaction_id[i], merchants[mcode[i]]))
-        ttls = [str(t) for t in (_USER_TTL_MS, _MINUTE_TTL_MS, _HOUR_TTL_MS, _MAP_TTL_MS, _DAY_TTL_MS)]
-        payload = [*ttls, entries, counters, list(maps.values())]
+        days, txids = (batch.t_ms[rows] // MS_PER_DAY).tolist(), batch.transaction_id[rows].tolist()
+        for day, tx, merchant in zip(days, txids, merchants[mcode[rows]].tolist(), strict=True):
+            maps.setdefault(day, [f"{ns}:txm:{day}"]).extend((tx, merchant))
+        payload = [*_TTLS_TEXT, entries, counters, list(maps.values())]
         # raw (str) types: the scripts' cmsgpack predates msgpack's bin type
         return msgpack.packb(payload, use_bin_type=False), names, stored
 
