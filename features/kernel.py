@@ -10,7 +10,7 @@ and nowhere else, so the engines can only disagree on the aggregates, which the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -116,6 +116,10 @@ class TxBatch:
             lat=coord("lat"),
             lon=coord("lon"),
         )
+
+    def take(self, rows: np.ndarray) -> TxBatch:
+        """The records at ``rows`` (indexes into this batch), in that order."""
+        return TxBatch(*(getattr(self, f.name)[rows] for f in fields(self)))
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> TxBatch:

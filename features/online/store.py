@@ -226,11 +226,11 @@ class RedisOnlineStore(FeatureStore):
         cuts.append(len(ts))
         for a, b in itertools.pairwise(cuts):
             rows = np.sort(order[a:b])
-            raw[rows] = self._round(records, rows, apply=apply)
+            raw[rows] = self._round(batch if len(rows) == len(batch) else batch.take(rows), apply=apply)
         return assemble(batch, raw_from_matrix(raw))
 
-    def _round(self, records: Sequence[Mapping[str, Any]], rows: np.ndarray, *, apply: bool) -> np.ndarray:
-        """Raw aggregates of ``records[rows]``; with ``apply``, their state written: one guarded
+    def _round(self, batch: TxBatch, *, apply: bool) -> np.ndarray:
+        """Raw aggregates of the ``batch``'s records; with ``apply``, their state written: one guarded
         write per shard (CAS per user). A shard where a version moved wrote nothing; the round
         runs again for the records of that shard's users only, on what the other writer left.
 
@@ -240,25 +240,24 @@ class RedisOnlineStore(FeatureStore):
         (a merchant window is whole minutes or days before the event, the same numbers either
         way), and none of them is applied twice. Each transaction is written by its user's shard
         alone, in that shard's one atomic call. With one Redis the retry is the whole round."""
-        out = np.empty((len(rows), len(RAW_KEYS)))
-        pending = np.arange(len(rows))
+        out = np.empty((len(batch), len(RAW_KEYS)))
+        pending = np.arange(len(batch))
         for _ in range(_CAS_ROUNDS):
-            part = [records[int(rows[j])] for j in pending]
+            part = batch if len(pending) == len(batch) else batch.take(pending)
             raw, failed = self._once(part, apply=apply)
             out[pending] = raw
             if not failed:
                 return out
             if len(self.shards) > 1:
                 lost = sorted({self.shards.index(u) for u in failed})
-                pending = pending[np.isin(self.shards.indices([r["user_id"] for r in part]), lost)]
+                pending = pending[np.isin(self.shards.indices(part.user_id.tolist()), lost)]
             # nothing was written on those shards: their records again, on what the other writer left
         raise StoreUnavailable(f"online store: users kept changing under the batch ({sorted(failed)[:3]})")
 
-    def _once(self, records: Sequence[Mapping[str, Any]], *, apply: bool) -> tuple[np.ndarray, list[str]]:
-        """One read-compute-write of ``records``: one read per shard (the shard's users' state,
+    def _once(self, batch: TxBatch, *, apply: bool) -> tuple[np.ndarray, list[str]]:
+        """One read-compute-write of the ``batch``: one read per shard (the shard's users' state,
         every merchant's partial counters and label arrivals), then one guarded write per shard
         with users in the batch. Returns the raw aggregates and the users whose CAS failed."""
-        batch = TxBatch.from_records(records)
         ucode, users = pd.factorize(batch.user_id)
         mcode, merchants = pd.factorize(batch.merchant_id)
         ns = self.namespace
@@ -397,11 +396,13 @@ class RedisOnlineStore(FeatureStore):
         entries: list[Any] = []
         names: list[str] = []
         stored: dict[str, tuple[UserState, bytes]] = {}
-        for u, new in new_states.items():
+        with_latest = [u for u in new_states if latest.get(u, -1) >= 0]
+        latest_rows = [latest[u] for u in with_latest]
+        packs = dict(zip(with_latest, _pack_latest(batch, latest_rows, raw), strict=True))
+        for (u, new), version in zip(new_states.items(), engine.versions(len(new_states)), strict=True):
             user = str(users[u])
-            i = latest.get(u, -1)
-            packed = _pack_latest(batch, i, raw[i]) if i >= 0 else False
-            value = new.encode()
+            packed = packs.get(u, False)
+            value = new.encode(version)
             entries.append([self.state_key(user), new.version, value, self.latest_key(user), packed])
             names.append(user)
             if self.cache_bytes:
@@ -612,18 +613,27 @@ def _counter_key(ns: str, merchants: Any, infix: str) -> Callable[[int], str]:
     return lambda g: f"{ns}:m:{merchants[g >> 32]}{infix}{g & 0xFFFFFFFF}"
 
 
-def _pack_latest(batch: TxBatch, i: int, raw: np.ndarray) -> bytes:
-    """The record's fields (0x1f between them), 0x1e 0x1e, then its raw aggregates as float64 bytes
-    (fixed length at the end: formatting 32 floats as text cost ~5 µs per user)."""
-    lat, lon = batch.lat[i], batch.lon[i]
-    located = not (np.isnan(lat) or np.isnan(lon))
-    fields = (
-        batch.transaction_id[i], batch.user_id[i], batch.merchant_id[i], str(int(batch.t_ms[i])),
-        repr(float(batch.amount[i])), batch.country[i], _text(batch.device_id[i]),
-        repr(float(lat)) if located else "", repr(float(lon)) if located else "",
-        _text(batch.channel[i]), _text(batch.merchant_category[i]),
+def _pack_latest(batch: TxBatch, rows: Sequence[int], raw: np.ndarray) -> list[bytes]:
+    """Per record of ``rows``: its fields (0x1f between them), 0x1e 0x1e, then its raw aggregates
+    (``raw``'s row) as float64 bytes (fixed length at the end: formatting 32 floats as text cost
+    ~5 µs per user). The columns go to Python objects once for all the rows, not a numpy scalar
+    per field and record."""
+    idx = np.asarray(rows, dtype=np.intp)
+    lat, lon = batch.lat[idx], batch.lon[idx]
+    located = (~(np.isnan(lat) | np.isnan(lon))).tolist()
+    vectors = np.ascontiguousarray(raw[idx], dtype="<f8")
+    columns = zip(
+        batch.transaction_id[idx].tolist(), batch.user_id[idx].tolist(), batch.merchant_id[idx].tolist(),
+        batch.t_ms[idx].tolist(), batch.amount[idx].tolist(), batch.country[idx].tolist(),
+        batch.device_id[idx].tolist(), lat.tolist(), lon.tolist(), located, batch.channel[idx].tolist(),
+        batch.merchant_category[idx].tolist(), vectors, strict=True,
     )  # fmt: skip
-    return _FIELD_SEP.join(fields).encode() + _BINARY_MARK + np.asarray(raw, dtype="<f8").tobytes()
+    return [
+        _FIELD_SEP.join((tx, user, merchant, str(t), repr(amount), country, _text(device),
+                         repr(la) if here else "", repr(lo) if here else "", _text(channel),
+                         _text(category))).encode() + _BINARY_MARK + vector.tobytes()
+        for tx, user, merchant, t, amount, country, device, la, lo, here, channel, category, vector in columns
+    ]  # fmt: skip
 
 
 # The raw-aggregate layout before the 30-day windows (issue #23, 2026-12-04): latest vectors

@@ -259,7 +259,7 @@ def test_a_latest_vector_of_the_layout_before_the_30_day_windows_still_decodes()
     raw["merchant.count.3600"][:] = 5
     raw["user.count.2592000"][:] = 9  # not in the old layout: 0 after decoding
     values = np.array([raw[k][0] for k in old], dtype="<f8")
-    written = store_module._pack_latest(batch, 0, np.zeros(len(RAW_KEYS)))
+    written = store_module._pack_latest(batch, [0], np.zeros((1, len(RAW_KEYS))))[0]
     stored = written[: written.index(b"\x1e")] + b"\x1e\x1e" + values.tobytes()
     row = dict(zip(FEATURE_NAMES, store_module.decode_latest(stored), strict=True))
     assert row["user_tx_count_7d"] == 3 and row["user_amount_mean_7d"] == 10
@@ -268,9 +268,53 @@ def test_a_latest_vector_of_the_layout_before_the_30_day_windows_still_decodes()
     # today's layout round-trips exactly
     full = np.array([raw[k][0] for k in RAW_KEYS])
     np.testing.assert_array_equal(
-        store_module.decode_latest(store_module._pack_latest(batch, 0, full)),
+        store_module.decode_latest(store_module._pack_latest(batch, [0], full.reshape(1, -1))[0]),
         assemble(batch, raw_from_matrix(full.reshape(1, -1)))[0],
     )
+
+
+def test_latest_vectors_of_a_batch_pack_as_each_record_alone() -> None:
+    """The batch's latest vectors are packed column-wise for all its users at once: each is its
+    record's fields (missing device, place, channel, category as empty) and raw aggregates."""
+    records = world(60, days=1, seed=7)
+    for i, r in enumerate(records):
+        r.update({"device_id": None} if i % 3 == 0 else {})
+        r.update({"lat": None, "lon": None} if i % 4 == 0 else {})
+        r.update({"channel": None, "merchant_category": None} if i % 5 == 0 else {})
+    batch = TxBatch.from_records(records)
+    raw = np.random.default_rng(7).random((len(records), len(RAW_KEYS))) * 100
+    rows = [59, 0, 12, 3, 44, 8]
+    for packed, i in zip(store_module._pack_latest(batch, rows, raw), rows, strict=True):
+        alone = TxBatch.from_records([records[i]])
+        np.testing.assert_array_equal(
+            store_module.decode_latest(packed), assemble(alone, raw_from_matrix(raw[i].reshape(1, -1)))[0]
+        )
+        fields = packed[: packed.index(b"\x1e\x1e")].decode().split("\x1f")
+        assert fields[:3] == [records[i]["transaction_id"], records[i]["user_id"], records[i]["merchant_id"]]
+        assert fields[6] == (records[i]["device_id"] or "")
+        assert (fields[7] == "") == (records[i]["lat"] is None)
+    assert store_module._pack_latest(batch, [], raw) == []
+
+
+def test_a_batch_taken_at_rows_is_those_records_batch() -> None:
+    records = world(40, days=1, seed=8)
+    records[5]["lat"] = None
+    batch = TxBatch.from_records(records)
+    rows = np.array([5, 39, 0, 17])
+    taken, built = batch.take(rows), TxBatch.from_records([records[i] for i in rows])
+    for name in batch.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(taken, name), getattr(built, name))
+
+
+def test_state_versions_are_drawn_together_and_stored_in_front() -> None:
+    drawn = engine.versions(500)
+    assert len(drawn) == len(set(drawn)) == 500 and {len(v) for v in drawn} == {8}
+    state = engine.UserState(n=1.0, mean=2.0, hwm=5, lt=5, ltx="t0")
+    value = state.encode(drawn[0])
+    assert value[:8] == drawn[0] and value[8:] == state.encode()[8:]
+    assert engine.UserState.decode(value).version == drawn[0]
+    with pytest.raises(ValueError, match="8 bytes"):
+        state.encode(b"short")
 
 
 @pytest.fixture
