@@ -63,3 +63,13 @@ def test_the_api_keeps_its_schema_checks() -> None:
     for patch in ({"channel": "fax"}, {"unexpected": 1}, {"event_time": "2026-01-01T00:00:00"}):
         with pytest.raises(ValidationError):
             TransactionIn.model_validate(_tx(**patch))
+
+
+@pytest.mark.parametrize(
+    "key", ["transaction_id", "user_id", "merchant_id", "device_id", "channel", "merchant_category"]
+)
+def test_a_reserved_character_is_named_with_its_field(key: str) -> None:
+    record = {**_tx(device_id="d-1", channel=None), key: "x\x1fy", "event_time": datetime.now(UTC)}
+    assert validate(record, int(time.time() * 1000)) == (
+        f"{key} contains a reserved control character (0x01, 0x1c-0x1f)"
+    )
