@@ -68,19 +68,20 @@ class UserState:
         if not value:
             return cls()
         assert isinstance(value, bytes)
-        b = msgpack.unpackb(value[8:], raw=False)
-        txid = b[11]
+        # arrays as tuples: a kept record's values are one already (no list made, then copied)
+        b = msgpack.unpackb(memoryview(value)[8:], raw=False, use_list=False)
+        txid = list(b[11])
         recent = {}
         if len(b) > 14:  # states written before 2026-12-06 kept none
             # a kept record is named by its index in ``txid`` when it is a retained event (as good
             # as all are), by its id otherwise (states written before 2026-12-07: every one)
             named = [txid[k] if type(k) is int else k for k in b[14]]
-            recent = dict(zip(named, map(tuple, b[15]), strict=True))
+            recent = dict(zip(named, b[15], strict=True))
         return cls(
             n=b[0], mean=b[1], m2=b[2], hwm=b[3], lt=b[4], ltx=b[5],
             t=np.frombuffer(b[6], np.int64), amount=np.frombuffer(b[7], np.float64),
             lat=np.frombuffer(b[8], np.float64), lon=np.frombuffer(b[9], np.float64),
-            country=b[10], txid=txid, seen=dict(zip(b[12], b[13], strict=True)), recent=recent,
+            country=list(b[10]), txid=txid, seen=dict(zip(b[12], b[13], strict=True)), recent=recent,
             version=value[:8],
         )  # fmt: skip
 
