@@ -43,3 +43,31 @@ def test_copy_binary_fields() -> None:
 def test_copy_binary_refuses_naive_datetimes() -> None:
     with pytest.raises(TypeError, match="naive"):
         copy_binary(("event_time",), [(datetime(2026, 1, 1),)])
+
+
+def test_copy_binary_of_many_rows_is_each_rows_fields_in_turn() -> None:
+    """Encoded column by column, the stream is still row after row: each row's field count and
+    fields exactly as that row alone would give them; no rows is a header and a trailer."""
+    cols = (
+        "transaction_id",
+        "amount",
+        "event_time",
+        "lat",
+        "is_fraud",
+        "kafka_offset",
+        "scores",
+        "device_id",
+    )
+    when = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    rows = [
+        (f"t{i}", i * 1.25, when + timedelta(milliseconds=i), None if i % 2 else float(i), i % 3 == 0,
+         10**12 + i, '{"if": 0.5}' if i % 4 else None, None if i % 5 else "ü-dev")
+        for i in range(40)
+    ]  # fmt: skip
+    header, trailer = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0), struct.pack(">h", -1)
+    alone = [copy_binary(cols, [row])[len(header) : -len(trailer)] for row in rows]
+    assert copy_binary(cols, rows) == header + b"".join(alone) + trailer
+    assert copy_binary(cols, iter(rows)) == copy_binary(cols, rows)
+    assert copy_binary(cols, []) == header + trailer
+    with pytest.raises(ValueError, match="exactly the 8 values"):
+        copy_binary(cols, [*rows[:3], rows[3][:7]])
