@@ -127,14 +127,25 @@ def json_floats(values: np.ndarray) -> list[str]:
     return out
 
 
-def model_scores_json(model_scores: dict[str, np.ndarray], rows: int, *, compact: bool = False) -> list[str]:
-    """Per row, ``json.dumps({family: float(score)})`` (``compact``: ``separators=(",", ":")``)."""
+def model_scores_jsons(model_scores: dict[str, np.ndarray], rows: int) -> tuple[list[str], list[str]]:
+    """Per row, ``json.dumps({family: float(score)})`` twice: with json.dumps's default separators
+    (PostgreSQL's decisions.scores, /predict's copy) and compact, ``separators=(",", ":")`` (the
+    decisions topic); the floats are formatted once for both."""
+    texts = [json_floats(v) for v in model_scores.values()]
+    return _rows_json(model_scores, texts, rows, compact=False), _rows_json(
+        model_scores, texts, rows, compact=True
+    )
+
+
+def _rows_json(
+    model_scores: dict[str, np.ndarray], texts: list[list[str]], rows: int, *, compact: bool
+) -> list[str]:
     if not model_scores:
         return ["{}"] * rows
     item_sep, key_sep = (",", ":") if compact else (", ", ": ")
     fields = (json.dumps(k).replace("%", "%%") + key_sep + "%s" for k in model_scores)
     template = "{" + item_sep.join(fields) + "}"
-    return [template % row for row in zip(*(json_floats(v) for v in model_scores.values()), strict=True)]
+    return [template % row for row in zip(*texts, strict=True)]
 
 
 def decision_messages(
@@ -148,7 +159,7 @@ def decision_messages(
 ) -> list[bytes]:
     """Per row, the decisions (and alerts) topic's message: ``json.dumps({"transaction_id",
     "user_id", "score", "is_fraud", "model_version", "scores"}, separators=(",", ":"))``, encoded;
-    ``model_scores`` from ``model_scores_json(..., compact=True)``."""
+    ``model_scores``: the compact half of ``model_scores_jsons``."""
     version = encode_basestring_ascii(model_version)
     rows = zip(transaction_ids, user_ids, json_floats(scores), is_fraud.tolist(), model_scores, strict=True)
     return [

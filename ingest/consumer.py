@@ -38,7 +38,7 @@ from core.contracts import (
     decision_json,
     decision_messages,
     decision_tail,
-    model_scores_json,
+    model_scores_jsons,
 )
 from core.errors import FraudrayError, StoreUnavailable
 from core.families import SCORER_DEPLOYMENT
@@ -400,8 +400,7 @@ class ScoringLoop:
         # The JSON of every decision, built per batch (core.contracts): the per-model scores
         # (PostgreSQL's decisions.scores, /predict's copy), the decisions topic's message, and
         # /predict's copy from the batch's shared part encoded once and the row's scores' JSON.
-        scores_json = model_scores_json(per_model, n)
-        compact = model_scores_json(per_model, n, compact=True)
+        scores_json, compact = model_scores_jsons(per_model, n)
         messages = decision_messages(
             tx_ids, user_ids, scores, flags, model_version=version, model_scores=compact
         )

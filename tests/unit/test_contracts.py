@@ -55,15 +55,15 @@ def _model_scores() -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("compact", [False, True])
-def test_model_scores_json_is_json_dumps_of_each_rows_dict(compact: bool) -> None:
+def test_model_scores_jsons_are_json_dumps_of_each_rows_dict(compact: bool) -> None:
     scores = _model_scores()
     separators = (",", ":") if compact else (", ", ": ")  # json.dumps's default is the latter
     expected = [
         json.dumps({k: float(v[i]) for k, v in scores.items()}, separators=separators) for i in range(4)
     ]
-    assert contracts.model_scores_json(scores, 4, compact=compact) == expected
-    assert contracts.model_scores_json({}, 3) == ["{}"] * 3
-    assert contracts.model_scores_json({k: v[:0] for k, v in scores.items()}, 0) == []
+    assert contracts.model_scores_jsons(scores, 4)[int(compact)] == expected
+    assert contracts.model_scores_jsons({}, 3) == (["{}"] * 3, ["{}"] * 3)
+    assert contracts.model_scores_jsons({k: v[:0] for k, v in scores.items()}, 0) == ([], [])
 
 
 def test_decision_messages_are_the_compact_json_of_each_decision() -> None:
@@ -78,7 +78,7 @@ def test_decision_messages_are_the_compact_json_of_each_decision() -> None:
         final,
         flags,
         model_version='ens-"7"',
-        model_scores=contracts.model_scores_json(scores, 4, compact=True),
+        model_scores=contracts.model_scores_jsons(scores, 4)[1],
     )
     expected = [
         json.dumps(
