@@ -132,9 +132,8 @@ def model_scores_jsons(model_scores: dict[str, np.ndarray], rows: int) -> tuple[
     (PostgreSQL's decisions.scores, /predict's copy) and compact, ``separators=(",", ":")`` (the
     decisions topic); the floats are formatted once for both."""
     texts = [json_floats(v) for v in model_scores.values()]
-    return _rows_json(model_scores, texts, rows, compact=False), _rows_json(
-        model_scores, texts, rows, compact=True
-    )
+    spaced = _rows_json(model_scores, texts, rows, compact=False)
+    return spaced, _rows_json(model_scores, texts, rows, compact=True)
 
 
 def _rows_json(

@@ -17,14 +17,14 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import fastavro
 
 from core.errors import DecodeError, FraudrayError
-from ingest.avro_reader import compile_reader
+from ingest.avro_flat import Unsupported, compile_reader, compile_writer
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -315,86 +315,6 @@ def registry_from_settings(settings: Settings) -> SchemaRegistry:
     return ConfluentSchemaRegistry(k.schema_registry_config(), compatibility=k.schema_registry_compatibility)
 
 
-# ---------------------------------------------------------------------------------------------
-# A faster encoder for flat record schemas (what the producer's hot path needs).
-
-_DOUBLE = struct.Struct("<d")
-_FLOAT = struct.Struct("<f")
-_SMALL_VARINTS = [bytes([i]) for i in range(128)]
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class _Unsupported(Exception):
-    """The fast path cannot encode this value; fastavro decides (and raises if it is invalid)."""
-
-
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    if n < 128:
-        return _SMALL_VARINTS[n]
-    out = bytearray()
-    while n > 127:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-# Source snippets per Avro type; ``{v}`` is the value, ``a`` appends to the output list.
-_SNIPPETS: dict[str, str] = {
-    "string": (
-        "if type({v}) is not str: raise U\n"
-        "b = {v}.encode(); n = len(b)\n"
-        "a(S[n << 1] if n < 64 else Z(n)); a(b)\n"
-    ),
-    "double": "if type({v}) is not float and type({v}) is not int: raise U\na(PD({v}))\n",
-    "float": "if type({v}) is not float and type({v}) is not int: raise U\na(PF({v}))\n",
-    "long": "if type({v}) is not int or not -M <= {v} < M: raise U\na(Z({v}))\n",
-    "boolean": "if type({v}) is not bool: raise U\na(b'\\x01' if {v} else b'\\x00')\n",
-    "timestamp-millis": (
-        "if type({v}) is int: a(Z({v}))\n"
-        "elif isinstance({v}, DT) and {v}.tzinfo is not None:\n"
-        "    d = {v} - E; a(Z((d.days * 86400 + d.seconds) * 1000 + d.microseconds // 1000))\n"
-        "else: raise U\n"  # naive datetimes: fastavro's rules (local time)
-    ),
-}
-_SNIPPETS["int"] = _SNIPPETS["long"].replace("M", "2147483648")
-
-
-def _type_snippet(schema: Any) -> str | None:
-    if isinstance(schema, dict):
-        if schema.get("logicalType") == "timestamp-millis" and schema.get("type") == "long":
-            return _SNIPPETS["timestamp-millis"]
-        if "logicalType" not in schema and schema.get("type") in _SNIPPETS:
-            return _SNIPPETS[schema["type"]]
-        return None
-    if isinstance(schema, str) and schema in _SNIPPETS and schema != "timestamp-millis":
-        return _SNIPPETS[schema]
-    if isinstance(schema, list) and len(schema) == 2 and "null" in schema:
-        null_index = schema.index("null")
-        inner = _type_snippet(schema[1 - null_index])
-        if inner is None:
-            return None
-        body = "".join("    " + line + "\n" for line in inner.splitlines())
-        return f"if {{v}} is None: a(S[{null_index * 2}])\nelse:\n    a(S[{(1 - null_index) * 2}])\n{body}"
-    return None
-
-
-def _compile_record_writer(schema: Any) -> Any:
-    """A function ``(record, out_list) -> None`` appending the record's Avro body, or None."""
-    lines = ["def write(r, out):", "    a = out.append"]
-    for i, f in enumerate(schema["fields"]):
-        snippet = _type_snippet(f["type"])
-        if snippet is None:
-            return None
-        lines.append(f"    v{i} = r.get({f['name']!r})")
-        lines.extend("    " + line for line in snippet.format(v=f"v{i}").splitlines())
-    scope = {"U": _Unsupported, "S": _SMALL_VARINTS, "Z": _zigzag, "PD": _DOUBLE.pack, "PF": _FLOAT.pack,
-             "M": 2**63, "DT": datetime, "E": _EPOCH}  # fmt: skip
-    exec(compile("\n".join(lines), "<avro-record-writer>", "exec"), scope)  # noqa: S102 - code from our own templates
-    return scope["write"]
-
-
 class FastRecordEncoder:
     """Confluent-framed Avro for flat records of primitive, optional and timestamp-millis fields,
     byte-identical to ``fastavro.schemaless_writer`` (tested) and several times faster. Any value
@@ -403,7 +323,7 @@ class FastRecordEncoder:
     def __init__(self, schema_id: int, schema: Any) -> None:
         self.schema = schema
         self.header = _HEADER.pack(MAGIC, schema_id)
-        write = _compile_record_writer(schema)
+        write = compile_writer(schema)
         if write is None:
             raise ValueError("FastRecordEncoder handles flat records of primitive/optional fields only")
         self._write = write
@@ -416,7 +336,7 @@ class FastRecordEncoder:
         out = [self.header]
         try:
             self._write(record, out)
-        except (_Unsupported, UnicodeEncodeError, struct.error, OverflowError):
+        except (Unsupported, UnicodeEncodeError, struct.error, OverflowError):
             buf = io.BytesIO()
             buf.write(self.header)
             fastavro.schemaless_writer(buf, self.schema, record)

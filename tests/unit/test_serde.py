@@ -11,7 +11,7 @@ import fastavro
 import pytest
 
 from core.errors import DecodeError
-from ingest.avro_reader import compile_reader
+from ingest.avro_flat import compile_reader
 from ingest.serde import TransactionSerde, event_time_ms
 from ingest.simulator import demo_transactions
 
