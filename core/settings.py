@@ -287,6 +287,11 @@ class ConsumerSettings(_Section):
     # A user's partition stays with one consumer, so most users it meets are its own from
     # earlier batches. 0 turns it off.
     state_cache_mb: int = Field(default=128, ge=0)
+    # Under a backlog (a poll brings a full batch), a batch is decoded, featurised and scored
+    # while the batch before it is written to PostgreSQL and Kafka and committed
+    # (ingest/consumer.py, ScoringLoop._overlapped); batches still go through each half in
+    # order. Below capacity, and with False, one batch at a time, every stage in turn.
+    overlap: bool = True
     fraud_threshold: float = 0.5
 
 

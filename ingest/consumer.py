@@ -61,7 +61,9 @@ _REBALANCE_CODES = frozenset(
     {KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS}
 )
 STAGES = ("poll", "decode", "features", "score", "sink_pg", "sink_kafka", "commit")
-_BATCH_STAGES = STAGES[:-1]  # the commit's seconds are recorded when it finishes, behind the next batch
+# A batch's own stages: the poll's seconds are recorded per poll that brought records, the
+# commit's when it finishes, behind the next batch.
+_BATCH_STAGES = STAGES[1:-1]
 SCORE_TIMEOUT_S = 30.0
 # An owned partition with records after its committed offset that the client has not delivered
 # one record of for this long is stuck (librdkafka #5586: an offset lookup refused by a moving
@@ -137,25 +139,36 @@ class _Decoded:
     decisions: list[tuple[str, bool, bytes]] = field(default_factory=list)
     # per user, the decision of its latest transaction in the batch: (tx id, JSON) for /predict
     latest: dict[str, tuple[str, str]] = field(default_factory=dict)
+    matrix: np.ndarray | None = None  # the records' features, from the online store
+    # the online store's instance at the last check before the batch was applied (_keep_in_store)
+    store_before: tuple[str, ...] | None = None
+    stage_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_BATCH_STAGES, 0.0))
+    # the scored records' pipeline and event-to-decision seconds (monitoring/latency.py)
+    latencies_s: np.ndarray = field(default_factory=lambda: np.empty(0))
+    event_latencies_s: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 class _Timer:
     def __init__(self, stats: ConsumerStats) -> None:
         self._stats = stats
 
-    def __call__(self, stage: str) -> _Stage:
-        return _Stage(self._stats.stage_s, stage)
+    def __call__(self, stage: str, batch: _Decoded | None = None) -> _Stage:
+        """Seconds of ``stage`` added to the consumer's totals, and to ``batch``'s own."""
+        return _Stage(self._stats.stage_s, stage, None if batch is None else batch.stage_s)
 
 
 class _Stage:
-    def __init__(self, sink: dict[str, float], stage: str) -> None:
-        self._sink, self._stage = sink, stage
+    def __init__(self, sink: dict[str, float], stage: str, batch_sink: dict[str, float] | None) -> None:
+        self._sink, self._stage, self._batch_sink = sink, stage, batch_sink
 
     def __enter__(self) -> None:
         self._t0 = time.perf_counter()
 
     def __exit__(self, *_: object) -> None:
-        self._sink[self._stage] += time.perf_counter() - self._t0
+        seconds = time.perf_counter() - self._t0
+        self._sink[self._stage] += seconds
+        if self._batch_sink is not None:
+            self._batch_sink[self._stage] += seconds
 
 
 def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
@@ -231,6 +244,11 @@ class ScoringLoop:
         self._unstarted_check: asyncio.Future[list[TopicPartition]] | None = None
         self._retries_seen = 0
         self._store_instance: tuple[str, ...] | None = None  # the online store's, at the last check
+        # The online store's writers take turns: a batch's first half and a second half that
+        # applies its batch again (_keep_in_store).
+        self._store_lock = asyncio.Lock()
+        # The second half of the last batch (see _overlapped) while it runs, and its messages.
+        self._tail: tuple[asyncio.Future[None], list[Any]] | None = None
 
     def _subscribed_client(self) -> Consumer:
         k = self.settings.kafka
@@ -257,8 +275,12 @@ class ScoringLoop:
     # -- polling -------------------------------------------------------------------
     async def poll(self) -> list[Any]:
         c = self.settings.consumer
-        with self.timed("poll"):
-            msgs = await asyncio.to_thread(self._consume, c.batch_size, c.poll_timeout_s)
+        t0 = time.perf_counter()
+        msgs = await asyncio.to_thread(self._consume, c.batch_size, c.poll_timeout_s)
+        seconds = time.perf_counter() - t0
+        self.stats.stage_s["poll"] += seconds
+        if msgs and self.metrics is not None:  # an idle poll's wait is not a stage of any batch
+            self.metrics.observe_stage("poll", seconds)
         for m in msgs:
             err = m.error()
             if err is not None and err.code() != KafkaError._PARTITION_EOF:
@@ -282,33 +304,37 @@ class ScoringLoop:
         return msgs + self.consumer.consume(n - 1, 0) if msgs and n > 1 else msgs
 
     # -- one batch, with the failure policy ------------------------------------------
-    async def handle(self, msgs: list[Any], *, commit: bool = True) -> None:
-        """Process ``msgs`` until done: retry transient failures, split deterministic ones."""
+    async def handle(self, msgs: list[Any], *, commit: bool = True, failed: Exception | None = None) -> None:
+        """Process ``msgs`` until done: retry transient failures, split deterministic ones.
+        ``failed``: what a first attempt made elsewhere raised (the policy starts from it)."""
         backoff = 0.1
         paused: list[TopicPartition] = []
         try:
             while msgs:
-                try:
-                    await self._process(msgs, commit=commit)
-                    return
-                except Exception as exc:  # noqa: BLE001 - classified just below
-                    if not is_transient(exc):
-                        await self._split(msgs, exc, commit=commit)
+                if failed is None:
+                    try:
+                        await self._process(msgs, commit=commit)
                         return
-                    self.stats.retries += 1
-                    if self.metrics is not None:
-                        self.metrics.retry()
-                    log.warning("batch of %d hit %r; pausing, retry in %.1f s", len(msgs), exc, backoff)
-                    if not paused:
-                        paused = list(self.consumer.assignment())
-                        self.consumer.pause(paused)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_S)
-                    # Poll while paused (returns nothing) so rebalances are served, then drop
-                    # what we no longer own: its new owner re-reads it from the committed offset.
-                    await asyncio.to_thread(self.consumer.consume, 1, 0)
-                    owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-                    msgs = [m for m in msgs if (m.topic(), m.partition()) in owned]
+                    except Exception as exc:  # noqa: BLE001 - classified just below
+                        failed = exc
+                error, failed = failed, None
+                if not is_transient(error):
+                    await self._split(msgs, error, commit=commit)
+                    return
+                self.stats.retries += 1
+                if self.metrics is not None:
+                    self.metrics.retry()
+                log.warning("batch of %d hit %r; pausing, retry in %.1f s", len(msgs), error, backoff)
+                if not paused:
+                    paused = list(self.consumer.assignment())
+                    self.consumer.pause(paused)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                # Poll while paused (returns nothing) so rebalances are served, then drop
+                # what we no longer own: its new owner re-reads it from the committed offset.
+                await asyncio.to_thread(self.consumer.consume, 1, 0)
+                owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+                msgs = [m for m in msgs if (m.topic(), m.partition()) in owned]
         finally:
             if paused:
                 owned_now = set(self.consumer.assignment())
@@ -365,13 +391,12 @@ class ScoringLoop:
         return out
 
     async def _score(self, batch: _Decoded) -> tuple[np.ndarray, np.ndarray]:
-        """Features (state before each transaction, then the batch applied, idempotent per id)
-        and one Serve call for the batch; fills the batch's rows and decisions; returns the
-        pipeline and the event-to-decision latencies in seconds (monitoring/latency.py)."""
-        records = batch.records
-        with self.timed("features"):
-            matrix = await asyncio.to_thread(self.store.update_and_compute, records)
-        with self.timed("score"):
+        """One Serve call for the batch's features; fills the batch's rows and decisions;
+        returns the pipeline and the event-to-decision latencies in seconds
+        (monitoring/latency.py)."""
+        records, matrix = batch.records, batch.matrix
+        assert matrix is not None, "the batch's features come first (_front)"
+        with self.timed("score", batch):
             result = await asyncio.wait_for(self.scorer.score.remote(matrix), SCORE_TIMEOUT_S)
         scores, flags, version = result["scores"], result["is_fraud"], result["model_version"]
         self._observe_drift(matrix, version)
@@ -443,25 +468,44 @@ class ScoringLoop:
 
     async def _process(self, msgs: list[Any], *, commit: bool = True) -> None:
         """Run one batch through every stage; commit only when all sinks succeeded."""
-        stage_before = dict(self.stats.stage_s)
-        with self.timed("decode"):
-            batch = self._decode(msgs)
-        latencies_s, event_latencies_s = await self._score(batch) if batch.records else (np.empty(0),) * 2
+        await self._back(msgs, await self._front(msgs), commit=commit)
+
+    async def _front(self, msgs: list[Any]) -> _Decoded:
+        """A batch's first half: decoded and validated, the online store (its transactions
+        applied, the features of each as of its event, and its labels counted: what the next
+        batch's features read, so first halves run in batch order), then the Serve call: a
+        record's decision is made here, and only its writes wait in the second half."""
+        t0 = time.perf_counter()
+        batch = self._decode(msgs)
+        batch.stage_s["decode"] = seconds = time.perf_counter() - t0
+        self.stats.stage_s["decode"] += seconds
+        batch.store_before = self._store_instance
+        async with self._store_lock:
+            with self.timed("features", batch):
+                if batch.records:
+                    batch.matrix = await asyncio.to_thread(self.store.update_and_compute, batch.records)
+                if batch.labels:
+                    await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
+        if batch.records:
+            batch.latencies_s, batch.event_latencies_s = await self._score(batch)
+        return batch
+
+    async def _back(self, msgs: list[Any], batch: _Decoded, *, commit: bool = True) -> None:
+        """A batch's second half: the sinks, the decisions for /predict, the offsets' commit."""
         new, alerts = await self._sink(batch)
         if batch.records or batch.labels:
             await self._keep_in_store(batch)
         if batch.latest:
-            with self.timed("features"):  # the online store's stage: a write to it
+            with self.timed("features", batch):  # the online store's stage: a write to it
                 await asyncio.to_thread(self._remember_decisions, batch.latest)
         if commit:
             await self._commit(msgs)
         # Counted only once every sink succeeded, so a retried batch is not counted twice.
         if self.metrics is not None:
             self.metrics.observe_batch(
-                stage_seconds={st: self.stats.stage_s[st] - stage_before[st] for st in _BATCH_STAGES},
-                size=len(msgs), scored=len(batch.records), fraud=alerts,
-                dead_letters=[error for _m, error, _r in batch.rejects], latencies_s=latencies_s,
-                event_latencies_s=event_latencies_s,
+                stage_seconds=batch.stage_s, size=len(msgs), scored=len(batch.records), fraud=alerts,
+                dead_letters=[error for _m, error, _r in batch.rejects], latencies_s=batch.latencies_s,
+                event_latencies_s=batch.event_latencies_s,
             )  # fmt: skip
         self.stats.scored += len(batch.records)
         self.stats.labels += len(batch.labels)
@@ -472,30 +516,24 @@ class ScoringLoop:
         self.stats.state_cache_hits = self.store.cache_hits
 
     async def _sink(self, batch: _Decoded) -> tuple[int, int]:
-        """PostgreSQL, the labels into the online store (its transactions are applied already)
-        and the Kafka outputs, side by side: each waits on its own server. All three are
-        awaited before anything fails the batch (nothing is left running behind a retry), and
-        the first failure in that order is raised. Returns (new decisions, alerts)."""
+        """PostgreSQL and the Kafka outputs side by side: each waits on its own server. Both
+        are awaited before anything fails the batch (nothing is left running behind a retry),
+        and the first failure in that order is raised. Returns (new decisions, alerts)."""
         k = self.settings.kafka
 
         async def to_pg() -> int:
             if not (batch.tx_rows or batch.labels):
                 return 0
-            with self.timed("sink_pg"):
+            with self.timed("sink_pg", batch):
                 label_rows = [(x.transaction_id, x.is_fraud, x.scenario, iso_ms(x.labelled_at_ms))
                               for x in batch.labels]  # fmt: skip
                 return int(
                     await asyncio.to_thread(self.pg.write, batch.tx_rows, batch.decision_rows, label_rows)
                 )
 
-        async def to_store() -> None:
-            if batch.labels:
-                with self.timed("features"):
-                    await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
-
         async def to_kafka() -> int:
             alerts = 0
-            with self.timed("sink_kafka"):
+            with self.timed("sink_kafka", batch):
                 for user, is_fraud, message in batch.decisions:
                     self.kafka_out.send(k.decisions_topic, user, message)
                     if is_fraud:
@@ -506,8 +544,8 @@ class ScoringLoop:
                 await asyncio.to_thread(self.kafka_out.flush)
             return alerts
 
-        new, stored, alerts = await asyncio.gather(to_pg(), to_store(), to_kafka(), return_exceptions=True)
-        for result in (new, stored, alerts):
+        new, alerts = await asyncio.gather(to_pg(), to_kafka(), return_exceptions=True)
+        for result in (new, alerts):
             if isinstance(result, BaseException):
                 raise result
         assert isinstance(new, int) and isinstance(alerts, int)
@@ -520,21 +558,25 @@ class ScoringLoop:
         rows were there: so when the store is not the one of the last check, the batch's
         transactions and labels are applied again (idempotent per id) to the one there is now.
         Anything applied before a loss whose rows reached PostgreSQL before the check is then
-        in the store, or in PostgreSQL before the next loss (which its rebuild reads). A failure
-        here fails the batch into the retry policy like any sink."""
-        with self.timed("features"):
+        in the store, or in PostgreSQL before the next loss (which its rebuild reads). The
+        check compares with the last check done before this batch was applied (``_front``
+        keeps it): with the halves of two batches overlapping, the next batch may be applied
+        before this batch's check. A failure here fails the batch into the retry policy like
+        any sink."""
+        with self.timed("features", batch):
             now = await asyncio.to_thread(self.store.instance)
-            if now == self._store_instance:
+            self._store_instance = now
+            if now == batch.store_before:
                 return
-            if self._store_instance is not None:
+            if batch.store_before is not None:
                 log.warning("online store changed under a batch of %d (restarted or flushed): "
                             "applying it again", len(batch.records) + len(batch.labels))  # fmt: skip
-            if batch.records:
-                await asyncio.to_thread(self.store.update_and_compute, batch.records)
-            if batch.labels:
-                await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
+            async with self._store_lock:
+                if batch.records:
+                    await asyncio.to_thread(self.store.update_and_compute, batch.records)
+                if batch.labels:
+                    await asyncio.to_thread(self.store.apply_labels, [x.as_dict() for x in batch.labels])
         self.stats.store_reapplied += 1
-        self._store_instance = now
 
     def _remember_decisions(self, latest: dict[str, tuple[str, str]]) -> None:
         """The users' latest decisions for GET /predict, once PostgreSQL has them. A cache: if
@@ -655,17 +697,41 @@ class ScoringLoop:
         """Consume until ``should_stop()``, ``max_batches`` batches, or ``stop_after_idle_s``
         with no data; commit what is processed when idle and before returning."""
         await self.warm_up()
-        idle_since = time.monotonic()
+        try:
+            await self._loop(should_stop, max_batches, stop_after_idle_s, commit)
+        finally:
+            await self._finish_tail(commit)
+        if self._unstarted_check is not None:  # let it finish before the client may close
+            with contextlib.suppress(KafkaException):
+                await self._unstarted_check
+        await self._flush_commits_or_keep(commit)
+
+    async def _loop(
+        self,
+        should_stop: Callable[[], bool],
+        max_batches: int | None,
+        stop_after_idle_s: float | None,
+        commit: bool,
+    ) -> None:
+        c, idle_since = self.settings.consumer, time.monotonic()
         while not should_stop():
             msgs = await self.poll()
             if msgs:
                 idle_since = time.monotonic()
-                await self.handle(msgs, commit=commit)
-                if max_batches is not None and self.stats.batches >= max_batches:
+                # A full batch means a backlog: overlapped, for throughput. Below capacity one
+                # batch at a time: a record's own stages ran slower beside the other batch's
+                # (docs/consumer.md, "Two batches at once").
+                if c.overlap and len(msgs) >= c.batch_size:
+                    await self._overlapped(msgs, commit)
+                else:
+                    await self._finish_tail(commit)
+                    await self.handle(msgs, commit=commit)
+                if max_batches is not None and self.stats.batches + (self._tail is not None) >= max_batches:
                     break
             elif not self.consumer.assignment():
                 idle_since = time.monotonic()  # still joining the group: not idle yet
             else:
+                await self._finish_tail(commit)
                 await self._flush_commits_or_keep(commit)  # nothing came: commit what is processed
                 if stop_after_idle_s is not None and time.monotonic() - idle_since > stop_after_idle_s:
                     break
@@ -678,10 +744,34 @@ class ScoringLoop:
                 except KafkaException as exc:  # a watermark query timed out: lag is only a metric
                     log.warning("consumer lag not refreshed: %s", exc)
             await self._check_unstarted(commit)
-        if self._unstarted_check is not None:  # let it finish before the client may close
-            with contextlib.suppress(KafkaException):
-                await self._unstarted_check
-        await self._flush_commits_or_keep(commit)
+
+    async def _overlapped(self, msgs: list[Any], commit: bool) -> None:
+        """This batch's first half (decode, the online store, the Serve call) while the previous
+        batch's second half (the sinks, the commit) runs; then this batch's second half starts
+        and the loop polls the next. Second halves run one at a time in batch order, so the
+        sinks and the commits keep the order of the batches; a first half only starts after
+        the one before it, so features see every earlier batch. A batch whose half fails goes
+        through ``handle`` (the whole batch, with the retry and split policy) once nothing else
+        runs: its first half applied again is idempotent per transaction id, as a redelivery is."""
+        try:
+            batch = await self._front(msgs)
+        except Exception as exc:  # noqa: BLE001 - the failure policy takes it, below
+            await self._finish_tail(commit)
+            await self.handle(msgs, commit=commit, failed=exc)
+            return
+        await self._finish_tail(commit)
+        self._tail = (asyncio.ensure_future(self._back(msgs, batch, commit=commit)), msgs)
+
+    async def _finish_tail(self, commit: bool) -> None:
+        """Wait for the second half in flight; a batch it failed is handled whole now."""
+        tail, self._tail = self._tail, None
+        if tail is None:
+            return
+        back, msgs = tail
+        try:
+            await back
+        except Exception as exc:  # noqa: BLE001 - the failure policy takes it
+            await self.handle(msgs, commit=commit, failed=exc)
 
     async def _flush_commits_or_keep(self, commit: bool) -> None:
         if not commit:
@@ -749,6 +839,7 @@ class ScoringLoop:
             "partitions %s have records waiting and delivered none for %.0f s: replacing the Kafka client",
             [f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in stuck], UNSTARTED_S,
         )  # fmt: skip
+        await self._finish_tail(commit)
         await self._flush_commits_or_keep(commit)
         old = self.consumer
         await asyncio.to_thread(old.close)

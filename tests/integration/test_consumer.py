@@ -548,9 +548,9 @@ def test_a_partition_the_client_never_starts_is_found_and_a_new_client_delivers_
 def test_sinks_run_side_by_side_and_a_failure_waits_for_the_others(
     topic_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL, the labels and the Kafka outputs are written at the same time; when one
-    fails, the batch fails only after the others finished (a retry never overlaps them), with
-    the first failure in that order."""
+    """PostgreSQL and the Kafka outputs are written at the same time; when one fails, the
+    batch fails only after the other finished (a retry never overlaps them), with the first
+    failure in that order."""
     from ingest.consumer import _Decoded
 
     loop = ScoringLoop(topic_settings, _RecordingScorer(), group_id=f"sink-{uuid.uuid4().hex[:8]}")
@@ -632,3 +632,182 @@ def test_a_batch_the_store_lost_before_postgres_had_it_is_applied_again(
         assert state is not None, user
         assert sorted(state.txid) == sorted(ids), user
     assert loop.stats.store_reapplied == 1  # that batch alone; the store stayed the same after
+
+
+def _small_batches(s: Settings, batch_size: int) -> Settings:
+    return s.model_copy(update={"consumer": s.consumer.model_copy(update={"batch_size": batch_size})})
+
+
+def _run_until_scored(loop: ScoringLoop, n: int, timeout: float = 120.0) -> None:
+    """``loop.run`` (the batches' halves overlapped, the default) until ``n`` are scored."""
+    deadline = time.monotonic() + timeout
+
+    def done() -> bool:
+        assert time.monotonic() < deadline, f"scored {loop.stats.scored} of {n}"
+        return loop.stats.scored >= n
+
+    asyncio.run(loop.run(done, stop_after_idle_s=30))
+
+
+def test_a_batch_is_applied_while_the_one_before_is_written_and_order_holds_through_a_retry(
+    serve_app: str, topic_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the halves overlapped (a backlog: full batches), the next batch is decoded,
+    featurised and scored while the batch before it is written; the writes and the commits
+    still come in batch order, and a second half that fails (PostgreSQL refuses a connection
+    once) is retried whole before any later batch is written: every transaction has one
+    decisions row, every user's state holds each of their transactions once, and the group's
+    offsets reach the end."""
+    from ray import serve
+
+    from core.families import SCORER_DEPLOYMENT
+
+    s = _small_batches(topic_settings, 100)
+    assert s.consumer.overlap
+    records = produce(s, 600, users=30)
+    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
+    loop = ScoringLoop(s, scorer, group_id=f"overlap-{uuid.uuid4().hex[:8]}")
+    fronts: list[tuple[float, float]] = []
+    writes: list[tuple[float, float, dict[int, int]]] = []  # (start, end, partition -> first offset)
+    backs: list[tuple[float, float]] = []
+    real_apply, real_write, real_back = loop.store.update_and_compute, loop.pg.write, loop._back
+
+    def apply(recs: Any) -> Any:
+        t0 = time.monotonic()
+        out = real_apply(recs)
+        fronts.append((t0, time.monotonic()))
+        return out
+
+    async def back(*args: Any, **kwargs: Any) -> None:
+        t0 = time.monotonic()
+        try:
+            await real_back(*args, **kwargs)
+        finally:
+            backs.append((t0, time.monotonic()))
+
+    def write(tx_rows: Any, *rest: Any) -> int:
+        t0 = time.monotonic()
+        time.sleep(0.3)  # a slow PostgreSQL: the next batch's first half runs meanwhile
+        if len(writes) == 1 and loop.stats.retries == 0:
+            raise psycopg2.OperationalError("server closed the connection unexpectedly")
+        n = int(real_write(tx_rows, *rest))
+        first: dict[int, int] = {}
+        for row in tx_rows:
+            p, offset = row.kafka_partition, row.kafka_offset
+            first[p] = min(first.get(p, offset), offset)
+        writes.append((t0, time.monotonic(), first))
+        return n
+
+    monkeypatch.setattr(loop.store, "update_and_compute", apply)
+    monkeypatch.setattr(loop.pg, "write", write)
+    monkeypatch.setattr(loop, "_back", back)
+    try:
+        _run_until_scored(loop, len(records))
+    finally:
+        loop.close()
+    assert loop.stats.retries == 1 and loop.stats.splits == 0
+    # first halves ran while the batch before was written
+    assert sum(any(b0 < f0 < b1 for b0, b1 in backs) for f0, _f1 in fronts) >= 3, (fronts, backs)
+    last: dict[int, int] = {}
+    for _w0, _w1, first in writes:  # each partition's rows reached PostgreSQL in offset order
+        for p, offset in first.items():
+            assert offset > last.get(p, -1), (p, offset, last)
+            last[p] = offset
+    ids = [r["transaction_id"] for r in records]
+    assert count_rows(s.postgres.dsn.get_secret_value(), "decisions", ids) == len(ids)
+    store = OnlineStore(s.redis.url.get_secret_value())
+    by_user: dict[str, list[str]] = {}
+    for r in records:
+        by_user.setdefault(r["user_id"], []).append(r["transaction_id"])
+    for user, tx in by_user.items():
+        state = store.user_state(user)
+        assert state is not None and sorted(state.txid) == sorted(tx), user
+    from ingest.consumer import group_lag
+
+    lag = group_lag(s, loop.group_id)
+    assert sum(n for (topic, _p), n in lag.items() if topic == s.kafka.transactions_topic) == 0
+
+
+def test_below_capacity_a_batch_goes_through_alone(topic_settings: Settings, serve_app: str) -> None:
+    """A poll that brings less than a full batch (the stream is below capacity) is processed
+    whole before the next poll: overlapping only slowed each record's own stages there."""
+    from ray import serve
+
+    from core.families import SCORER_DEPLOYMENT
+
+    s = _small_batches(topic_settings, 100)
+    records = produce(s, 40, users=10)
+    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
+    loop = ScoringLoop(s, scorer, group_id=f"alone-{uuid.uuid4().hex[:8]}")
+    overlapped: list[int] = []
+    real = loop._overlapped
+
+    async def record(msgs: list[Any], commit: bool) -> None:
+        overlapped.append(len(msgs))
+        await real(msgs, commit)
+
+    loop._overlapped = record  # type: ignore[method-assign]
+    try:
+        _run_until_scored(loop, len(records))
+    finally:
+        loop.close()
+    assert overlapped == [] and loop.stats.batches >= 1
+    ids = [r["transaction_id"] for r in records]
+    assert count_rows(s.postgres.dsn.get_secret_value(), "decisions", ids) == len(ids)
+
+
+def test_a_store_loss_after_the_next_batch_was_applied_is_found_by_both_batches(
+    serve_app: str, topic_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The online store loses its state while batch 1's rows are on their way to PostgreSQL
+    and after batch 2 was applied to it (the halves overlap). Batch 1's check finds the new
+    store and applies batch 1 again; batch 2's check compares with the store it was applied
+    to, not with batch 1's check, so batch 2 is applied again too: nothing the loss took is
+    missing from the store."""
+    import threading
+
+    from ray import serve
+
+    from core.families import SCORER_DEPLOYMENT
+
+    s = _small_batches(topic_settings, 100)
+    records = produce(s, 400, users=20)
+    tag = records[0]["user_id"].rsplit("-", 1)[0]
+    url = s.redis.url.get_secret_value()
+    store = OnlineStore(url)
+    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
+    loop = ScoringLoop(s, scorer, group_id=f"lost2-{uuid.uuid4().hex[:8]}")
+    real_apply, real_write = loop.store.update_and_compute, loop.pg.write
+    second_applied = threading.Event()
+    applied: list[int] = []
+    losses: list[int] = []
+
+    def apply(recs: Any) -> Any:
+        out = real_apply(recs)
+        applied.append(len(recs))
+        if len(applied) == 2:
+            second_applied.set()
+        return out
+
+    def write_after_a_loss(*args: Any) -> int:
+        if not losses:  # batch 1, once batch 2 is in the store: the store loses both
+            assert second_applied.wait(60), "the next batch's first half did not run meanwhile"
+            losses.append(store.drop_population(f"{tag}-"))
+            redis.Redis.from_url(url).delete(f"{store.namespace}:instance")
+        return int(real_write(*args))
+
+    monkeypatch.setattr(loop.store, "update_and_compute", apply)
+    monkeypatch.setattr(loop.pg, "write", write_after_a_loss)
+    try:
+        _run_until_scored(loop, len(records))
+    finally:
+        loop.close()
+    assert losses and losses[0] > 0
+    assert loop.stats.store_reapplied == 2  # batches 1 and 2; the store stayed the same after
+    by_user: dict[str, list[str]] = {}
+    for r in records:
+        by_user.setdefault(r["user_id"], []).append(r["transaction_id"])
+    for user, ids in by_user.items():
+        state = store.user_state(user)
+        assert state is not None, user
+        assert sorted(state.txid) == sorted(ids), user

@@ -109,4 +109,4 @@ def test_the_scoring_consumer_waits_for_fuller_fetches_as_configured(monkeypatch
     Consumer(conf).close()
     for bad in ({"fetch_min_bytes": 0}, {"fetch_wait_max_ms": 0}, {"fetch_wait_max_ms": 5_000}):
         with pytest.raises(ValueError):
-            ConsumerSettings(**bad)
+            ConsumerSettings.model_validate(bad)
