@@ -580,6 +580,27 @@ def test_sinks_run_side_by_side_and_a_failure_waits_for_the_others(
     assert raised >= at["flush end"] and raised - t0 < 0.9  # waited for the flush, not longer
 
 
+def _serving_loop(s: Settings, group: str) -> ScoringLoop:
+    """A loop scoring with the deployed app's Ensemble, in a group of its own."""
+    from ray import serve
+
+    from core.families import SCORER_DEPLOYMENT
+
+    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
+    return ScoringLoop(s, scorer, group_id=f"{group}-{uuid.uuid4().hex[:8]}")
+
+
+def _assert_each_state_holds_its_transactions_once(store: OnlineStore, records: list[dict[str, Any]]) -> None:
+    """Every user's online state holds each of their transactions once."""
+    by_user: dict[str, list[str]] = {}
+    for r in records:
+        by_user.setdefault(r["user_id"], []).append(r["transaction_id"])
+    for user, ids in by_user.items():
+        state = store.user_state(user)
+        assert state is not None, user
+        assert sorted(state.txid) == sorted(ids), user
+
+
 def test_a_batch_the_store_lost_before_postgres_had_it_is_applied_again(
     serve_app: str, topic_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -588,17 +609,12 @@ def test_a_batch_the_store_lost_before_postgres_had_it_is_applied_again(
     keys are deleted), so a rebuild reading PostgreSQL meanwhile would miss them. The loop
     finds the store changed once PostgreSQL has the rows and applies the batch again: every
     user's state holds each of their transactions once."""
-    from ray import serve
-
-    from core.families import SCORER_DEPLOYMENT
-
     s = topic_settings
     records = produce(s, 400, users=20)
     tag = records[0]["user_id"].rsplit("-", 1)[0]
     url = s.redis.url.get_secret_value()
     store = OnlineStore(url)
-    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
-    loop = ScoringLoop(s, scorer, group_id=f"lost-{uuid.uuid4().hex[:8]}")
+    loop = _serving_loop(s, "lost")
     real_write = loop.pg.write
     losses: list[int] = []
 
@@ -624,13 +640,7 @@ def test_a_batch_the_store_lost_before_postgres_had_it_is_applied_again(
     finally:
         loop.close()
     assert losses and losses[0] > 0  # the first batch's users had state, and lost it
-    by_user: dict[str, set[str]] = {}
-    for r in records:
-        by_user.setdefault(r["user_id"], set()).add(r["transaction_id"])
-    for user, ids in by_user.items():
-        state = store.user_state(user)
-        assert state is not None, user
-        assert sorted(state.txid) == sorted(ids), user
+    _assert_each_state_holds_its_transactions_once(store, records)
     assert loop.stats.store_reapplied == 1  # that batch alone; the store stayed the same after
 
 
@@ -658,15 +668,10 @@ def test_a_batch_is_applied_while_the_one_before_is_written_and_order_holds_thro
     once) is retried whole before any later batch is written: every transaction has one
     decisions row, every user's state holds each of their transactions once, and the group's
     offsets reach the end."""
-    from ray import serve
-
-    from core.families import SCORER_DEPLOYMENT
-
     s = _small_batches(topic_settings, 100)
     assert s.consumer.overlap
     records = produce(s, 600, users=30)
-    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
-    loop = ScoringLoop(s, scorer, group_id=f"overlap-{uuid.uuid4().hex[:8]}")
+    loop = _serving_loop(s, "overlap")
     fronts: list[tuple[float, float]] = []
     writes: list[tuple[float, float, dict[int, int]]] = []  # (start, end, partition -> first offset)
     backs: list[tuple[float, float]] = []
@@ -715,13 +720,7 @@ def test_a_batch_is_applied_while_the_one_before_is_written_and_order_holds_thro
             last[p] = offset
     ids = [r["transaction_id"] for r in records]
     assert count_rows(s.postgres.dsn.get_secret_value(), "decisions", ids) == len(ids)
-    store = OnlineStore(s.redis.url.get_secret_value())
-    by_user: dict[str, list[str]] = {}
-    for r in records:
-        by_user.setdefault(r["user_id"], []).append(r["transaction_id"])
-    for user, tx in by_user.items():
-        state = store.user_state(user)
-        assert state is not None and sorted(state.txid) == sorted(tx), user
+    _assert_each_state_holds_its_transactions_once(OnlineStore(s.redis.url.get_secret_value()), records)
     from ingest.consumer import group_lag
 
     lag = group_lag(s, loop.group_id)
@@ -731,14 +730,9 @@ def test_a_batch_is_applied_while_the_one_before_is_written_and_order_holds_thro
 def test_below_capacity_a_batch_goes_through_alone(topic_settings: Settings, serve_app: str) -> None:
     """A poll that brings less than a full batch (the stream is below capacity) is processed
     whole before the next poll: overlapping only slowed each record's own stages there."""
-    from ray import serve
-
-    from core.families import SCORER_DEPLOYMENT
-
     s = _small_batches(topic_settings, 100)
     records = produce(s, 40, users=10)
-    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
-    loop = ScoringLoop(s, scorer, group_id=f"alone-{uuid.uuid4().hex[:8]}")
+    loop = _serving_loop(s, "alone")
     overlapped: list[int] = []
     real = loop._overlapped
 
@@ -766,17 +760,12 @@ def test_a_store_loss_after_the_next_batch_was_applied_is_found_by_both_batches(
     missing from the store."""
     import threading
 
-    from ray import serve
-
-    from core.families import SCORER_DEPLOYMENT
-
     s = _small_batches(topic_settings, 100)
     records = produce(s, 400, users=20)
     tag = records[0]["user_id"].rsplit("-", 1)[0]
     url = s.redis.url.get_secret_value()
     store = OnlineStore(url)
-    scorer = serve.get_deployment_handle(SCORER_DEPLOYMENT, app_name=s.serve.app_name)
-    loop = ScoringLoop(s, scorer, group_id=f"lost2-{uuid.uuid4().hex[:8]}")
+    loop = _serving_loop(s, "lost2")
     real_apply, real_write = loop.store.update_and_compute, loop.pg.write
     second_applied = threading.Event()
     applied: list[int] = []
@@ -804,10 +793,4 @@ def test_a_store_loss_after_the_next_batch_was_applied_is_found_by_both_batches(
         loop.close()
     assert losses and losses[0] > 0
     assert loop.stats.store_reapplied == 2  # batches 1 and 2; the store stayed the same after
-    by_user: dict[str, list[str]] = {}
-    for r in records:
-        by_user.setdefault(r["user_id"], []).append(r["transaction_id"])
-    for user, ids in by_user.items():
-        state = store.user_state(user)
-        assert state is not None, user
-        assert sorted(state.txid) == sorted(ids), user
+    _assert_each_state_holds_its_transactions_once(store, records)
